@@ -1,0 +1,132 @@
+"""SQLAlchemy 2 models of the node's database.
+
+A study moves through these states (``Study.state``):
+
+``receiving``
+    Instances are arriving; the study is not complete yet.
+``queued``
+    No instance arrived for the quiet period: the study is complete and its triage
+    revision ``Study.revision`` is handed to the triage queue (``dispatched_at`` is set
+    once the message is sent).
+``triaging``
+    A worker is running that revision.
+``triaged`` / ``not_evaluated`` / ``failed``
+    The revision has a result (a decision, no eligible image, or a permanent error).
+
+A new instance in any state sets the study back to ``receiving``, so that it is
+triaged again, as a new revision, once it is stable.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from worklist.db import Base
+
+UID = String(64)
+
+
+class StudyState(StrEnum):
+    """States of a study (see the module docstring)."""
+
+    RECEIVING = "receiving"
+    QUEUED = "queued"
+    TRIAGING = "triaging"
+    TRIAGED = "triaged"
+    NOT_EVALUATED = "not_evaluated"
+    FAILED = "failed"
+
+
+class Study(Base):
+    """A study, identified by its Study Instance UID."""
+
+    __tablename__ = "studies"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    patient_id: Mapped[str | None] = mapped_column(String(64))
+    patient_name: Mapped[str | None] = mapped_column(String(324))
+    patient_birth_date: Mapped[str | None] = mapped_column(String(8))
+    patient_sex: Mapped[str | None] = mapped_column(String(16))
+    patient_age: Mapped[str | None] = mapped_column(String(4))
+    accession_number: Mapped[str | None] = mapped_column(String(64))
+    study_id: Mapped[str | None] = mapped_column(String(16))
+    study_date: Mapped[str | None] = mapped_column(String(8))
+    study_time: Mapped[str | None] = mapped_column(String(16))
+    study_description: Mapped[str | None] = mapped_column(String(64))
+    referring_physician: Mapped[str | None] = mapped_column(String(324))
+    requested_priority: Mapped[str | None] = mapped_column(String(16))
+
+    state: Mapped[str] = mapped_column(String(16), default=StudyState.RECEIVING)
+    revision: Mapped[int] = mapped_column(Integer, default=0)
+    instance_count: Mapped[int] = mapped_column(Integer, default=0)
+    first_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    stable_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    series: Mapped[list[Series]] = relationship(back_populates="study")
+    instances: Mapped[list[Instance]] = relationship(back_populates="study")
+
+    __table_args__ = (Index("ix_studies_state_last", "state", "last_received_at"),)
+
+
+class Series(Base):
+    """A series of a study."""
+
+    __tablename__ = "series"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    series_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    modality: Mapped[str | None] = mapped_column(String(16))
+    body_part_examined: Mapped[str | None] = mapped_column(String(64))
+    series_description: Mapped[str | None] = mapped_column(String(64))
+    series_number: Mapped[str | None] = mapped_column(String(12))
+
+    study: Mapped[Study] = relationship(back_populates="series")
+    instances: Mapped[list[Instance]] = relationship(back_populates="series")
+
+
+class Instance(Base):
+    """A received SOP instance and where its bytes are in the spool."""
+
+    __tablename__ = "instances"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
+    sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    sop_class_uid: Mapped[str] = mapped_column(UID)
+    transfer_syntax_uid: Mapped[str] = mapped_column(UID)
+    modality: Mapped[str | None] = mapped_column(String(16))
+    body_part_examined: Mapped[str | None] = mapped_column(String(64))
+    view_position: Mapped[str | None] = mapped_column(String(16))
+    image_laterality: Mapped[str | None] = mapped_column(String(16))
+    photometric_interpretation: Mapped[str | None] = mapped_column(String(16))
+    rows: Mapped[int | None] = mapped_column(Integer)
+    columns: Mapped[int | None] = mapped_column(Integer)
+    number_of_frames: Mapped[int | None] = mapped_column(Integer)
+    samples_per_pixel: Mapped[int | None] = mapped_column(Integer)
+    patient_sex: Mapped[str | None] = mapped_column(String(16))
+    patient_age: Mapped[str | None] = mapped_column(String(4))
+    calling_ae: Mapped[str | None] = mapped_column(String(16))
+    peer_address: Mapped[str | None] = mapped_column(String(64))
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    receive_count: Mapped[int] = mapped_column(Integer, default=1)
+    file_path: Mapped[str] = mapped_column(String(1024))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+
+    study: Mapped[Study] = relationship(back_populates="instances")
+    series: Mapped[Series] = relationship(back_populates="instances")
