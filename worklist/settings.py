@@ -289,6 +289,14 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
     """
     from pydantic import ValidationError
 
+    known = {f"TRIAGE_{name.upper()}" for name in Settings.model_fields} | {"TRIAGE_CONFIG"}
+    unknown = sorted(
+        key
+        for key in os.environ
+        if key.startswith("TRIAGE_") and key not in known and not key.startswith("TRIAGE_TEST_")
+    )
+    if unknown:
+        raise SettingsError(f"unknown settings in the environment: {', '.join(unknown)}")
     previous = os.environ.get("TRIAGE_CONFIG")
     try:
         if config_file is not None:
