@@ -1,0 +1,108 @@
+"""Selectable backbones for the triage classifier (training side; imports torch).
+
+A backbone is a :class:`BackboneSpec` in :data:`BACKBONES`: the timm model name,
+its keyword arguments and the default input size. The classifier is the timm
+backbone (created with ``pretrained=False``: no download ever) with its pooled
+features as the embedding and a single linear unit giving the abnormal logit.
+
+A later backbone (e.g. MedImageInsight's DaViT encoder, timm ``davit_huge_fl``)
+is added by registering another spec, optionally with a ``checkpoint`` loader.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+__all__ = ["BACKBONES", "BackboneSpec", "TriageNet", "build_model", "register_backbone"]
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """A registered backbone.
+
+    Parameters
+    ----------
+    timm_name : str
+        Name passed to :func:`timm.create_model`.
+    kwargs : dict
+        Extra keyword arguments for :func:`timm.create_model`.
+    default_input_size : int
+        Input size used when the caller does not choose one.
+    description : str
+        One line for the model card.
+    """
+
+    timm_name: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    default_input_size: int = 128
+    description: str = ""
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    "resnet10t": BackboneSpec("resnet10t", {}, 128, "ResNet-10-T (timm), 4.9 M parameters"),
+    "resnet18": BackboneSpec("resnet18", {}, 128, "ResNet-18 (timm), 11 M parameters"),
+    "mobilenetv3_small": BackboneSpec(
+        "mobilenetv3_small_100", {}, 128, "MobileNetV3-Small 1.0 (timm), 1.5 M parameters"
+    ),
+    "mobilenetv3_large": BackboneSpec(
+        "mobilenetv3_large_100", {}, 128, "MobileNetV3-Large 1.0 (timm), 4.2 M parameters"
+    ),
+    "regnetx_004": BackboneSpec("regnetx_004", {}, 128, "RegNetX-400MF (timm), 4.8 M parameters"),
+    "efficientnet_b0": BackboneSpec(
+        "efficientnet_b0", {}, 128, "EfficientNet-B0 (timm), 4.0 M parameters"
+    ),
+}
+
+
+def register_backbone(name: str, spec: BackboneSpec) -> None:
+    """Register (or replace) a backbone under ``name``."""
+    BACKBONES[name] = spec
+
+
+class TriageNet(nn.Module):
+    """timm backbone + linear abnormal-logit head.
+
+    ``forward`` returns ``(logits, embedding)`` with shapes ``(N,)`` and ``(N, D)``.
+    """
+
+    def __init__(self, backbone: nn.Module, num_features: int, drop: float = 0.2) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.drop = nn.Dropout(drop)
+        self.head = nn.Linear(num_features, 1)
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        emb = self.backbone(image)
+        logits = self.head(self.drop(emb)).squeeze(-1)
+        return logits, emb
+
+
+def build_model(name: str, in_chans: int = 1, drop: float = 0.2) -> TriageNet:
+    """Create a randomly initialised classifier for a registered backbone.
+
+    Parameters
+    ----------
+    name : str
+        Key of :data:`BACKBONES`.
+    in_chans : int
+        Input channels (the preprocessing spec's ``channels``).
+    drop : float
+        Dropout before the head (training only).
+
+    Returns
+    -------
+    TriageNet
+    """
+    if name not in BACKBONES:
+        raise KeyError(f"unknown backbone {name!r}; known: {sorted(BACKBONES)}")
+    spec = BACKBONES[name]
+    backbone = timm.create_model(
+        spec.timm_name, pretrained=False, num_classes=0, in_chans=in_chans, **spec.kwargs
+    )
+    dim = getattr(backbone, "head_hidden_size", None) or backbone.num_features
+    return TriageNet(backbone, int(dim), drop=drop)

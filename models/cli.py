@@ -1,0 +1,148 @@
+"""``triage-model``: train, export, calibrate and evaluate classifiers.
+
+Heavy imports (torch, onnx, matplotlib) happen inside the sub-commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from models.train import TrainConfig, train
+
+    cfg = TrainConfig(
+        labels=args.labels,
+        images_root=args.images_root,
+        out_dir=args.out,
+        backbone=args.backbone,
+        input_size=args.input_size,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        patience=args.patience,
+        seed=args.seed,
+        threads=args.threads,
+        workers=args.workers,
+        max_minutes=args.max_minutes,
+        max_train_images=args.max_train_images,
+        augment=not args.no_augment,
+    )
+    summary = train(cfg, resume=args.resume)
+    print(json.dumps({k: summary[k] for k in ("best_val_auc", "best_epoch", "epochs_run",
+                                               "train_seconds", "stop_reason")}, indent=2))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from models.export import export_checkpoint
+
+    result = export_checkpoint(args.checkpoint, args.out, opset=args.opset, atol=args.atol,
+                               name=args.name, version=args.version)
+    print(f"ONNX written to {result['path']}")
+    print(f"ONNX checker: ok; parity max abs difference: logits {result['max_abs_diff_logits']:.3e}, "
+          f"embedding {result['max_abs_diff_embedding']:.3e} (limit {args.atol:g})")
+    return 0
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from models.evaluate import calibrate_model
+
+    card = calibrate_model(args.model, labels=args.labels, images_root=args.images_root,
+                           split=args.split, target_sensitivity=args.target_sensitivity)
+    print(json.dumps({"calibration": card.calibration, "operating_points": card.operating_points}, indent=2))
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from models.evaluate import evaluate_model
+
+    metrics = evaluate_model(args.model, labels=args.labels, images_root=args.images_root,
+                             out_dir=args.out, split=args.split, variants=args.variants,
+                             n_boot=args.n_boot, update_card=args.update_card, title=args.title)
+    main_m = metrics["variants"][next(iter(metrics["variants"]))]["overall"]
+    print(f"n={metrics['n']} ROC-AUC {main_m['roc_auc']['value']:.4f} "
+          f"[{main_m['roc_auc']['ci_low']:.4f}, {main_m['roc_auc']['ci_high']:.4f}] "
+          f"Brier {main_m['brier']['value']:.4f}; report in {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``triage-model``."""
+    p = argparse.ArgumentParser(prog="triage-model", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a classifier from scratch on the train split")
+    t.add_argument("--labels", required=True, help="labels.csv (image,label,...,split)")
+    t.add_argument("--images-root", required=True)
+    t.add_argument("--out", required=True, help="run directory (checkpoints, summary.json)")
+    t.add_argument("--backbone", default="resnet10t")
+    t.add_argument("--input-size", type=int, default=128)
+    t.add_argument("--epochs", type=int, default=40)
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--patience", type=int, default=8)
+    t.add_argument("--seed", type=int, default=20261123)
+    t.add_argument("--threads", type=int, default=2)
+    t.add_argument("--workers", type=int, default=1)
+    t.add_argument("--max-minutes", type=float, default=None)
+    t.add_argument("--max-train-images", type=int, default=None)
+    t.add_argument("--no-augment", action="store_true")
+    t.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    t.set_defaults(func=_cmd_train)
+
+    e = sub.add_parser("export", help="export a checkpoint to ONNX with checker and parity check")
+    e.add_argument("checkpoint")
+    e.add_argument("--out", required=True, help="output .onnx path")
+    e.add_argument("--name", default="cxr-triage-default")
+    e.add_argument("--version", default="0.1.0")
+    e.add_argument("--opset", type=int, default=17)
+    e.add_argument("--atol", type=float, default=1e-4)
+    e.set_defaults(func=_cmd_export)
+
+    c = sub.add_parser("calibrate", help="fit temperature and operating points on a split (val)")
+    c.add_argument("model")
+    c.add_argument("--labels", required=True)
+    c.add_argument("--images-root", required=True)
+    c.add_argument("--split", default="val")
+    c.add_argument("--target-sensitivity", type=float, default=0.95)
+    c.set_defaults(func=_cmd_calibrate)
+
+    v = sub.add_parser("evaluate", help="evaluate an ONNX model on a labels file")
+    v.add_argument("model")
+    v.add_argument("--labels", required=True)
+    v.add_argument("--images-root", required=True)
+    v.add_argument("--out", required=True)
+    v.add_argument("--split", default=None, help="only rows of this split (default: all rows)")
+    v.add_argument("--variants", default="original",
+                   help="comma list of: original, jpeg30_96px, mono1_dicom, j2k_mono1_dicom, lowres64")
+    v.add_argument("--n-boot", type=int, default=1000)
+    v.add_argument("--update-card", action="store_true",
+                   help="store the metrics in the model card (ONNX metadata and sidecar)")
+    v.add_argument("--title", default=None)
+    v.set_defaults(func=_cmd_evaluate)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``triage-model`` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        print(f"triage-model {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
