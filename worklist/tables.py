@@ -24,11 +24,14 @@ from enum import StrEnum
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
     String,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -130,3 +133,136 @@ class Instance(Base):
 
     study: Mapped[Study] = relationship(back_populates="instances")
     series: Mapped[Series] = relationship(back_populates="instances")
+
+
+# Triage results and their delivery ------------------------------------------------
+
+
+class TriageStatus(StrEnum):
+    """Outcome of one triage revision (also the study's final state)."""
+
+    TRIAGED = "triaged"
+    NOT_EVALUATED = "not_evaluated"
+    FAILED = "failed"
+
+
+class DeliveryState(StrEnum):
+    """States of an outbox row: ``pending`` -> ``sending`` -> ``delivered`` | ``failed``.
+
+    A ``sending`` row whose lease expired (its worker died) is due again.
+    """
+
+    PENDING = "pending"
+    SENDING = "sending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+class TriageResult(Base):
+    """The result of one triage revision of a study (one row per study and revision).
+
+    It carries the model's provenance (name, version, sha256), the decision at the
+    operating point, the worklist priority and the timings; its images are in
+    :class:`TriageImage` and its SR deliveries in :class:`Delivery`.
+    """
+
+    __tablename__ = "triage_results"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    revision: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(String(512))
+    decision: Mapped[str | None] = mapped_column(String(16))
+    probability: Mapped[float | None] = mapped_column(Float)
+    score: Mapped[float | None] = mapped_column(Float)
+    aggregation: Mapped[str] = mapped_column(String(16))
+    operating_point: Mapped[str] = mapped_column(String(64))
+    threshold: Mapped[float | None] = mapped_column(Float)
+    model_name: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[str] = mapped_column(String(64))
+    model_sha256: Mapped[str] = mapped_column(String(64))
+    model_manufacturer: Mapped[str | None] = mapped_column(String(128))
+    providers: Mapped[str | None] = mapped_column(String(256))
+    priority: Mapped[int] = mapped_column(Integer)
+    priority_reason: Mapped[str] = mapped_column(String(256))
+    queued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    sr_sop_instance_uid: Mapped[str | None] = mapped_column(UID)
+    sr_series_instance_uid: Mapped[str | None] = mapped_column(UID)
+    sr_path: Mapped[str | None] = mapped_column(String(1024))
+
+    images: Mapped[list[TriageImage]] = relationship(
+        back_populates="result", order_by="TriageImage.id"
+    )
+    deliveries: Mapped[list[Delivery]] = relationship(
+        back_populates="result", order_by="Delivery.id"
+    )
+
+    __table_args__ = (
+        UniqueConstraint("study_id", "revision", name="uq_triage_results_study_revision"),
+    )
+
+
+class TriageImage(Base):
+    """One instance as a triage revision saw it: evaluated with a probability, or
+    skipped with a recorded reason."""
+
+    __tablename__ = "triage_images"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    result_id: Mapped[int] = mapped_column(ForeignKey("triage_results.id"), index=True)
+    instance_id: Mapped[int | None] = mapped_column(ForeignKey("instances.id"), index=True)
+    sop_instance_uid: Mapped[str] = mapped_column(UID)
+    evaluated: Mapped[bool] = mapped_column(Boolean)
+    reason: Mapped[str | None] = mapped_column(String(512))
+    logit: Mapped[float | None] = mapped_column(Float)
+    probability: Mapped[float | None] = mapped_column(Float)
+
+    result: Mapped[TriageResult] = relationship(back_populates="images")
+
+
+class TriageClaim(Base):
+    """Which worker is running a study revision, since when (a lease the sweeper reads
+    to re-dispatch revisions whose worker died)."""
+
+    __tablename__ = "triage_claims"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    revision: Mapped[int] = mapped_column(Integer)
+    claimed_by: Mapped[str] = mapped_column(String(128))
+    claimed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
+
+    __table_args__ = (
+        UniqueConstraint("study_id", "revision", name="uq_triage_claims_study_revision"),
+    )
+
+
+class Delivery(Base):
+    """Outbox row: one SR to send to one destination, with its retry state."""
+
+    __tablename__ = "deliveries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    result_id: Mapped[int] = mapped_column(ForeignKey("triage_results.id"), index=True)
+    destination: Mapped[str] = mapped_column(String(128))
+    sop_instance_uid: Mapped[str] = mapped_column(UID)
+    file_path: Mapped[str] = mapped_column(String(1024))
+    state: Mapped[str] = mapped_column(String(16), default=DeliveryState.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(String(1024))
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    result: Mapped[TriageResult] = relationship(back_populates="deliveries")
+
+    __table_args__ = (
+        UniqueConstraint("result_id", "destination", name="uq_deliveries_result_destination"),
+        Index("ix_deliveries_state_next", "state", "next_attempt_at"),
+    )
