@@ -204,10 +204,7 @@ def preprocess_array(
     if mask is not None:
         unit[~mask] = 0.0
     out = (unit - spec.mean) / spec.std
-    return np.ascontiguousarray(
-        np.broadcast_to(out[None], (spec.channels, spec.input_size, spec.input_size)),
-        dtype=np.float32,
-    )
+    return np.repeat(out[None].astype(np.float32, copy=False), spec.channels, axis=0)
 
 
 def _is_inverted(ds: pydicom.Dataset) -> bool:

@@ -265,7 +265,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
         val_logits = predict_logits(model, x_val)
         auc = roc_auc(y_val, val_logits)
