@@ -1,0 +1,266 @@
+"""Reading a received instance's header: UID checks, spool paths, InstanceInfo.
+
+Plain functions over bytes and pydicom datasets, testable without a network.
+"""
+
+from __future__ import annotations
+
+import re
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.valuerep import PersonName
+
+from dicom_scp.status import (
+    CannotUnderstand,
+    DataSetMismatch,
+    InvalidUID,
+    MissingUID,
+    SOPInstanceMismatch,
+)
+from worklist.ingest import InstanceInfo
+from worklist.tables import Instance, Series, Study
+
+_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_MAX_UID_LENGTH = 64
+_MAX_INT = 2**31 - 1
+
+
+def clean_uid(value: Any, *, name: str) -> str:
+    """Check a UID and return it without padding.
+
+    Parameters
+    ----------
+    value : Any
+        The UID as read (``None`` or empty when absent).
+    name : str
+        What the UID is, for the error message (for example ``"StudyInstanceUID"``).
+
+    Returns
+    -------
+    str
+        The UID, safe to use as a file or directory name.
+
+    Raises
+    ------
+    MissingUID
+        When it is absent or empty.
+    InvalidUID
+        When it is not digits separated by single dots, or longer than 64 characters.
+    """
+    text = "" if value is None else str(value).strip("\x00 ")
+    if not text:
+        raise MissingUID(f"{name} missing")
+    if len(text) > _MAX_UID_LENGTH or not _UID_RE.match(text):
+        raise InvalidUID(f"{name} is not a valid UID")
+    return text
+
+
+def spool_path(spool_dir: Path, study_uid: str, series_uid: str, sop_uid: str) -> Path:
+    """Return where an instance lives in the spool.
+
+    Parameters
+    ----------
+    spool_dir : Path
+        The spool root.
+    study_uid, series_uid, sop_uid : str
+        UIDs already checked by :func:`clean_uid`.
+
+    Returns
+    -------
+    Path
+        ``spool_dir/<study>/<series>/<sop>.dcm``.
+    """
+    for uid in (study_uid, series_uid, sop_uid):
+        clean_uid(uid, name="UID")
+    return spool_dir / study_uid / series_uid / f"{sop_uid}.dcm"
+
+
+def read_header(encoded: bytes) -> Dataset:
+    """Decode the header of a received instance (Part 10 bytes), pixels left out.
+
+    Parameters
+    ----------
+    encoded : bytes
+        Preamble, File Meta and dataset, as written to the spool.
+
+    Returns
+    -------
+    pydicom.dataset.Dataset
+
+    Raises
+    ------
+    CannotUnderstand
+        When pydicom cannot parse it.
+    """
+    try:
+        ds = dcmread(BytesIO(encoded), stop_before_pixels=True)
+        # Parse every top-level element now, so that a broken value fails here.
+        for elem in ds:
+            _ = elem.value
+    except Exception as exc:  # noqa: BLE001 - any parser error means "cannot understand"
+        raise CannotUnderstand(f"dataset cannot be decoded: {type(exc).__name__}") from exc
+    return ds
+
+
+def _column_lengths() -> dict[str, int]:
+    lengths: dict[str, int] = {}
+    for table in (Study.__table__, Series.__table__, Instance.__table__):
+        for column in table.columns:
+            length = getattr(column.type, "length", None)
+            if length:
+                lengths[column.name] = min(length, lengths.get(column.name, length))
+    return lengths
+
+
+_LENGTHS = _column_lengths()
+
+
+def _get(ds: Dataset, keyword: str) -> Any:
+    try:
+        return ds.get(keyword)
+    except Exception:  # noqa: BLE001 - a broken optional value is treated as absent
+        return None
+
+
+def _text(value: Any, field: str) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, MultiValue | list | tuple):
+        text = "\\".join(str(v) for v in value)
+    elif isinstance(value, PersonName):
+        text = str(value)
+    elif isinstance(value, bytes):
+        text = value.decode("ascii", "replace")
+    else:
+        text = str(value)
+    text = text.replace("\x00", "").strip()
+    if not text:
+        return None
+    limit = _LENGTHS.get(field)
+    return text[:limit] if limit else text
+
+
+def _int(value: Any) -> int | None:
+    if value is None or value == "":
+        return None
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        return None
+    return number if 0 <= number <= _MAX_INT else None
+
+
+def _requested_priority(ds: Dataset) -> Any:
+    value = _get(ds, "RequestedProcedurePriority")
+    if value:
+        return value
+    items = _get(ds, "RequestAttributesSequence") or []
+    try:
+        for item in items:
+            value = _get(item, "RequestedProcedurePriority")
+            if value:
+                return value
+    except Exception:  # noqa: BLE001 - a broken sequence means "no priority"
+        return None
+    return None
+
+
+def instance_info_from_dataset(
+    ds: Dataset,
+    *,
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    transfer_syntax_uid: str,
+    file_path: str,
+    size_bytes: int,
+    calling_ae: str | None = None,
+    peer_address: str | None = None,
+) -> InstanceInfo:
+    """Check a received header against the command and turn it into an InstanceInfo.
+
+    Parameters
+    ----------
+    ds : pydicom.dataset.Dataset
+        The header, as from :func:`read_header`.
+    sop_class_uid : str
+        The negotiated abstract syntax (the command's Affected SOP Class UID).
+    sop_instance_uid : str
+        The command's Affected SOP Instance UID.
+    transfer_syntax_uid : str
+        The negotiated transfer syntax.
+    file_path : str
+        Where the instance is (to be) stored.
+    size_bytes : int
+        Size of the stored file.
+    calling_ae, peer_address : str, optional
+        The sender.
+
+    Returns
+    -------
+    InstanceInfo
+
+    Raises
+    ------
+    MissingUID, InvalidUID
+        When Study, Series or SOP Instance UID is absent or malformed.
+    DataSetMismatch
+        When the dataset's SOP Class UID is absent or not ``sop_class_uid``.
+    SOPInstanceMismatch
+        When the dataset's SOP Instance UID is not ``sop_instance_uid``.
+    """
+    study_uid = clean_uid(_get(ds, "StudyInstanceUID"), name="StudyInstanceUID")
+    series_uid = clean_uid(_get(ds, "SeriesInstanceUID"), name="SeriesInstanceUID")
+    sop_uid = clean_uid(_get(ds, "SOPInstanceUID"), name="SOPInstanceUID")
+    if sop_uid != str(sop_instance_uid).strip("\x00 "):
+        raise SOPInstanceMismatch("SOPInstanceUID differs from AffectedSOPInstanceUID")
+    ds_class = _get(ds, "SOPClassUID")
+    ds_class = "" if ds_class is None else str(ds_class).strip("\x00 ")
+    if not ds_class:
+        raise DataSetMismatch("SOPClassUID missing from the dataset")
+    if ds_class != str(sop_class_uid).strip("\x00 "):
+        raise DataSetMismatch("SOPClassUID differs from the negotiated SOP class")
+
+    laterality = _get(ds, "ImageLaterality") or _get(ds, "Laterality")
+    text = {
+        "modality": "Modality",
+        "body_part_examined": "BodyPartExamined",
+        "view_position": "ViewPosition",
+        "photometric_interpretation": "PhotometricInterpretation",
+        "series_description": "SeriesDescription",
+        "series_number": "SeriesNumber",
+        "patient_id": "PatientID",
+        "patient_name": "PatientName",
+        "patient_birth_date": "PatientBirthDate",
+        "patient_sex": "PatientSex",
+        "patient_age": "PatientAge",
+        "accession_number": "AccessionNumber",
+        "study_id": "StudyID",
+        "study_date": "StudyDate",
+        "study_time": "StudyTime",
+        "study_description": "StudyDescription",
+        "referring_physician": "ReferringPhysicianName",
+    }
+    values: dict[str, Any] = {field: _text(_get(ds, kw), field) for field, kw in text.items()}
+    return InstanceInfo(
+        study_instance_uid=study_uid,
+        series_instance_uid=series_uid,
+        sop_instance_uid=sop_uid,
+        sop_class_uid=ds_class,
+        transfer_syntax_uid=str(transfer_syntax_uid),
+        file_path=file_path,
+        size_bytes=size_bytes,
+        calling_ae=_text(calling_ae, "calling_ae"),
+        peer_address=_text(peer_address, "peer_address"),
+        image_laterality=_text(laterality, "image_laterality"),
+        rows=_int(_get(ds, "Rows")),
+        columns=_int(_get(ds, "Columns")),
+        number_of_frames=_int(_get(ds, "NumberOfFrames")),
+        samples_per_pixel=_int(_get(ds, "SamplesPerPixel")),
+        requested_priority=_text(_requested_priority(ds), "requested_priority"),
+        **values,
+    )

@@ -1,0 +1,86 @@
+"""The triage queue as the SCP sees it: a Celery task sent by name.
+
+The SCP never imports worker code; it only knows the task's name and arguments.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from worklist.settings import Settings
+
+log = logging.getLogger(__name__)
+
+TRIAGE_TASK_NAME = "triage.triage_study"
+"""Name of the worker task that triages one study revision."""
+INFERENCE_QUEUE = "inference"
+"""Queue the triage task goes to."""
+
+
+class CeleryTriageQueue:
+    """A :class:`worklist.stability.TriageQueue` that sends Celery tasks by name.
+
+    The Celery app is created lazily on the first :meth:`enqueue`, from
+    ``settings.effective_broker_url``; with the embedded ``sqla+sqlite`` broker the
+    polling interval is short so that workers pick tasks up quickly.
+
+    Parameters
+    ----------
+    settings : Settings
+        Supplies the broker URL.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.broker_url = settings.effective_broker_url
+        self._embedded = settings.uses_embedded_broker
+        self._app: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def app(self) -> Any:
+        """The Celery app (created on first use)."""
+        with self._lock:
+            if self._app is None:
+                from celery import Celery
+
+                app = Celery("dicom_scp", broker=self.broker_url, set_as_current=False)
+                conf: dict[str, Any] = {
+                    "task_default_queue": INFERENCE_QUEUE,
+                    "broker_connection_retry_on_startup": True,
+                }
+                if self._embedded:
+                    conf["broker_transport_options"] = {"polling_interval": 0.2}
+                app.conf.update(conf)
+                self._app = app
+            return self._app
+
+    def enqueue(self, study_id: int, revision: int) -> None:
+        """Send ``triage.triage_study(study_id, revision)`` to the ``inference`` queue.
+
+        Parameters
+        ----------
+        study_id : int
+            Database id of the study.
+        revision : int
+            The study's triage revision.
+
+        Raises
+        ------
+        Exception
+            Whatever the broker raises; the caller retries on its next round.
+        """
+        self.app.send_task(
+            TRIAGE_TASK_NAME, args=(int(study_id), int(revision)), queue=INFERENCE_QUEUE
+        )
+        log.debug("sent %s(%s, %s)", TRIAGE_TASK_NAME, study_id, revision)
+
+    def close(self) -> None:
+        """Release the broker connections, if any were made."""
+        with self._lock:
+            if self._app is not None:
+                try:
+                    self._app.close()
+                finally:
+                    self._app = None

@@ -1,0 +1,258 @@
+"""The node's DICOM Application Entity: building it, starting it, running it.
+
+``build_ae`` configures the AE (contexts, limits, timeouts), ``event_handlers``
+binds the thin handlers to their dependencies, ``start_scp`` serves them,
+``start_node_scp`` adds the spool sink and the stability watcher, and ``run_scp``
+is what ``triage-node scp`` runs until SIGTERM or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import ssl
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from pynetdicom import AE, evt
+from pynetdicom.transport import ThreadedAssociationServer
+from sqlalchemy.orm import sessionmaker
+
+from dicom_scp.contexts import supported_contexts
+from dicom_scp.handlers import handle_association_request, handle_echo, handle_store
+from dicom_scp.queue import CeleryTriageQueue
+from dicom_scp.sink import InstanceSink, SpoolSink, clean_stale_temp_files
+from dicom_scp.watcher import StabilityWatcher
+from worklist.settings import Settings
+from worklist.stability import TriageQueue
+
+log = logging.getLogger(__name__)
+
+ACSE_TIMEOUT_S = 30.0
+"""Seconds to wait for association request/release messages."""
+DIMSE_TIMEOUT_S = 120.0
+"""Seconds to wait for the next DIMSE message on an association."""
+NETWORK_TIMEOUT_S = 300.0
+"""Seconds an idle association is kept open."""
+
+
+def build_ae(settings: Settings) -> AE:
+    """Configure the node's Application Entity (not yet serving).
+
+    Verification and every storage SOP class with the transfer syntaxes of
+    :mod:`dicom_scp.contexts`; only our own called AE title; at most
+    ``settings.max_associations`` concurrent associations; ACSE, DIMSE and network
+    timeouts.
+
+    Parameters
+    ----------
+    settings : Settings
+
+    Returns
+    -------
+    pynetdicom.AE
+    """
+    ae = AE(ae_title=settings.ae_title)
+    ae.supported_contexts = supported_contexts()
+    ae.require_called_aet = True
+    ae.maximum_associations = settings.max_associations
+    ae.acse_timeout = ACSE_TIMEOUT_S
+    ae.dimse_timeout = DIMSE_TIMEOUT_S
+    ae.network_timeout = NETWORK_TIMEOUT_S
+    return ae
+
+
+def event_handlers(settings: Settings, sink: InstanceSink) -> list[tuple[Any, ...]]:
+    """Bind the handlers to their dependencies.
+
+    Parameters
+    ----------
+    settings : Settings
+        For the association allow-lists.
+    sink : InstanceSink
+        Where received instances go.
+
+    Returns
+    -------
+    list of tuple
+        ``(event, handler[, args])`` items for ``AE.start_server``.
+    """
+    return [
+        (evt.EVT_REQUESTED, handle_association_request, [settings]),
+        (evt.EVT_C_ECHO, handle_echo),
+        (evt.EVT_C_STORE, handle_store, [sink]),
+    ]
+
+
+def ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """Build the server's TLS context when ``tls_cert``/``tls_key`` are set.
+
+    Parameters
+    ----------
+    settings : Settings
+
+    Returns
+    -------
+    ssl.SSLContext or None
+        TLS 1.2 or newer; client certificates required (and checked against
+        ``tls_ca``) when ``tls_ca`` is set. None when TLS is off.
+    """
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(certfile=str(settings.tls_cert), keyfile=str(settings.tls_key))
+    if settings.tls_ca is not None:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(cafile=str(settings.tls_ca))
+    return context
+
+
+def start_scp(
+    settings: Settings, sink: InstanceSink, *, block: bool = False
+) -> ThreadedAssociationServer | None:
+    """Serve C-ECHO and C-STORE on ``settings.dicom_host:dicom_port``.
+
+    Parameters
+    ----------
+    settings : Settings
+    sink : InstanceSink
+        Where received instances go.
+    block : bool
+        Serve in this thread until interrupted (returns None) instead of in a
+        background thread.
+
+    Returns
+    -------
+    ThreadedAssociationServer or None
+        The running server (call ``shutdown()`` to stop it); None when ``block``.
+    """
+    ae = build_ae(settings)
+    context = ssl_context(settings)
+    log.info(
+        "DICOM SCP %s listening on %s:%s%s (%d storage SOP classes)",
+        settings.ae_title,
+        settings.dicom_host,
+        settings.dicom_port,
+        " with TLS" if context else "",
+        len(ae.supported_contexts) - 1,
+    )
+    return ae.start_server(
+        (settings.dicom_host, settings.dicom_port),
+        block=block,
+        evt_handlers=event_handlers(settings, sink),
+        ssl_context=context,
+    )
+
+
+@dataclass
+class NodeScp:
+    """A running SCP with its sink, triage queue and stability watcher."""
+
+    server: ThreadedAssociationServer
+    sink: SpoolSink
+    watcher: StabilityWatcher
+    queue: TriageQueue
+    _stopped: bool = field(default=False, repr=False)
+
+    def stop(self) -> None:
+        """Stop accepting associations, stop the watcher, close the queue."""
+        if self._stopped:
+            return
+        self._stopped = True
+        try:
+            self.server.shutdown()
+        finally:
+            self.watcher.stop()
+            close = getattr(self.queue, "close", None)
+            if callable(close):
+                close()
+        log.info("DICOM SCP stopped")
+
+
+def start_node_scp(
+    settings: Settings,
+    session_factory: sessionmaker,
+    *,
+    queue: TriageQueue | None = None,
+) -> NodeScp:
+    """Start the node's ingest side: spool sink, stability watcher and SCP.
+
+    Stale temp files are removed from the spool first. The database must be
+    migrated already.
+
+    Parameters
+    ----------
+    settings : Settings
+    session_factory : sessionmaker
+        The process's session factory.
+    queue : TriageQueue, optional
+        Default: :class:`~dicom_scp.queue.CeleryTriageQueue` on the settings' broker.
+
+    Returns
+    -------
+    NodeScp
+        Running; call ``stop()``.
+    """
+    spool = settings.spool_dir.absolute()
+    spool.mkdir(parents=True, exist_ok=True)
+    clean_stale_temp_files(spool)
+    sink = SpoolSink(spool, session_factory, settings.min_free_mb)
+    queue = queue if queue is not None else CeleryTriageQueue(settings)
+    watcher = StabilityWatcher(
+        session_factory,
+        queue,
+        quiet_seconds=settings.stable_seconds,
+        poll_seconds=settings.stability_poll_seconds,
+    ).start()
+    try:
+        server = start_scp(settings, sink, block=False)
+    except BaseException:
+        watcher.stop()
+        raise
+    if server is None:  # pragma: no cover - block=False always returns the server
+        raise RuntimeError("the SCP did not start")
+    return NodeScp(server=server, sink=sink, watcher=watcher, queue=queue)
+
+
+def run_scp(settings: Settings, *, stop: threading.Event | None = None) -> None:
+    """Run the SCP and the stability watcher until SIGTERM, SIGINT or ``stop``.
+
+    Creates the process's engine and session factory once; migrations are the
+    caller's business (``triage-node db upgrade``).
+
+    Parameters
+    ----------
+    settings : Settings
+    stop : threading.Event, optional
+        Set it to stop (signals are only installed from the main thread).
+    """
+    from worklist.db import make_engine, make_session_factory
+
+    stop = stop or threading.Event()
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+
+        def _on_signal(signum: int, _frame: Any) -> None:
+            log.info("received signal %s, stopping the SCP", signum)
+            stop.set()
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous[signum] = signal.signal(signum, _on_signal)
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.effective_database_url)
+    node: NodeScp | None = None
+    try:
+        node = start_node_scp(settings, make_session_factory(engine))
+        while not stop.wait(1.0):
+            pass
+    except KeyboardInterrupt:
+        log.info("interrupted, stopping the SCP")
+    finally:
+        if node is not None:
+            node.stop()
+        engine.dispose()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

@@ -1,0 +1,374 @@
+"""Where received instances go: the ``InstanceSink`` seam and the spool sink.
+
+Write and commit order of :class:`SpoolSink` (why nothing acknowledged is lost)
+------------------------------------------------------------------------------
+1. The header is decoded from the received bytes and checked (UIDs, SOP class);
+   a failure here touches neither disk nor database.
+2. The bytes go to a temporary file ``.<SOP UID>.<random>.partial`` in the final
+   directory: write, flush, ``fsync``.
+3. A transaction records the instance (``record_instance``) with the *final* path
+   and is flushed, not committed. A database failure here removes the temp file:
+   nothing is visible.
+4. ``os.replace`` moves the temp file to its final name, then the directory is
+   ``fsync``-ed, so the name is durable before the row can be.
+5. The transaction commits; only then is 0x0000 returned.
+
+A crash before 4 leaves only a ``.partial`` file, removed at start-up
+(:func:`clean_stale_temp_files`). A crash between 4 and 5 leaves a complete file
+under its final name with no row: the sender got no success and re-sends, which
+overwrites it. A committed row therefore always points to a complete, durable
+file. When the commit fails, the new file is removed only if no earlier copy of
+the instance was there and the database confirms it has no row for it; a
+re-sent instance's previously acknowledged copy is never deleted. Instances with
+the same SOP Instance UID are serialised by a lock so that this check is exact
+within the process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+import uuid
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Protocol
+
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import sessionmaker
+
+from dicom_scp.headers import instance_info_from_dataset, read_header, spool_path
+from dicom_scp.status import (
+    OutOfResources,
+    StoreError,
+    StoreStatus,
+    status_for_exception,
+)
+from worklist.ingest import RecordOutcome, record_instance
+from worklist.tables import Instance
+
+log = logging.getLogger(__name__)
+
+TEMP_SUFFIX = ".partial"
+"""Suffix of spool files being written; such files are removed at start-up."""
+
+_LOCK_STRIPES = 64
+
+
+@dataclass(frozen=True)
+class ReceivedInstance:
+    """One C-STORE request, as the SCP hands it to a sink.
+
+    Attributes
+    ----------
+    encoded : bytes
+        Preamble, File Meta Information and the dataset exactly as received.
+    sop_class_uid : str
+        The negotiated abstract syntax (Affected SOP Class UID).
+    sop_instance_uid : str
+        The command's Affected SOP Instance UID.
+    transfer_syntax_uid : str
+        The negotiated transfer syntax.
+    calling_ae : str, optional
+        The sender's AE title.
+    peer_address : str, optional
+        The sender's IP address.
+    """
+
+    encoded: bytes
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+    calling_ae: str | None = None
+    peer_address: str | None = None
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    """What a sink did with an instance.
+
+    Attributes
+    ----------
+    status : int
+        The DIMSE status to answer with.
+    comment : str, optional
+        Error Comment for a failure.
+    outcome : RecordOutcome, optional
+        New or duplicate, on success.
+    path : Path, optional
+        Where the instance is stored, on success.
+    """
+
+    status: int
+    comment: str | None = None
+    outcome: RecordOutcome | None = None
+    path: Path | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True for a success status."""
+        return self.status == StoreStatus.SUCCESS
+
+
+class InstanceSink(Protocol):
+    """Takes received instances; the SCP knows only this interface."""
+
+    def store(self, instance: ReceivedInstance) -> StoreResult:
+        """Persist ``instance`` durably and return the status; never raise."""
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _make_dirs(root: Path, target: Path) -> None:
+    """Create ``target`` (under ``root``), fsync-ing the parent of each new directory."""
+    missing: list[Path] = []
+    current = target
+    while not current.is_dir():
+        missing.append(current)
+        if current == root or current.parent == current:
+            break
+        current = current.parent
+    for directory in reversed(missing):
+        directory.mkdir(exist_ok=True)
+        _fsync_dir(directory.parent)
+
+
+def _free_bytes(path: Path) -> int:
+    probe = path
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    return shutil.disk_usage(probe).free
+
+
+def clean_stale_temp_files(spool_dir: Path) -> int:
+    """Remove the temporary files an interrupted write left in the spool.
+
+    Call it at start-up, before the SCP accepts associations.
+
+    Parameters
+    ----------
+    spool_dir : Path
+        The spool root.
+
+    Returns
+    -------
+    int
+        How many files were removed.
+    """
+    if not spool_dir.is_dir():
+        return 0
+    removed = 0
+    for path in spool_dir.rglob(f"*{TEMP_SUFFIX}"):
+        try:
+            if path.is_file():
+                path.unlink()
+                removed += 1
+        except OSError as exc:
+            log.warning("could not remove stale temp file %s: %s", path, exc)
+    if removed:
+        log.info("removed %d stale temp file(s) from %s", removed, spool_dir)
+    return removed
+
+
+class SpoolSink:
+    """Stores instances in the spool and records them in the database.
+
+    Parameters
+    ----------
+    spool_dir : Path
+        The spool root (``settings.spool_dir``).
+    session_factory : sessionmaker
+        The process's session factory.
+    min_free_mb : int
+        Refuse (0xA700) when the spool's file system would have less free space.
+    free_bytes : callable, optional
+        Returns the free bytes of a path (default: ``shutil.disk_usage``); for tests.
+    """
+
+    def __init__(
+        self,
+        spool_dir: Path,
+        session_factory: sessionmaker,
+        min_free_mb: int,
+        *,
+        free_bytes: Callable[[Path], int] = _free_bytes,
+    ) -> None:
+        self.spool_dir = Path(spool_dir).absolute()
+        self.session_factory = session_factory
+        self.min_free_mb = min_free_mb
+        self._free_bytes = free_bytes
+        self._locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
+        self._low_space = False
+
+    def store(self, instance: ReceivedInstance) -> StoreResult:
+        """Persist and record ``instance``; see the module docstring for the order.
+
+        Parameters
+        ----------
+        instance : ReceivedInstance
+
+        Returns
+        -------
+        StoreResult
+            Success only once the file is durable and the row committed.
+        """
+        try:
+            return self._store(instance)
+        except StoreError as exc:
+            log.warning(
+                "C-STORE of %s from %s refused with 0x%04X: %s",
+                instance.sop_instance_uid,
+                instance.calling_ae,
+                exc.status,
+                exc,
+            )
+            return StoreResult(int(exc.status), str(exc))
+        except Exception as exc:  # noqa: BLE001 - the SCP must answer, never raise
+            status = status_for_exception(exc)
+            log.exception(
+                "C-STORE of %s from %s failed unexpectedly (0x%04X)",
+                instance.sop_instance_uid,
+                instance.calling_ae,
+                status,
+            )
+            return StoreResult(int(status), f"{type(exc).__name__}")
+
+    # Steps ------------------------------------------------------------------------
+
+    def _check_free_space(self, size: int) -> None:
+        try:
+            free = self._free_bytes(self.spool_dir)
+        except OSError as exc:
+            raise OutOfResources(f"spool not usable: {exc.strerror or exc}") from exc
+        needed = self.min_free_mb * 1024 * 1024 + size
+        if free < needed:
+            if not self._low_space:
+                log.warning(
+                    "spool %s has %d MB free, below the %d MB watermark: refusing C-STORE",
+                    self.spool_dir,
+                    free // (1024 * 1024),
+                    self.min_free_mb,
+                )
+            self._low_space = True
+            raise OutOfResources("spool below its free-space watermark")
+        if self._low_space:
+            log.warning("spool %s has free space again: accepting C-STORE", self.spool_dir)
+            self._low_space = False
+
+    def _write_temp(self, final: Path, data: bytes) -> Path:
+        try:
+            _make_dirs(self.spool_dir, final.parent)
+            temp = final.parent / f".{final.stem}.{uuid.uuid4().hex}{TEMP_SUFFIX}"
+            with open(temp, "xb") as fh:
+                try:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                except BaseException:
+                    fh.close()
+                    temp.unlink(missing_ok=True)
+                    raise
+        except OSError as exc:
+            raise OutOfResources(f"spool write failed: {exc.strerror or exc}") from exc
+        return temp
+
+    def _lock_for(self, sop_uid: str) -> threading.Lock:
+        return self._locks[zlib.crc32(sop_uid.encode()) % _LOCK_STRIPES]
+
+    def _row_exists(self, sop_uid: str) -> bool | None:
+        """True/False when the database answers, None when it cannot be asked."""
+        try:
+            with self.session_factory() as session:
+                found = session.scalar(
+                    select(Instance.id).where(Instance.sop_instance_uid == sop_uid)
+                )
+            return found is not None
+        except SQLAlchemyError:
+            log.exception("could not check whether instance %s was recorded", sop_uid)
+            return None
+
+    def _store(self, instance: ReceivedInstance) -> StoreResult:
+        data = instance.encoded
+        self._check_free_space(len(data))
+        header = read_header(data)
+        info = instance_info_from_dataset(
+            header,
+            sop_class_uid=instance.sop_class_uid,
+            sop_instance_uid=instance.sop_instance_uid,
+            transfer_syntax_uid=instance.transfer_syntax_uid,
+            file_path="",
+            size_bytes=len(data),
+            calling_ae=instance.calling_ae,
+            peer_address=instance.peer_address,
+        )
+        study_uid, sop_uid = info.study_instance_uid, info.sop_instance_uid
+        final = spool_path(self.spool_dir, study_uid, info.series_instance_uid, sop_uid)
+        info = replace(info, file_path=str(final))
+
+        temp = self._write_temp(final, data)
+        with self._lock_for(sop_uid):
+            had_copy = final.exists()
+            session = self.session_factory()
+            try:
+                try:
+                    outcome = record_instance(session, info=info)
+                except SQLAlchemyError as exc:
+                    raise OutOfResources(f"database error: {type(exc).__name__}") from exc
+                try:
+                    os.replace(temp, final)
+                    _fsync_dir(final.parent)
+                except OSError as exc:
+                    if not had_copy and not temp.exists():
+                        self._remove_final(final)
+                    raise OutOfResources(f"spool rename failed: {exc.strerror or exc}") from exc
+                try:
+                    session.commit()
+                except SQLAlchemyError as exc:
+                    session.rollback()
+                    recorded = self._row_exists(sop_uid)
+                    if recorded and not had_copy:
+                        # The commit reached the database after all: the row points
+                        # to the complete file just renamed into place.
+                        outcome = RecordOutcome.NEW
+                    else:
+                        if recorded is False and not had_copy:
+                            self._remove_final(final)
+                        raise OutOfResources(
+                            f"database commit failed: {type(exc).__name__}"
+                        ) from exc
+            except BaseException:
+                session.rollback()
+                temp.unlink(missing_ok=True)
+                raise
+            finally:
+                session.close()
+
+        log.info(
+            "stored %s instance %s (study %s, %s) from %s@%s",
+            outcome.value,
+            sop_uid,
+            study_uid,
+            instance.transfer_syntax_uid,
+            instance.calling_ae,
+            instance.peer_address,
+        )
+        return StoreResult(int(StoreStatus.SUCCESS), outcome=outcome, path=final)
+
+    @staticmethod
+    def _remove_final(final: Path) -> None:
+        """Remove a renamed file that no row points to (a failed commit or fsync)."""
+        try:
+            final.unlink(missing_ok=True)
+            _fsync_dir(final.parent)
+        except OSError:
+            log.exception("could not remove %s after a failed store", final)
