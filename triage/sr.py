@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import re
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -48,12 +49,12 @@ from highdicom.sr import (
 )
 from pydicom import Dataset, dcmread
 from pydicom.sr.coding import Code
-from pydicom.uid import generate_uid
 
 __all__ = [
     "CODES",
     "SRContent",
     "build_sr",
+    "derived_uid",
     "sr_uids",
     "write_sr",
     "read_sr_summary",
@@ -117,6 +118,23 @@ class SRContent:
     content_datetime: datetime
 
 
+_UID_NAMESPACE = uuid.UUID("6f1f3c1e-4a55-5b7e-9d0c-2f5a8c1e7b31")
+
+
+def derived_uid(*parts: str) -> str:
+    """A deterministic ``2.25`` UID: the integer of a name-based (SHA-1) UUID of ``parts``.
+
+    Parameters
+    ----------
+    *parts : str
+
+    Returns
+    -------
+    str
+    """
+    return f"2.25.{uuid.uuid5(_UID_NAMESPACE, chr(0).join(parts)).int}"
+
+
 def sr_uids(study_instance_uid: str, revision: int) -> tuple[str, str]:
     """Deterministic Series and SOP Instance UIDs of the SR of a study revision.
 
@@ -130,14 +148,12 @@ def sr_uids(study_instance_uid: str, revision: int) -> tuple[str, str]:
     tuple of str
         ``(series_instance_uid, sop_instance_uid)``, both ``2.25.<hash>`` UIDs.
     """
-    base = ["cxr-triage-node", "sr", study_instance_uid, str(int(revision))]
-    series = generate_uid(prefix=None, entropy_srcs=[*base, "series"])
-    sop = generate_uid(prefix=None, entropy_srcs=[*base, "instance"])
-    return str(series), str(sop)
+    base = ("sr", study_instance_uid, str(int(revision)))
+    return derived_uid(*base, "series"), derived_uid(*base, "instance")
 
 
 def _device_uid(device_name: str) -> str:
-    return str(generate_uid(prefix=None, entropy_srcs=["cxr-triage-node", "device", device_name]))
+    return derived_uid("device", device_name)
 
 
 def build_sr(content: SRContent, evidence: Sequence[Dataset]) -> ComprehensiveSR:
@@ -181,17 +197,7 @@ def build_sr(content: SRContent, evidence: Sequence[Dataset]) -> ComprehensiveSR
     finding = CODES.abnormal if content.decision == "abnormal" else CODES.normal
     group = MeasurementsAndQualitativeEvaluations(
         tracking_identifier=TrackingIdentifier(
-            uid=str(
-                generate_uid(
-                    prefix=None,
-                    entropy_srcs=[
-                        "cxr-triage-node",
-                        "tracking",
-                        content.study_instance_uid,
-                        str(content.revision),
-                    ],
-                )
-            ),
+            uid=derived_uid("tracking", content.study_instance_uid, str(content.revision)),
             identifier="CXR triage",
         ),
         algorithm_id=algorithm,
@@ -257,6 +263,9 @@ def build_sr(content: SRContent, evidence: Sequence[Dataset]) -> ComprehensiveSR
     sr.InstanceCreationTime = sr.ContentTime
     sr.SeriesDate = sr.ContentDate
     sr.SeriesTime = sr.ContentTime
+    for item in sr.get("ContributingEquipmentSequence", []):
+        if "ContributionDateTime" in item:
+            item.ContributionDateTime = when.strftime("%Y%m%d%H%M%S.%f")
     sr.SoftwareVersions = f"{content.model_name} {content.model_version}"[:64]
     sr.InstitutionName = getattr(evidence[0], "InstitutionName", None) or None
     if sr.InstitutionName is None:

@@ -1,0 +1,73 @@
+"""Fixtures for the triage tests: a tiny model with a card, ingesting files."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from triage.testing import build_tiny_model
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny ONNX classifier (models/ contract) with its card embedded."""
+    path = tmp_path_factory.mktemp("model") / "tiny.onnx"
+    build_tiny_model(path, input_size=64)
+    return path
+
+
+@pytest.fixture
+def tiny_classifier(tiny_model: Path):  # type: ignore[no-untyped-def]
+    """The tiny model loaded with models.runtime."""
+    from models.runtime import Classifier
+
+    return Classifier.load(tiny_model)
+
+
+def ingest_file(session_factory, path: Path, spool: Path) -> int:  # type: ignore[no-untyped-def]
+    """Copy a DICOM file into ``spool`` and record it as received; return its study id."""
+    from sqlalchemy import select
+
+    from dicom_scp.headers import instance_info_from_dataset
+    from worklist.ingest import record_instance
+    from worklist.tables import Study
+
+    ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    spool.mkdir(parents=True, exist_ok=True)
+    target = spool / f"{ds.SOPInstanceUID}.dcm"
+    shutil.copyfile(path, target)
+    info = instance_info_from_dataset(
+        ds,
+        sop_class_uid=str(ds.SOPClassUID),
+        sop_instance_uid=str(ds.SOPInstanceUID),
+        transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
+        file_path=str(target),
+        size_bytes=target.stat().st_size,
+    )
+    with session_factory.begin() as session:
+        record_instance(session, info=info)
+        return session.scalar(
+            select(Study.id).where(Study.study_instance_uid == str(ds.StudyInstanceUID))
+        )
+
+
+def make_stable(session_factory) -> list:  # type: ignore[no-untyped-def]
+    """Mark every receiving study stable now; return the hand-offs."""
+    from worklist.ingest import utcnow
+    from worklist.stability import mark_stable_studies
+
+    with session_factory.begin() as session:
+        return mark_stable_studies(
+            session, quiet_seconds=0.0, now=utcnow() + timedelta(seconds=1)
+        )
+
+
+@pytest.fixture
+def ingest(session_factory, tmp_path: Path) -> Callable[[Path], int]:  # type: ignore[no-untyped-def]
+    """Ingest a file into the test database and spool; returns the study id."""
+    return lambda path: ingest_file(session_factory, Path(path), tmp_path / "spool")

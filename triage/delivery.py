@@ -1,0 +1,84 @@
+"""C-STORE of an SR file to one destination (pynetdicom SCU).
+
+:func:`store_file` sends one file on one association and maps every failure to
+one of two exceptions: :class:`~triage.errors.DestinationUnavailable` (transient:
+refused, aborted, timed out, no answer) or :class:`~triage.errors.StoreRejected`
+(the peer answered with a failure status; transient only for 0xA7xx).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from pydicom import dcmread
+from pynetdicom import AE
+
+from triage.errors import DestinationUnavailable, StoreRejected
+from worklist.settings import Destination
+
+__all__ = ["store_file"]
+
+log = logging.getLogger(__name__)
+
+
+def store_file(
+    path: str | Path,
+    destination: Destination | str,
+    *,
+    calling_ae: str = "TRIAGE",
+    timeout: float = 10.0,
+) -> int:
+    """Send a DICOM file by C-STORE.
+
+    Parameters
+    ----------
+    path : str or Path
+        The SR file.
+    destination : Destination or str
+        ``AE@host:port``.
+    calling_ae : str
+        Our AE title.
+    timeout : float
+        Seconds for the association, DIMSE and network timeouts.
+
+    Returns
+    -------
+    int
+        The success or warning status of the C-STORE.
+
+    Raises
+    ------
+    DestinationUnavailable
+        The association could not be made or was lost.
+    StoreRejected
+        The destination answered with a failure status.
+    FileNotFoundError
+        The file is missing.
+    """
+    if isinstance(destination, str):
+        destination = Destination.parse(destination)
+    ds = dcmread(path)
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = timeout
+    ae.dimse_timeout = timeout
+    ae.network_timeout = timeout
+    ae.connection_timeout = timeout
+    sop_class = str(ds.SOPClassUID)
+    ae.add_requested_context(sop_class, [str(ds.file_meta.TransferSyntaxUID)])
+    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+    if not assoc.is_established:
+        reason = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "failed"
+        raise DestinationUnavailable(f"association with {destination} {reason}")
+    try:
+        status = assoc.send_c_store(ds)
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    if not status or "Status" not in status:
+        raise DestinationUnavailable(f"no C-STORE response from {destination}")
+    code = int(status.Status)
+    if code == 0x0000 or (code & 0xF000) == 0xB000:
+        log.info("SR %s stored at %s (status 0x%04X)", ds.SOPInstanceUID, destination, code)
+        return code
+    raise StoreRejected(f"{destination} answered C-STORE with status 0x{code:04X}", code)

@@ -1,0 +1,214 @@
+"""Celery tasks: thin wrappers (ids in, state re-read from the database, plain
+functions called).
+
+- ``triage.triage_study(study_id, revision)``, queue ``inference``: runs
+  :func:`triage.pipeline.triage_study`, then sends one ``triage.deliver`` per
+  outbox row. Retried with backoff only on named transient errors (database
+  unavailable or locked, :class:`~triage.errors.TransientError`).
+- ``triage.deliver(delivery_id)``, queue ``delivery``: one C-STORE attempt of one
+  outbox row; a transient failure records the next attempt time (exponential
+  backoff) and the sweep sends it again when due; after the last attempt the row is
+  ``failed``.
+- ``triage.sweep()``, queue ``delivery``: :func:`sweep` sends every due outbox row
+  and re-sends stalled triage revisions. The delivery worker also runs it
+  periodically (see :mod:`triage.worker`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Celery
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import sessionmaker
+
+from triage.celery_app import DELIVERY_QUEUE, INFERENCE_QUEUE, TASK_DELIVER, TASK_SWEEP, TASK_TRIAGE
+from triage.errors import DestinationUnavailable, StoreRejected, TransientError
+from triage.options import TriageOptions
+
+__all__ = ["WorkerContext", "register_tasks", "sweep", "deliver_one"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Engine:
+    pid: int
+    engine: Any
+    session_factory: sessionmaker
+
+
+class WorkerContext:
+    """Per-process resources of a worker: the engine and session factory, built
+    lazily (and again in a forked child)."""
+
+    def __init__(self, settings: Any, options: TriageOptions) -> None:
+        self.settings = settings
+        self.options = options
+        self._lock = threading.Lock()
+        self._engine: _Engine | None = None
+
+    @property
+    def session_factory(self) -> sessionmaker:
+        """This process's session factory."""
+        with self._lock:
+            if self._engine is None or self._engine.pid != os.getpid():
+                from worklist.db import make_engine, make_session_factory
+
+                engine = make_engine(self.settings.effective_database_url)
+                self._engine = _Engine(os.getpid(), engine, make_session_factory(engine))
+            return self._engine.session_factory
+
+    def classifier(self) -> Any:
+        """This process's classifier (loaded on first use)."""
+        from triage.inference import get_classifier
+
+        return get_classifier(self.settings, batch_size=self.options.batch_size)
+
+
+def _context(app: Celery) -> WorkerContext:
+    ctx = getattr(app, "triage_context", None)
+    if ctx is None:
+        ctx = WorkerContext(app.conf.triage_settings, app.conf.triage_options)
+        app.triage_context = ctx  # type: ignore[attr-defined]
+    return ctx
+
+
+def deliver_one(ctx: WorkerContext, delivery_id: int) -> str:
+    """One delivery attempt of one outbox row (the body of ``triage.deliver``).
+
+    Parameters
+    ----------
+    ctx : WorkerContext
+    delivery_id : int
+
+    Returns
+    -------
+    str
+        ``delivered``, ``pending`` (will be retried), ``failed`` or ``not due``.
+    """
+    from triage.delivery import store_file
+    from worklist.outbox import claim_delivery, mark_delivered, mark_failed_attempt
+
+    options = ctx.options
+    with ctx.session_factory.begin() as session:
+        job = claim_delivery(session, delivery_id=delivery_id, lease_seconds=options.lease_seconds)
+    if job is None:
+        return "not due"
+    try:
+        store_file(job.file_path, job.destination, calling_ae=ctx.settings.ae_title)
+    except (DestinationUnavailable, StoreRejected, FileNotFoundError, OSError) as exc:
+        transient = isinstance(exc, DestinationUnavailable) or (
+            isinstance(exc, StoreRejected) and exc.transient
+        ) or (isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError))
+        retry_in = (
+            options.backoff(job.attempts)
+            if transient and job.attempts < options.delivery_max_attempts
+            else None
+        )
+        with ctx.session_factory.begin() as session:
+            state = mark_failed_attempt(
+                session, delivery_id=job.id, error=f"{type(exc).__name__}: {exc}", retry_in=retry_in
+            )
+        log_fn = log.warning if retry_in is not None else log.error
+        log_fn(
+            "delivery %s of SR %s to %s: attempt %s failed (%s); %s",
+            job.id, job.sop_instance_uid, job.destination, job.attempts, exc,
+            f"retry in {retry_in:.1f} s" if retry_in is not None else "gave up",
+        )
+        return state
+    with ctx.session_factory.begin() as session:
+        mark_delivered(session, delivery_id=job.id)
+    return "delivered"
+
+
+def sweep(app: Celery) -> dict[str, int]:
+    """Send every due outbox row and re-send stalled triage revisions.
+
+    Parameters
+    ----------
+    app : celery.Celery
+
+    Returns
+    -------
+    dict
+        ``{"deliveries": n, "revisions": m}`` sent.
+    """
+    from worklist.outbox import due_deliveries, mark_redispatched
+    from worklist.results import stalled_revisions
+
+    ctx = _context(app)
+    with ctx.session_factory() as session:
+        due = due_deliveries(session)
+        stalled = stalled_revisions(session, lease_seconds=ctx.options.lease_seconds)
+    for delivery_id in due:
+        app.send_task(TASK_DELIVER, args=(delivery_id,), queue=DELIVERY_QUEUE)
+    for study_id, revision in stalled:
+        log.warning("study %s revision %s stalled; sending it to triage again", study_id, revision)
+        app.send_task(TASK_TRIAGE, args=(study_id, revision), queue=INFERENCE_QUEUE)
+        with ctx.session_factory.begin() as session:
+            mark_redispatched(session, study_id=study_id, revision=revision)
+    return {"deliveries": len(due), "revisions": len(stalled)}
+
+
+def register_tasks(app: Celery) -> None:
+    """Register the triage tasks on ``app`` (called by :func:`~triage.celery_app.make_celery`).
+
+    Parameters
+    ----------
+    app : celery.Celery
+    """
+
+    @app.task(
+        name=TASK_TRIAGE,
+        bind=True,
+        acks_late=True,
+        reject_on_worker_lost=True,
+        autoretry_for=(OperationalError, TransientError),
+        retry_backoff=1,
+        retry_backoff_max=60,
+        retry_jitter=True,
+        max_retries=8,
+    )
+    def triage_study_task(self: Any, study_id: int, revision: int) -> dict[str, Any]:
+        from triage.pipeline import triage_study
+
+        ctx = _context(app)
+        outcome = triage_study(
+            ctx.session_factory,
+            ctx.settings,
+            ctx.classifier,
+            int(study_id),
+            int(revision),
+            options=ctx.options,
+        )
+        for delivery_id in outcome.deliveries:
+            app.send_task(TASK_DELIVER, args=(delivery_id,), queue=DELIVERY_QUEUE)
+        return {
+            "study_id": outcome.study_id,
+            "revision": outcome.revision,
+            "claim": outcome.claim.value,
+            "status": outcome.status,
+            "result_id": outcome.result_id,
+        }
+
+    @app.task(
+        name=TASK_DELIVER,
+        bind=True,
+        acks_late=True,
+        reject_on_worker_lost=True,
+        autoretry_for=(OperationalError,),
+        retry_backoff=1,
+        retry_backoff_max=30,
+        max_retries=8,
+    )
+    def deliver_task(self: Any, delivery_id: int) -> str:
+        return deliver_one(_context(app), int(delivery_id))
+
+    @app.task(name=TASK_SWEEP, acks_late=True, autoretry_for=(OperationalError,), max_retries=3)
+    def sweep_task() -> dict[str, int]:
+        return sweep(app)

@@ -1,0 +1,261 @@
+"""Running the triage workers.
+
+:func:`run_worker` runs one Celery worker in this process (blocking), for
+``triage-node worker``. The pool follows the queues:
+
+- ``inference`` (alone or with ``delivery``): the *prefork* pool, one ONNX Runtime
+  session per pool process, prefetch 1. A pool process that dies mid-task has its
+  message redelivered (``task_reject_on_worker_lost``).
+- ``delivery`` alone: the *threads* pool (C-STORE is network-bound).
+
+A worker that serves ``delivery`` also runs the sweep (due outbox rows, stalled
+revisions) every ``sweep_seconds`` in a background thread.
+
+:func:`start_embedded_worker` is the embedded mode of ``triage-node serve``: it
+starts **two subprocesses** (``python -m triage.worker``), one for ``inference`` and
+one for ``delivery``, passing the settings through ``TRIAGE_*`` environment
+variables. Subprocesses rather than threads because Celery's worker owns signal
+handling and its process pool, ONNX Runtime and the GPU are best kept out of the
+SCP's process, and a crash of a worker must not take the SCP down. The handle's
+:meth:`EmbeddedWorker.stop` asks both for a warm shutdown (SIGTERM) and kills them
+after a grace period.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from triage.celery_app import DELIVERY_QUEUE, INFERENCE_QUEUE, make_celery
+from triage.options import TriageOptions, load_triage_options
+
+__all__ = ["EmbeddedWorker", "run_worker", "settings_to_env", "start_embedded_worker", "main"]
+
+log = logging.getLogger(__name__)
+
+
+class _Sweeper(threading.Thread):
+    """Background thread calling :func:`triage.tasks.sweep` every ``period`` seconds."""
+
+    def __init__(self, app: Any, period: float) -> None:
+        super().__init__(name="triage-sweeper", daemon=True)
+        self.app = app
+        self.period = period
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        from triage.tasks import sweep
+
+        while not self.stopped.is_set():
+            try:
+                counts = sweep(self.app)
+                if any(counts.values()):
+                    log.info("sweep sent %s", counts)
+            except Exception as exc:  # noqa: BLE001 - keep sweeping through DB/broker hiccups
+                log.warning("sweep failed: %s", exc)
+            self.stopped.wait(self.period)
+
+
+def run_worker(
+    settings: Any,
+    queues: Sequence[str],
+    concurrency: int = 1,
+    *,
+    options: TriageOptions | None = None,
+) -> None:
+    """Run a triage worker in this process until it is stopped (blocking).
+
+    Migrations are already applied by the caller.
+
+    Parameters
+    ----------
+    settings : Settings
+    queues : sequence of str
+        ``inference``, ``delivery`` or both.
+    concurrency : int
+        Pool processes (inference) or threads (delivery).
+    options : TriageOptions, optional
+    """
+    queues = [q.strip() for q in queues if q.strip()]
+    unknown = set(queues) - {INFERENCE_QUEUE, DELIVERY_QUEUE}
+    if not queues or unknown:
+        raise ValueError(f"queues must be among inference, delivery; got {queues}")
+    options = options or load_triage_options(settings)
+    app = make_celery(settings, options)
+    pool = "prefork" if INFERENCE_QUEUE in queues else "threads"
+    sweeper = None
+    if DELIVERY_QUEUE in queues:
+        sweeper = _Sweeper(app, options.sweep_seconds)
+        sweeper.start()
+    log.info(
+        "triage worker: queues %s, pool %s x%s, broker %s",
+        ",".join(queues),
+        pool,
+        concurrency,
+        "embedded" if settings.uses_embedded_broker else settings.effective_broker_url.split("@")[-1],
+    )
+    argv = [
+        "worker",
+        f"--queues={','.join(queues)}",
+        f"--concurrency={max(1, int(concurrency))}",
+        f"--pool={pool}",
+        f"--hostname={'-'.join(queues)}.{os.getpid()}@%h",
+        f"--loglevel={getattr(settings, 'log_level', 'INFO')}",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+        "--prefetch-multiplier=1",
+    ]
+    try:
+        app.worker_main(argv=argv)
+    finally:
+        if sweeper is not None:
+            sweeper.stopped.set()
+
+
+def settings_to_env(settings: Any) -> dict[str, str]:
+    """The ``TRIAGE_*`` environment variables that rebuild ``settings`` in a child.
+
+    Parameters
+    ----------
+    settings : Settings
+
+    Returns
+    -------
+    dict of str
+    """
+    env: dict[str, str] = {}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        if isinstance(value, list | tuple):
+            text = ",".join(str(v) if not isinstance(v, dict) else _dest(v) for v in value)
+        else:
+            text = str(value)
+        env[f"TRIAGE_{name.upper()}"] = text
+    return env
+
+
+def _dest(value: dict[str, Any]) -> str:
+    return f"{value['ae_title']}@{value['host']}:{value['port']}"
+
+
+class EmbeddedWorker:
+    """Handle on the embedded worker subprocesses (see the module docstring).
+
+    Attributes
+    ----------
+    processes : dict of str to subprocess.Popen
+        ``{"inference": ..., "delivery": ...}``.
+    """
+
+    def __init__(self, processes: dict[str, subprocess.Popen[bytes]]) -> None:
+        self.processes = processes
+
+    def alive(self) -> bool:
+        """True while every worker subprocess runs."""
+        return all(p.poll() is None for p in self.processes.values())
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Warm shutdown of both workers, then kill what is left after ``timeout``.
+
+        Parameters
+        ----------
+        timeout : float
+        """
+        for proc in self.processes.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for name, proc in self.processes.items():
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("embedded %s worker did not stop in %.0f s; killing it", name, timeout)
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+def start_embedded_worker(
+    settings: Any,
+    *,
+    inference_concurrency: int = 1,
+    delivery_concurrency: int = 4,
+    extra_env: dict[str, str] | None = None,
+) -> EmbeddedWorker:
+    """Start the embedded workers (inference, delivery) as two subprocesses.
+
+    Parameters
+    ----------
+    settings : Settings
+    inference_concurrency : int
+    delivery_concurrency : int
+    extra_env : dict, optional
+        More environment for the children (tests).
+
+    Returns
+    -------
+    EmbeddedWorker
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRIAGE_")}
+    env.pop("TRIAGE_CONFIG", None)
+    env.update(settings_to_env(settings))
+    env.update(extra_env or {})
+    processes: dict[str, subprocess.Popen[bytes]] = {}
+    for queue, concurrency in (
+        (INFERENCE_QUEUE, inference_concurrency),
+        (DELIVERY_QUEUE, delivery_concurrency),
+    ):
+        processes[queue] = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            [
+                sys.executable,
+                "-m",
+                "triage.worker",
+                "--queues",
+                queue,
+                "--concurrency",
+                str(concurrency),
+            ],
+            env=env,
+        )
+        log.info("embedded %s worker started (pid %s)", queue, processes[queue].pid)
+    return EmbeddedWorker(processes)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m triage.worker --queues inference,delivery [--concurrency N]``.
+
+    Settings come from the environment (``TRIAGE_*``), as for ``triage-node``.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+
+    Returns
+    -------
+    int
+        Exit status.
+    """
+    from worklist.settings import load_settings
+
+    parser = argparse.ArgumentParser(prog="python -m triage.worker")
+    parser.add_argument("--queues", default=f"{INFERENCE_QUEUE},{DELIVERY_QUEUE}")
+    parser.add_argument("--concurrency", type=int, default=1)
+    args = parser.parse_args(argv)
+    settings = load_settings()
+    logging.basicConfig(
+        level=getattr(logging, str(settings.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s",
+    )
+    run_worker(settings, args.queues.split(","), args.concurrency)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
