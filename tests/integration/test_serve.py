@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import free_port, wait_until
+from tests.integration.scp.helpers import STORESCU_TS_OPTION, transfer_syntax_of
 
 BIN = Path(sys.executable).parent
 
@@ -69,7 +70,15 @@ def test_serve_accepts_echo_and_store(node, shared_data: Path) -> None:
     proc, dicom_port, http_port, data_dir = node
     chest = shared_data / "dicom" / "real" / "RG1_J2KI.dcm"
     sent = subprocess.run(
-        ["storescu", "-aec", "TRIAGE", "127.0.0.1", str(dicom_port), str(chest)],
+        [
+            "storescu",
+            STORESCU_TS_OPTION[transfer_syntax_of(chest)],
+            "-aec",
+            "TRIAGE",
+            "127.0.0.1",
+            str(dicom_port),
+            str(chest),
+        ],
         capture_output=True,
         text=True,
         timeout=60,
