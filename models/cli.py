@@ -34,6 +34,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         max_minutes=args.max_minutes,
         max_train_images=args.max_train_images,
         augment=not args.no_augment,
+        ema_decay=None if args.ema_decay <= 0 else args.ema_decay,
     )
     summary = train(cfg, resume=args.resume)
     print(json.dumps({k: summary[k] for k in ("best_val_auc", "best_epoch", "epochs_run",
@@ -96,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-minutes", type=float, default=None)
     t.add_argument("--max-train-images", type=int, default=None)
     t.add_argument("--no-augment", action="store_true")
+    t.add_argument("--ema-decay", type=float, default=0.995, help="weight EMA decay (0 disables)")
     t.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     t.set_defaults(func=_cmd_train)
 

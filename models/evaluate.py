@@ -190,14 +190,17 @@ def calibrate_model(
     card = clf.card.model_copy(update={"calibration": {"method": "temperature", "temperature": temperature}})
     prob = card.calibrate(z)
     points = {}
-    for name, thr in (("balanced", operating_point_balanced(y, prob)),
-                      ("high_sensitivity", operating_point_for_sensitivity(y, prob, target_sensitivity))):
+    balanced = operating_point_balanced(y, prob)
+    # never above the balanced threshold: "high sensitivity" must not be less sensitive
+    high_sens = min(operating_point_for_sensitivity(y, prob, target_sensitivity), balanced)
+    for name, thr in (("balanced", balanced), ("high_sensitivity", high_sens)):
         m = threshold_metrics(y, prob, thr)
         points[name] = {"threshold": thr, "sensitivity": m["sensitivity"], "specificity": m["specificity"],
                         "fitted_on": split, "n": int(len(y))}
     points["high_sensitivity"]["target_sensitivity"] = target_sensitivity
     points["balanced"]["rule"] = "maximum Youden J (sensitivity + specificity - 1)"
-    points["high_sensitivity"]["rule"] = f"highest threshold with sensitivity >= {target_sensitivity}"
+    points["high_sensitivity"]["rule"] = (
+        f"highest threshold with sensitivity >= {target_sensitivity}, capped at the balanced threshold")
     uncal = 0.5 * (1 + np.tanh(0.5 * z))
     card = card.model_copy(update={
         "operating_points": points,

@@ -24,6 +24,32 @@ __all__ = ["ParityError", "export_checkpoint", "export_onnx", "parity_check"]
 logger = logging.getLogger(__name__)
 
 
+INTENDED_USE = (
+    "Worklist prioritisation of frontal (PA/AP) chest radiographs (CR/DX): the calibrated "
+    "probability that an image is abnormal is used to move likely abnormal studies up a "
+    "radiologist's reading list. Every study is still read by a radiologist; the output is not "
+    "a diagnosis and must not be used to withhold or delay a read, nor on its own to treat."
+)
+
+LIMITATIONS = (
+    "Trained from scratch on 3,140 pediatric (age 1-5) chest radiographs from one hospital "
+    "(Guangzhou; Kermany et al. 2018), where 'abnormal' means pneumonia (viral or bacterial); "
+    "other findings (nodules, effusion, pneumothorax, cardiomegaly, lines and tubes, fractures) "
+    "were not in the training labels.",
+    "Not validated on adults: on 64 px NIH ChestX-ray14 adult thumbnails it is near chance "
+    "(see the card's metrics); a site must validate on its own data before use.",
+    "Training images were 224 px 8-bit JPEGs; the model sees 128 px. Robustness to JPEG "
+    "recompression, lower resolution and MONOCHROME1/12-16 bit DICOM is tested on degraded "
+    "copies of the test split, not on images from other vendors with ground truth.",
+    "No age or sex in the training labels: subgroup performance by sex and age is unknown on "
+    "this data; the report lists missing demographics as their own group.",
+    "Frontal views only; lateral views, other body parts and non-human images must be "
+    "filtered out before the model (the node's series selection does this).",
+    "Calibration (temperature) and operating points were fitted on the validation split of the "
+    "same hospital; prevalence at a new site changes the positive predictive value.",
+)
+
+
 class ParityError(Exception):
     """ONNX Runtime output differs from the torch model beyond tolerance."""
 
@@ -128,6 +154,8 @@ def export_checkpoint(
     card = ModelCard(
         name=name,
         version=version,
+        intended_use=INTENDED_USE,
+        limitations=list(LIMITATIONS),
         architecture={"backbone": cfg.backbone, "timm_name": bspec.timm_name,
                       "description": bspec.description, "head": "linear (1 unit, abnormal logit)",
                       "pretrained": False, "embedding_dim": emb_dim,

@@ -59,6 +59,7 @@ class TrainConfig:
     max_minutes: float | None = None
     max_train_images: int | None = None
     augment: bool = True
+    ema_decay: float | None = 0.995
     preprocess: dict[str, Any] = field(default_factory=dict)
 
     def spec(self) -> PreprocessSpec:
@@ -173,6 +174,30 @@ def predict_logits(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 25
     return torch.cat(outs).numpy().astype(np.float64)
 
 
+class _Ema:
+    """Exponential moving average of the weights (buffers copied), with warm-up."""
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        import copy
+
+        self.module = copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self.decay = decay
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        ema_state = self.module.state_dict()
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                ema_state[k].mul_(d).add_(v.detach(), alpha=1 - d)
+            else:
+                ema_state[k].copy_(v)
+
+
 def _lr_at(step: float, total: float, warmup: float, base: float) -> float:
     if step < warmup:
         return base * (step + 1) / warmup
@@ -223,12 +248,16 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     logger.info("decoded %d train / %d val images in %.1fs", len(train_imgs), len(val_imgs), time.time() - t0)
 
     model = build_model(cfg.backbone, in_chans=spec.channels)
+    ema = _Ema(model, cfg.ema_decay) if cfg.ema_decay else None
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     state: dict[str, Any] = {"epoch": 0, "best_auc": -1.0, "best_epoch": -1, "history": [], "elapsed_s": 0.0}
     last = out / "last.pt"
     if resume and last.exists():
         ckpt = torch.load(last, map_location="cpu", weights_only=False)
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(ckpt["train_model"] if "train_model" in ckpt else ckpt["model"])
+        if ema is not None and "model" in ckpt:
+            ema.module.load_state_dict(ckpt["model"])
+            ema.updates = ckpt.get("ema_updates", 0)
         opt.load_state_dict(ckpt["optimizer"])
         state = ckpt["state"]
         torch.set_rng_state(ckpt["torch_rng"])
@@ -265,9 +294,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if ema is not None:
+                ema.update(model)
             losses.append(loss.item())
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-        val_logits = predict_logits(model, x_val)
+        eval_model = ema.module if ema is not None else model
+        val_logits = predict_logits(eval_model, x_val)
         auc = roc_auc(y_val, val_logits)
         brier = brier_score(y_val, sigmoid(val_logits))
         elapsed = time.time() - started
@@ -279,8 +311,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         improved = auc > state["best_auc"]
         if improved:
             state["best_auc"], state["best_epoch"] = auc, epoch + 1
-        ckpt = {"model": model.state_dict(), "optimizer": opt.state_dict(), "state": state,
+        # "model" holds the weights that are evaluated and exported (the EMA when enabled)
+        ckpt = {"model": eval_model.state_dict(), "optimizer": opt.state_dict(), "state": state,
                 "config": asdict(cfg), "torch_rng": torch.get_rng_state()}
+        if ema is not None:
+            ckpt["train_model"] = model.state_dict()
+            ckpt["ema_updates"] = ema.updates
         torch.save(ckpt, out / "last.pt.tmp")
         (out / "last.pt.tmp").replace(last)
         if improved:
