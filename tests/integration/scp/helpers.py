@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from pydicom import dcmread
+from pydicom.filereader import read_file_meta_info
 from pydicom.dataset import Dataset
 from pynetdicom import AE
 from sqlalchemy import func, select
@@ -47,7 +48,7 @@ def need_dcmtk() -> None:
 
 def transfer_syntax_of(path: Path) -> str:
     """The transfer syntax a Part 10 file is stored in."""
-    return str(dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID)
+    return str(read_file_meta_info(path).TransferSyntaxUID)
 
 
 def storescu(
@@ -90,7 +91,7 @@ def pyscu_store(
     Returns the status, or None when no association/context could carry it.
     """
     if isinstance(data, Path):
-        meta = dcmread(data, stop_before_pixels=True).file_meta
+        meta = read_file_meta_info(data)
         sop_class = sop_class or str(meta.MediaStorageSOPClassUID)
         transfer_syntax = transfer_syntax or str(meta.TransferSyntaxUID)
     assert sop_class and transfer_syntax

@@ -1,0 +1,175 @@
+"""Failure paths of the spool sink: nothing half-done is left behind, ever."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom import dcmread
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+import dicom_scp.sink as sink_module
+from dicom_scp.server import start_scp
+from dicom_scp.sink import TEMP_SUFFIX, ReceivedInstance, SpoolSink, clean_stale_temp_files
+from dicom_scp.status import StoreStatus
+from tests.integration.scp.helpers import count_instances, pyscu_echo, pyscu_store
+from worklist.db import make_engine, make_session_factory
+
+CHEST = "dicom/real/fuji_CR_chest_from_fodicom_withmeta.dcm"
+
+
+def _received(path: Path) -> ReceivedInstance:
+    ds = dcmread(path, stop_before_pixels=True)
+    return ReceivedInstance(
+        encoded=path.read_bytes(),
+        sop_class_uid=str(ds.SOPClassUID),
+        sop_instance_uid=str(ds.SOPInstanceUID),
+        transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
+        calling_ae="TEST",
+        peer_address="127.0.0.1",
+    )
+
+
+def _files(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file()] if root.is_dir() else []
+
+
+def test_spool_that_is_a_file_gives_a700_over_the_network(
+    shared_data: Path, make_settings: Any, session_factory: Any, tmp_path: Path
+) -> None:
+    settings = make_settings()
+    not_a_dir = tmp_path / "spool-is-a-file"
+    not_a_dir.write_bytes(b"not a directory")
+    server = start_scp(settings, SpoolSink(not_a_dir, session_factory, 0))
+    try:
+        assert pyscu_store(settings.dicom_port, shared_data / CHEST) == 0xA700
+        assert count_instances(session_factory) == 0
+        assert not_a_dir.read_bytes() == b"not a directory"
+        assert pyscu_echo(settings.dicom_port) == 0x0000  # still serving
+    finally:
+        server.shutdown()
+
+
+def test_database_failure_gives_a700_and_leaves_no_file(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    # A database without the schema: every statement fails.
+    engine = make_engine(f"sqlite:///{tmp_path / 'empty.db'}")
+    try:
+        spool = tmp_path / "spool"
+        result = SpoolSink(spool, make_session_factory(engine), 0).store(
+            _received(shared_data / CHEST)
+        )
+        assert result.status == StoreStatus.OUT_OF_RESOURCES
+        assert _files(spool) == []
+    finally:
+        engine.dispose()
+
+
+def test_write_failure_gives_a700_and_leaves_no_partial_file(
+    shared_data: Path, session_factory: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_fsync = sink_module.os.fsync
+
+    def failing_fsync(fd: int) -> None:
+        if stat.S_ISREG(os.fstat(fd).st_mode):  # the data file, not its directory
+            raise OSError(28, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(sink_module.os, "fsync", failing_fsync)
+    spool = tmp_path / "spool"
+    result = SpoolSink(spool, session_factory, 0).store(_received(shared_data / CHEST))
+    assert result.status == StoreStatus.OUT_OF_RESOURCES
+    assert _files(spool) == []
+    assert count_instances(session_factory) == 0
+
+
+def test_rename_failure_gives_a700_and_no_row(
+    shared_data: Path, session_factory: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def failing_replace(src: Any, dst: Any) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(sink_module.os, "replace", failing_replace)
+    spool = tmp_path / "spool"
+    result = SpoolSink(spool, session_factory, 0).store(_received(shared_data / CHEST))
+    assert result.status == StoreStatus.OUT_OF_RESOURCES
+    assert _files(spool) == []
+    assert count_instances(session_factory) == 0
+
+
+class _FailingCommitSession(Session):
+    def commit(self) -> None:
+        raise OperationalError("COMMIT", {}, Exception("connection lost"))
+
+
+def _failing_commit_factory(session_factory: Any) -> sessionmaker:
+    return sessionmaker(bind=session_factory.kw["bind"], class_=_FailingCommitSession)
+
+
+def test_commit_failure_removes_the_new_file(
+    shared_data: Path, session_factory: Any, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    sink = SpoolSink(spool, _failing_commit_factory(session_factory), 0)
+    result = sink.store(_received(shared_data / CHEST))
+    assert result.status == StoreStatus.OUT_OF_RESOURCES
+    assert _files(spool) == []
+    assert count_instances(session_factory) == 0
+
+
+def test_commit_failure_on_resend_keeps_the_acknowledged_copy(
+    shared_data: Path, session_factory: Any, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    received = _received(shared_data / CHEST)
+    first = SpoolSink(spool, session_factory, 0).store(received)
+    assert first.ok and first.path is not None
+    again = SpoolSink(spool, _failing_commit_factory(session_factory), 0).store(received)
+    assert again.status == StoreStatus.OUT_OF_RESOURCES
+    assert first.path.read_bytes() == received.encoded
+    assert _files(spool) == [first.path]
+    assert count_instances(session_factory) == 1
+
+
+def test_free_space_watermark_refuses_then_resumes(
+    shared_data: Path, session_factory: Any, tmp_path: Path
+) -> None:
+    free = {"bytes": 10 * 1024 * 1024}
+    spool = tmp_path / "spool"
+    sink = SpoolSink(spool, session_factory, 100, free_bytes=lambda _path: free["bytes"])
+    received = _received(shared_data / CHEST)
+    assert sink.store(received).status == StoreStatus.OUT_OF_RESOURCES
+    assert _files(spool) == [] and count_instances(session_factory) == 0
+    free["bytes"] = 10 * 1024**3
+    assert sink.store(received).ok
+    assert count_instances(session_factory) == 1
+
+
+def test_stale_temp_files_are_cleaned(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    (spool / "1.2" / "1.2.3").mkdir(parents=True)
+    stale = spool / "1.2" / "1.2.3" / f".1.2.3.4.abc{TEMP_SUFFIX}"
+    stale.write_bytes(b"half")
+    kept = spool / "1.2" / "1.2.3" / "1.2.3.4.dcm"
+    kept.write_bytes(b"whole")
+    assert clean_stale_temp_files(spool) == 1
+    assert not stale.exists() and kept.exists()
+    assert clean_stale_temp_files(tmp_path / "missing") == 0
+
+
+def test_store_records_and_spools(shared_data: Path, session_factory: Any, tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    received = _received(shared_data / CHEST)
+    result = SpoolSink(spool, session_factory, 0).store(received)
+    assert result.ok and result.path is not None
+    ds = dcmread(shared_data / CHEST, stop_before_pixels=True)
+    assert result.path == (
+        spool.absolute() / ds.StudyInstanceUID / ds.SeriesInstanceUID / f"{ds.SOPInstanceUID}.dcm"
+    )
+    assert result.path.read_bytes() == received.encoded
+    assert _files(spool) == [result.path]
