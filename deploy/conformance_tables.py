@@ -22,7 +22,9 @@ from pathlib import Path
 DOCUMENT = Path(__file__).resolve().parents[1] / "docs" / "conformance-statement.md"
 
 _MARKER = re.compile(
-    r"(<!-- BEGIN GENERATED: (?P<name>[a-z0-9-]+) -->\n)(?P<body>.*?)(<!-- END GENERATED: (?P=name) -->)",
+    r"(<!-- BEGIN GENERATED: (?P<name>[a-z0-9-]+) -->\n)"
+    r"(?P<body>.*?)"
+    r"(<!-- END GENERATED: (?P=name) -->)",
     re.DOTALL,
 )
 
@@ -162,8 +164,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     tables = generated_tables()
     if args.write:
-        DOCUMENT.write_text(replace_sections(DOCUMENT.read_text(encoding="utf-8"), tables),
-                            encoding="utf-8")
+        DOCUMENT.write_text(
+            replace_sections(DOCUMENT.read_text(encoding="utf-8"), tables), encoding="utf-8"
+        )
         return 0
     for name, body in tables.items():
         sys.stdout.write(f"<!-- {name} -->\n{body}\n")

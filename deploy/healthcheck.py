@@ -211,7 +211,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"unhealthy: {exc}", file=sys.stderr)  # noqa: T201 - check output
         return 1
     if role == "http":
-        problem = check_http(_local(settings.http_host), settings.http_port, args.path, args.timeout)
+        problem = check_http(
+            _local(settings.http_host), settings.http_port, args.path, args.timeout
+        )
     elif role == "dicom":
         problem = check_tcp(_local(settings.dicom_host), settings.dicom_port, args.timeout)
     else:
