@@ -572,7 +572,8 @@ def test_healthcheck_http_and_tcp(port: int) -> None:
     assert hc.check_http("127.0.0.1", port, "/healthz", 2.0) is not None
 
 
-def test_healthcheck_broker_unreachable(port: int) -> None:
+def test_healthcheck_broker(port: int, tmp_path: Path) -> None:
     hc = _healthcheck_module()
+    assert hc.check_broker(f"sqla+sqlite:///{tmp_path / 'broker.db'}", timeout=5.0) is None
     problem = hc.check_broker(f"redis://127.0.0.1:{port}/0", timeout=1.0)
-    assert problem is not None and problem.startswith("broker:")
+    assert problem is not None and problem.startswith("broker: OperationalError")
