@@ -4,7 +4,8 @@
 
 - broker: ``settings.effective_broker_url``: Redis when scaled out, else the
   embedded kombu SQLAlchemy transport on ``DATA_DIR/broker.db``, which polls, so
-  ``polling_interval`` is short;
+  ``polling_interval`` is short (through :mod:`triage.broker`, which keeps that
+  option away from ``create_engine``);
 - two queues: ``inference`` (``triage.triage_study``) and ``delivery``
   (``triage.deliver``, ``triage.sweep``), served by separate worker processes so a
   slow PACS link never holds the GPU;
@@ -60,8 +61,13 @@ def make_celery(settings: Any, options: TriageOptions | None = None) -> Celery:
     from triage.tasks import register_tasks
 
     options = options or load_triage_options(settings)
+    from triage.broker import celery_broker
+
     broker = settings.effective_broker_url
-    app = Celery("triage", broker=broker, set_as_current=False)
+    url, transport = celery_broker(broker)
+    app = Celery("triage", broker=url, set_as_current=False)
+    if transport is not None:
+        app.conf.broker_transport = transport
     transport_options: dict[str, Any] = {}
     if settings.uses_embedded_broker:
         transport_options["polling_interval"] = options.broker_poll_seconds
