@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -144,6 +144,37 @@ class Settings(BaseSettings):
     providers: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="ONNX Runtime providers in order; empty picks CUDA when present, else CPU.",
+    )
+
+    # Worklist, web page and accounts
+    viewer_url_template: str = Field(
+        "",
+        description=(
+            "Link to open a study in the hospital viewer; placeholders {study_uid} and"
+            " {accession_number} (URL-encoded), e.g."
+            " 'http://orthanc:8042/ohif/viewer?StudyInstanceUIDs={study_uid}'."
+            " Empty: no link."
+        ),
+    )
+    session_secret: SecretStr = Field(
+        SecretStr(""),
+        description=(
+            "Key that signs web sessions. No default: when empty a random key is made"
+            " per process (sessions then end when the process restarts)."
+        ),
+    )
+    session_hours: float = Field(12.0, gt=0, description="Web session lifetime (hours).")
+    session_cookie_secure: bool = Field(
+        False, description="Send the session cookie over HTTPS only (set behind TLS)."
+    )
+    login_max_failures: int = Field(
+        5, ge=1, description="Failed logins per user name (x5 per address) before 429."
+    )
+    login_window_seconds: float = Field(
+        900.0, gt=0, description="Window over which failed logins are counted."
+    )
+    wait_cap_minutes: float = Field(
+        60.0, gt=0, description="No study waits longer on the worklist (then OVERDUE)."
     )
 
     log_level: str = Field("INFO", description="Logging level.")

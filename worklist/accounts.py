@@ -1,0 +1,483 @@
+"""Accounts, API tokens, web sessions, audit events, reading state and feedback.
+
+The tables of the node's people and their actions (the triage tables are in
+:mod:`worklist.tables`). Service functions take ``session=`` first and flush but do
+not commit; the caller owns the transaction.
+
+Roles
+-----
+``radiologist``
+    Reads the worklist and studies, claims/releases/completes studies, gives feedback.
+``admin``
+    Everything a radiologist can, plus the audit log and monitoring.
+``service``
+    A system such as the RIS (with a bearer token): reads the worklist, studies and
+    the model card; no actions.
+
+There is no built-in account and no default password: accounts are created with
+``triage-node user add`` (:func:`create_user`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import datetime
+from enum import StrEnum
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    UniqueConstraint,
+    select,
+)
+from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
+
+from worklist import tables as _tables  # noqa: F401 - the tables referenced below
+from worklist.db import Base
+from worklist.ingest import utcnow
+
+__all__ = [
+    "AccountError",
+    "ApiToken",
+    "AuditEvent",
+    "Feedback",
+    "MIN_PASSWORD_LENGTH",
+    "ReadState",
+    "Role",
+    "StudyRead",
+    "User",
+    "WebSession",
+    "create_token",
+    "create_user",
+    "hash_password",
+    "hash_token",
+    "revoke_token",
+    "set_password",
+    "verify_password",
+]
+
+MIN_PASSWORD_LENGTH = 12
+TOKEN_PREFIX = "tnt_"
+
+# Argon2id with the library's defaults (RFC 9106 "second recommended" profile).
+_HASHER = PasswordHasher()
+
+
+class AccountError(ValueError):
+    """An account or token cannot be created or changed as asked."""
+
+
+class Role(StrEnum):
+    """Roles of a user (see the module docstring)."""
+
+    RADIOLOGIST = "radiologist"
+    ADMIN = "admin"
+    SERVICE = "service"
+
+
+class ReadState(StrEnum):
+    """Reading state of a study on the worklist (``unread`` when it has no row)."""
+
+    UNREAD = "unread"
+    CLAIMED = "claimed"
+    COMPLETED = "completed"
+
+
+class User(Base):
+    """A local account; the password is stored as an Argon2id hash only."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str | None] = mapped_column(String(256))
+    role: Mapped[str] = mapped_column(String(16))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_login_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ApiToken(Base):
+    """A bearer token of a system (RIS); only its SHA-256 is stored."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    user: Mapped[User] = relationship()
+
+
+class WebSession(Base):
+    """A web page session; the cookie holds a random key, the row its keyed hash."""
+
+    __tablename__ = "web_sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    session_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    client_ip: Mapped[str | None] = mapped_column(String(64))
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    user: Mapped[User] = relationship()
+
+
+class AuditEvent(Base):
+    """One view of patient data, action or authentication event (append-only).
+
+    ``detail`` never holds patient names or IDs; studies are referenced by their
+    Study Instance UID.
+    """
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    username: Mapped[str | None] = mapped_column(String(64))
+    role: Mapped[str | None] = mapped_column(String(16))
+    auth_method: Mapped[str | None] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(String(64))
+    outcome: Mapped[str] = mapped_column(String(16))
+    study_id: Mapped[int | None] = mapped_column(ForeignKey("studies.id"))
+    study_instance_uid: Mapped[str | None] = mapped_column(String(64))
+    object_uid: Mapped[str | None] = mapped_column(String(64))
+    client_ip: Mapped[str | None] = mapped_column(String(64))
+    detail: Mapped[str | None] = mapped_column(String(1024))
+
+    __table_args__ = (
+        Index("ix_audit_events_at", "at"),
+        Index("ix_audit_events_action_at", "action", "at"),
+        Index("ix_audit_events_username_at", "username", "at"),
+        Index("ix_audit_events_client_ip_at", "client_ip", "at"),
+    )
+
+
+class StudyRead(Base):
+    """Reading state of a study: who claimed it, whether the read is complete."""
+
+    __tablename__ = "study_reads"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), unique=True)
+    state: Mapped[str] = mapped_column(String(16))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    claimed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revision: Mapped[int] = mapped_column(Integer, default=0)
+
+    user: Mapped[User] = relationship()
+
+
+class Feedback(Base):
+    """A radiologist's label of a study and whether it agrees with the AI decision.
+
+    The AI decision, probability, model and the patient's sex and age band are copied
+    at feedback time so that monitoring never re-derives them.
+    """
+
+    __tablename__ = "feedback"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    result_id: Mapped[int | None] = mapped_column(ForeignKey("triage_results.id"), index=True)
+    revision: Mapped[int] = mapped_column(Integer)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    label: Mapped[str] = mapped_column(String(16))
+    agree: Mapped[bool | None] = mapped_column(Boolean)
+    ai_decision: Mapped[str | None] = mapped_column(String(16))
+    ai_probability: Mapped[float | None] = mapped_column(Float)
+    model_name: Mapped[str | None] = mapped_column(String(128))
+    model_version: Mapped[str | None] = mapped_column(String(64))
+    patient_sex: Mapped[str | None] = mapped_column(String(16))
+    age_band: Mapped[str | None] = mapped_column(String(16))
+    comment: Mapped[str | None] = mapped_column(String(1024))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    user: Mapped[User] = relationship()
+
+    __table_args__ = (
+        UniqueConstraint("study_id", "revision", "user_id", name="uq_feedback_study_rev_user"),
+        Index("ix_feedback_created_at", "created_at"),
+    )
+
+
+# Passwords -------------------------------------------------------------------------
+
+
+def hash_password(password: str) -> str:
+    """Hash a password with Argon2id.
+
+    Parameters
+    ----------
+    password : str
+
+    Returns
+    -------
+    str
+        The encoded hash (algorithm, parameters, salt and digest).
+    """
+    return _HASHER.hash(password)
+
+
+def verify_password(password_hash: str | None, password: str) -> bool:
+    """Tell whether ``password`` matches ``password_hash``.
+
+    When there is no hash (unknown user, or an account without a password) a dummy
+    hash is checked anyway so that the answer takes the same time.
+
+    Parameters
+    ----------
+    password_hash : str or None
+    password : str
+
+    Returns
+    -------
+    bool
+    """
+    if not password_hash:
+        try:
+            _HASHER.verify(_dummy_hash(), password + "\x00")
+        except VerificationError:
+            pass
+        return False
+    try:
+        return _HASHER.verify(password_hash, password)
+    except (VerifyMismatchError, VerificationError, InvalidHashError):
+        return False
+
+
+_DUMMY: list[str] = []
+
+
+def _dummy_hash() -> str:
+    if not _DUMMY:
+        _DUMMY.append(_HASHER.hash(secrets.token_urlsafe(16)))
+    return _DUMMY[0]
+
+
+def check_password_policy(username: str, password: str) -> None:
+    """Refuse weak passwords.
+
+    Parameters
+    ----------
+    username : str
+    password : str
+
+    Raises
+    ------
+    AccountError
+        When the password is shorter than :data:`MIN_PASSWORD_LENGTH`, contains the
+        user name, or is one character repeated.
+    """
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise AccountError(f"password must have at least {MIN_PASSWORD_LENGTH} characters")
+    if username and username.lower() in password.lower():
+        raise AccountError("password must not contain the user name")
+    if len(set(password)) < 4:
+        raise AccountError("password is too simple")
+
+
+# Users and tokens --------------------------------------------------------------------
+
+
+def _check_username(username: str) -> str:
+    name = username.strip()
+    if not name or len(name) > 64 or not all(c.isalnum() or c in "._-@" for c in name):
+        raise AccountError("user name must be 1-64 letters, digits or . _ - @")
+    return name
+
+
+def get_user(session: Session, *, username: str) -> User | None:
+    """Return the user named ``username``, or None.
+
+    Parameters
+    ----------
+    session : Session
+    username : str
+
+    Returns
+    -------
+    User or None
+    """
+    return session.scalar(select(User).where(User.username == username.strip()))
+
+
+def create_user(session: Session, *, username: str, password: str, role: str) -> User:
+    """Create a local account (``triage-node user add``).
+
+    Parameters
+    ----------
+    session : Session
+        Open session; flushed, not committed.
+    username : str
+        Letters, digits and ``. _ - @``; unique.
+    password : str
+        Must pass :func:`check_password_policy`; stored as an Argon2id hash.
+    role : str
+        ``radiologist``, ``admin`` or ``service``.
+
+    Returns
+    -------
+    User
+
+    Raises
+    ------
+    AccountError
+        When the name is invalid or taken, the role unknown or the password weak.
+    """
+    name = _check_username(username)
+    try:
+        role = Role(role).value
+    except ValueError:
+        raise AccountError(f"role must be one of {', '.join(r.value for r in Role)}") from None
+    if get_user(session, username=name) is not None:
+        raise AccountError(f"user {name!r} exists")
+    check_password_policy(name, password)
+    user = User(
+        username=name,
+        password_hash=hash_password(password),
+        role=role,
+        active=True,
+        created_at=utcnow(),
+    )
+    session.add(user)
+    session.flush()
+    return user
+
+
+def set_password(session: Session, *, username: str, password: str) -> User:
+    """Replace a user's password and end their web sessions.
+
+    Parameters
+    ----------
+    session : Session
+    username : str
+    password : str
+
+    Returns
+    -------
+    User
+
+    Raises
+    ------
+    AccountError
+        When the user does not exist or the password is weak.
+    """
+    user = get_user(session, username=username)
+    if user is None:
+        raise AccountError(f"no user {username!r}")
+    check_password_policy(user.username, password)
+    user.password_hash = hash_password(password)
+    now = utcnow()
+    for web in session.scalars(
+        select(WebSession).where(WebSession.user_id == user.id, WebSession.ended_at.is_(None))
+    ):
+        web.ended_at = now
+    session.flush()
+    return user
+
+
+def hash_token(token: str) -> str:
+    """SHA-256 (hex) of a bearer token, as stored.
+
+    Parameters
+    ----------
+    token : str
+
+    Returns
+    -------
+    str
+    """
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def create_token(
+    session: Session,
+    *,
+    username: str,
+    name: str,
+    expires_at: datetime | None = None,
+) -> tuple[str, ApiToken]:
+    """Create a bearer token for a user (``triage-node token add``).
+
+    The token is returned once and only its SHA-256 is stored.
+
+    Parameters
+    ----------
+    session : Session
+    username : str
+        The account the token acts as (often a ``service`` account for the RIS).
+    name : str
+        What the token is for, e.g. ``RIS``.
+    expires_at : datetime, optional
+        When the token stops working (default: never; revoke it instead).
+
+    Returns
+    -------
+    tuple of (str, ApiToken)
+        The token text (give it to the system) and its row.
+
+    Raises
+    ------
+    AccountError
+        When the user does not exist or is inactive.
+    """
+    user = get_user(session, username=username)
+    if user is None or not user.active:
+        raise AccountError(f"no active user {username!r}")
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    row = ApiToken(
+        user_id=user.id,
+        name=name.strip()[:64] or "token",
+        token_hash=hash_token(token),
+        created_at=utcnow(),
+        expires_at=expires_at,
+    )
+    session.add(row)
+    session.flush()
+    return token, row
+
+
+def revoke_token(session: Session, *, token_id: int) -> ApiToken:
+    """Revoke a bearer token.
+
+    Parameters
+    ----------
+    session : Session
+    token_id : int
+
+    Returns
+    -------
+    ApiToken
+
+    Raises
+    ------
+    AccountError
+        When there is no such token.
+    """
+    row = session.get(ApiToken, token_id)
+    if row is None:
+        raise AccountError(f"no token {token_id}")
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+    session.flush()
+    return row

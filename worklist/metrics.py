@@ -1,0 +1,220 @@
+"""Prometheus metrics of the node, read from the database at each scrape.
+
+The SCP, the workers and the API are separate processes (often machines); the
+database is what they share, so the API's collector derives every number from it
+and the values agree whichever API process is scraped. All names start with
+``triage_``:
+
+``triage_instances_received_total``
+    Instances stored (distinct SOP Instance UIDs).
+``triage_studies_triaged_total{status,decision}``
+    Triage results (one per study revision).
+``triage_queue_depth{state}``
+    Studies waiting: ``receiving``, ``queued``, ``triaging``.
+``triage_worklist_unread``
+    Triaged studies nobody has claimed or completed.
+``triage_time_to_triage_seconds``
+    Histogram: first instance received -> first result of the study.
+``triage_delivery_failures_total``
+    SR deliveries that gave up (outbox rows ``failed``).
+``triage_deliveries{state}``
+    Outbox rows by state.
+``triage_abnormal_rate{window}``
+    Share of results decided ``abnormal`` over the last ``24h`` / ``7d``.
+``triage_feedback_total``, ``triage_feedback_agreement_ratio{group,value}``,
+``triage_feedback_sensitivity_ratio{group,value}``,
+``triage_feedback_specificity_ratio{group,value}``
+    Live agreement with the radiologists' labels (see
+    :func:`worklist.queries.agreement_report`); ``group`` is ``overall``, ``sex`` or
+    ``age_band``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from datetime import timedelta
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+from sqlalchemy.orm import sessionmaker
+
+from worklist.accounts import StudyRead
+from worklist.ingest import as_utc, utcnow
+from worklist.queries import agreement_report
+from worklist.tables import Delivery, Instance, Study, StudyState, TriageResult
+
+__all__ = ["TIME_TO_TRIAGE_BUCKETS", "DatabaseCollector", "make_registry"]
+
+log = logging.getLogger(__name__)
+
+#: Buckets of the time-to-triage histogram (seconds).
+TIME_TO_TRIAGE_BUCKETS = (5, 10, 15, 30, 60, 120, 300, 600, 1800, 3600)
+
+
+class DatabaseCollector(Collector):
+    """Collects the node's metrics from the database at scrape time.
+
+    Parameters
+    ----------
+    session_factory : sessionmaker
+    """
+
+    def __init__(self, session_factory: sessionmaker) -> None:
+        self._session_factory = session_factory
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield the metric families (see the module docstring)."""
+        now = utcnow()
+        with self._session_factory() as session:
+            received = session.scalar(select(func.count(Instance.id))) or 0
+            family = CounterMetricFamily(
+                "triage_instances_received", "Instances received and stored."
+            )
+            family.add_metric([], received)
+            yield family
+
+            family = CounterMetricFamily(
+                "triage_studies_triaged",
+                "Triage results (study revisions) by status and decision.",
+                labels=["status", "decision"],
+            )
+            for status, decision, count in session.execute(
+                select(TriageResult.status, TriageResult.decision, func.count(TriageResult.id))
+                .group_by(TriageResult.status, TriageResult.decision)
+            ):
+                family.add_metric([status, decision or ""], count)
+            yield family
+
+            waiting = dict(
+                session.execute(
+                    select(Study.state, func.count(Study.id)).group_by(Study.state)
+                ).all()
+            )
+            family = GaugeMetricFamily(
+                "triage_queue_depth", "Studies not triaged yet, by state.", labels=["state"]
+            )
+            for state in (StudyState.RECEIVING, StudyState.QUEUED, StudyState.TRIAGING):
+                family.add_metric([state.value], waiting.get(state.value, 0))
+            yield family
+
+            unread = session.scalar(
+                select(func.count(Study.id))
+                .outerjoin(StudyRead, StudyRead.study_id == Study.id)
+                .where(StudyRead.id.is_(None), Study.state == StudyState.TRIAGED)
+            )
+            family = GaugeMetricFamily(
+                "triage_worklist_unread", "Triaged studies nobody has claimed or completed."
+            )
+            family.add_metric([], unread or 0)
+            yield family
+
+            yield self._time_to_triage(session)
+
+            deliveries = dict(
+                session.execute(
+                    select(Delivery.state, func.count(Delivery.id)).group_by(Delivery.state)
+                ).all()
+            )
+            family = CounterMetricFamily(
+                "triage_delivery_failures", "SR deliveries that gave up after their retries."
+            )
+            family.add_metric([], deliveries.get("failed", 0))
+            yield family
+            family = GaugeMetricFamily(
+                "triage_deliveries", "SR outbox rows by state.", labels=["state"]
+            )
+            for state in ("pending", "sending", "delivered", "failed"):
+                family.add_metric([state], deliveries.get(state, 0))
+            yield family
+
+            family = GaugeMetricFamily(
+                "triage_abnormal_rate",
+                "Share of triage results decided abnormal in a window.",
+                labels=["window"],
+            )
+            for label, span in (("24h", timedelta(hours=24)), ("7d", timedelta(days=7))):
+                total, abnormal = session.execute(
+                    select(
+                        func.count(TriageResult.id),
+                        func.count(TriageResult.id).filter(TriageResult.decision == "abnormal"),
+                    ).where(
+                        TriageResult.finished_at >= now - span,
+                        TriageResult.decision.is_not(None),
+                    )
+                ).one()
+                family.add_metric([label], (abnormal / total) if total else float("nan"))
+            yield family
+
+            yield from self._feedback(session)
+
+    def _time_to_triage(self, session: object) -> Metric:
+        rows = session.execute(  # type: ignore[attr-defined]
+            select(Study.id, Study.first_received_at, TriageResult.finished_at)
+            .join(TriageResult, TriageResult.study_id == Study.id)
+            .order_by(Study.id, TriageResult.revision)
+        ).all()
+        firsts: dict[int, float] = {}
+        for study_id, received, finished in rows:
+            if study_id not in firsts:
+                firsts[study_id] = max(
+                    0.0, (as_utc(finished) - as_utc(received)).total_seconds()
+                )
+        values = list(firsts.values())
+        buckets = []
+        for bound in TIME_TO_TRIAGE_BUCKETS:
+            buckets.append((str(float(bound)), sum(v <= bound for v in values)))
+        buckets.append(("+Inf", len(values)))
+        return HistogramMetricFamily(
+            "triage_time_to_triage_seconds",
+            "From a study's first received instance to its first triage result.",
+            buckets=buckets,
+            sum_value=sum(values),
+        )
+
+    def _feedback(self, session: object) -> Iterator[Metric]:
+        report = agreement_report(session)  # type: ignore[arg-type]
+        total = GaugeMetricFamily(
+            "triage_feedback_total", "Radiologist feedback rows with an AI decision."
+        )
+        total.add_metric([], report["overall"]["n"])
+        yield total
+        families = {
+            name: GaugeMetricFamily(
+                f"triage_feedback_{name}_ratio",
+                f"AI {name} against the radiologists' labels (feedback).",
+                labels=["group", "value"],
+            )
+            for name in ("agreement", "sensitivity", "specificity")
+        }
+        groups = [("overall", "all", report["overall"])]
+        groups += [("sex", k, v) for k, v in report["by_sex"].items()]
+        groups += [("age_band", k, v) for k, v in report["by_age_band"].items()]
+        for group, value, stats in groups:
+            for name, family in families.items():
+                ratio = stats[name]["value"]
+                family.add_metric([group, value], float("nan") if ratio is None else ratio)
+        yield from families.values()
+
+
+def make_registry(session_factory: sessionmaker) -> CollectorRegistry:
+    """A registry holding only the node's database collector.
+
+    Parameters
+    ----------
+    session_factory : sessionmaker
+
+    Returns
+    -------
+    CollectorRegistry
+    """
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(DatabaseCollector(session_factory))
+    return registry
