@@ -23,8 +23,11 @@ class CeleryTriageQueue:
     """A :class:`worklist.stability.TriageQueue` that sends Celery tasks by name.
 
     The Celery app is created lazily on the first :meth:`enqueue`, from
-    ``settings.effective_broker_url``; with the embedded ``sqla+sqlite`` broker the
-    polling interval is short so that workers pick tasks up quickly.
+    ``settings.effective_broker_url``. The queue is a plain one (exchange and routing
+    key = ``inference``), as the workers declare it. No ``polling_interval`` is set
+    for the embedded ``sqla+sqlite`` broker: only consumers poll, and kombu 5.7's
+    SQLAlchemy transport hands unknown transport options to ``create_engine``, which
+    rejects ``polling_interval`` (the workers use their own transport subclass).
 
     Parameters
     ----------
@@ -34,7 +37,6 @@ class CeleryTriageQueue:
 
     def __init__(self, settings: Settings) -> None:
         self.broker_url = settings.effective_broker_url
-        self._embedded = settings.uses_embedded_broker
         self._app: Any = None
         self._lock = threading.Lock()
 
@@ -46,13 +48,13 @@ class CeleryTriageQueue:
                 from celery import Celery
 
                 app = Celery("dicom_scp", broker=self.broker_url, set_as_current=False)
-                conf: dict[str, Any] = {
-                    "task_default_queue": INFERENCE_QUEUE,
-                    "broker_connection_retry_on_startup": True,
-                }
-                if self._embedded:
-                    conf["broker_transport_options"] = {"polling_interval": 0.2}
-                app.conf.update(conf)
+                app.conf.update(
+                    task_default_queue=INFERENCE_QUEUE,
+                    broker_connection_retry_on_startup=True,
+                    # A broker outage fails the enqueue quickly; the watcher retries.
+                    broker_connection_timeout=5,
+                    task_publish_retry_policy={"max_retries": 2, "interval_start": 0.2},
+                )
                 self._app = app
             return self._app
 
