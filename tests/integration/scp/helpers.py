@@ -58,10 +58,11 @@ def storescu(
     calling: str = "STORESCU",
     called: str = "TRIAGE",
     host: str = "127.0.0.1",
+    tls: list[Any] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Send ``files`` with dcmtk storescu (``-nh``: go on after a failure)."""
     cmd = ["storescu", "-v", "-nh", "-aet", calling, "-aec", called, "-to", "10"]
-    cmd += [*options, host, str(port), *map(str, files)]
+    cmd += [*map(str, tls or []), *options, host, str(port), *map(str, files)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=DCMTK_TIMEOUT_S)
 
 
