@@ -8,6 +8,8 @@ worker      a Celery worker (``--queues inference,delivery``)
 api         the HTTP server (API, web page, metrics)
 db upgrade  apply the database migrations
 config      print the effective settings (secrets hidden)
+user        local accounts: add, passwd, disable, list (worklist.admin_cli)
+token       bearer tokens for systems (RIS): add, revoke
 
 Settings come from ``TRIAGE_*`` environment variables and ``--config FILE`` (TOML).
 Heavy imports happen inside the subcommands, so ``scp`` never imports worker code.
@@ -171,6 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     db_sub = db.add_subparsers(dest="db_command", required=True)
     db_sub.add_parser("upgrade", help="apply migrations")
     sub.add_parser("config", help="print the effective settings")
+    # Accounts (worklist.admin_cli): user add|passwd|disable|list, token add|revoke
+    from worklist.admin_cli import add_account_commands
+
+    add_account_commands(sub)
     return parser
 
 
@@ -207,6 +213,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_db_upgrade(settings)
     if args.command == "config":
         return cmd_config(settings)
+    if args.command in ("user", "token"):
+        from worklist.admin_cli import run_account_command
+
+        return run_account_command(args, settings)
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 

@@ -46,15 +46,23 @@ class WorkerContext:
     """Per-process resources of a worker: the engine and session factory, built
     lazily (and again in a forked child)."""
 
-    def __init__(self, settings: Any, options: TriageOptions) -> None:
+    def __init__(
+        self,
+        settings: Any,
+        options: TriageOptions,
+        session_factory: sessionmaker | None = None,
+    ) -> None:
         self.settings = settings
         self.options = options
         self._lock = threading.Lock()
         self._engine: _Engine | None = None
+        self._given_factory = session_factory
 
     @property
     def session_factory(self) -> sessionmaker:
-        """This process's session factory."""
+        """This process's session factory (the given one, if any)."""
+        if self._given_factory is not None:
+            return self._given_factory
         with self._lock:
             if self._engine is None or self._engine.pid != os.getpid():
                 from worklist.db import make_engine, make_session_factory
