@@ -1,0 +1,131 @@
+"""``triage-node user ...`` and ``triage-node token ...``: accounts from the command line.
+
+There is no built-in account: the first admin is created with ``triage-node user add``.
+Passwords are read from the terminal (twice) or, with ``--password-stdin``, from one
+line of standard input; never from the command line, where other users could see it.
+A token is printed once, on standard output, and only its hash is stored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from datetime import timedelta
+
+from worklist.settings import Settings
+
+__all__ = ["add_account_commands", "run_account_command"]
+
+
+def add_account_commands(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001
+    """Add the ``user`` and ``token`` subcommands to a parser's subparsers.
+
+    Parameters
+    ----------
+    sub : argparse._SubParsersAction
+        What ``parser.add_subparsers()`` returned.
+    """
+    user = sub.add_parser("user", help="manage local accounts")
+    user_sub = user.add_subparsers(dest="user_command", required=True)
+    add = user_sub.add_parser("add", help="create an account")
+    add.add_argument("username")
+    add.add_argument("--role", required=True, choices=["radiologist", "admin", "service"])
+    add.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    passwd = user_sub.add_parser("passwd", help="set a password (ends the user's sessions)")
+    passwd.add_argument("username")
+    passwd.add_argument("--password-stdin", action="store_true")
+    disable = user_sub.add_parser("disable", help="disable an account")
+    disable.add_argument("username")
+    user_sub.add_parser("list", help="list accounts")
+
+    token = sub.add_parser("token", help="manage bearer tokens of systems (RIS)")
+    token_sub = token.add_subparsers(dest="token_command", required=True)
+    tadd = token_sub.add_parser("add", help="create a token (printed once)")
+    tadd.add_argument("--user", required=True, help="the account the token acts as")
+    tadd.add_argument("--name", required=True, help="what it is for, e.g. RIS")
+    tadd.add_argument("--expires-days", type=float, default=None)
+    trevoke = token_sub.add_parser("revoke", help="revoke a token")
+    trevoke.add_argument("token_id", type=int)
+
+
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    first = getpass.getpass("Password: ")
+    if getpass.getpass("Again: ") != first:
+        raise ValueError("the passwords differ")
+    return first
+
+
+def run_account_command(args: argparse.Namespace, settings: Settings) -> int:
+    """Run a ``user`` or ``token`` subcommand.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed arguments (``args.command`` is ``user`` or ``token``).
+    settings : Settings
+
+    Returns
+    -------
+    int
+        Exit code: 0 done, 1 refused (the reason on stderr).
+    """
+    from sqlalchemy import select
+
+    from worklist import accounts
+    from worklist.db import make_engine, make_session_factory
+    from worklist.ingest import utcnow
+    from worklist.migrate import upgrade
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.effective_database_url)
+    engine = make_engine(settings.effective_database_url)
+    out = sys.stdout
+    try:
+        with make_session_factory(engine)() as session:
+            try:
+                if args.command == "user" and args.user_command == "add":
+                    password = _read_password(args.password_stdin)
+                    user = accounts.create_user(
+                        session, username=args.username, password=password, role=args.role
+                    )
+                    out.write(f"created {user.role} {user.username}\n")
+                elif args.command == "user" and args.user_command == "passwd":
+                    password = _read_password(args.password_stdin)
+                    accounts.set_password(session, username=args.username, password=password)
+                    out.write(f"password of {args.username} changed\n")
+                elif args.command == "user" and args.user_command == "disable":
+                    user = accounts.get_user(session, username=args.username)
+                    if user is None:
+                        raise accounts.AccountError(f"no user {args.username!r}")
+                    user.active = False
+                    out.write(f"disabled {user.username}\n")
+                elif args.command == "user":
+                    for user in session.scalars(select(accounts.User).order_by(accounts.User.id)):
+                        state = "active" if user.active else "disabled"
+                        out.write(f"{user.username}\t{user.role}\t{state}\n")
+                elif args.token_command == "add":
+                    expires = (
+                        utcnow() + timedelta(days=args.expires_days)
+                        if args.expires_days
+                        else None
+                    )
+                    token, row = accounts.create_token(
+                        session, username=args.user, name=args.name, expires_at=expires
+                    )
+                    session.flush()
+                    sys.stderr.write(f"token {row.id} for {args.user}; it is shown once:\n")
+                    out.write(token + "\n")
+                else:
+                    accounts.revoke_token(session, token_id=args.token_id)
+                    out.write(f"revoked token {args.token_id}\n")
+                session.commit()
+            except (accounts.AccountError, ValueError) as exc:
+                session.rollback()
+                sys.stderr.write(f"triage-node: {exc}\n")
+                return 1
+    finally:
+        engine.dispose()
+    return 0
