@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--labels", required=True)
     c.add_argument("--images-root", required=True)
     c.add_argument("--split", default="val")
-    c.add_argument("--target-sensitivity", type=float, default=0.95)
+    c.add_argument("--target-sensitivity", type=float, default=0.98)
     c.set_defaults(func=_cmd_calibrate)
 
     v = sub.add_parser("evaluate", help="evaluate an ONNX model on a labels file")

@@ -154,7 +154,7 @@ def summarize_labels(records: Sequence[Record]) -> dict[str, Any]:
 
 def calibrate_model(
     model: str | Path, *, labels: str | Path, images_root: str | Path, split: str = "val",
-    target_sensitivity: float = 0.95,
+    target_sensitivity: float = 0.98,
 ) -> ModelCard:
     """Fit temperature scaling and operating points on ``split`` and store them in the card.
 
@@ -210,7 +210,7 @@ def calibrate_model(
                         "val_ece_before": expected_calibration_error(y, uncal),
                         "val_ece_after": expected_calibration_error(y, prob),
                         "val_roc_auc": roc_auc(y, z)},
-        "training_data": {**card.training_data, **summarize_labels(read_labels(labels))},
+        "training_data": {**card.training_data, "counts": summarize_labels(read_labels(labels))},
     })
     if errors:
         logger.warning("%d images could not be scored during calibration", len(errors))

@@ -50,6 +50,15 @@ LIMITATIONS = (
 )
 
 
+KERMANY_DESCRIPTION = (
+    "Kermany et al., 'Identifying Medical Diagnoses and Treatable Diseases by Image-Based Deep "
+    "Learning', Cell 2018 (Mendeley Data, CC BY 4.0): pediatric chest radiographs (age 1-5), "
+    "Guangzhou Women and Children's Medical Center, resized to 224x224 and stored as 8-bit "
+    "grayscale JPEG. normal = 'No Finding'; abnormal = viral or bacterial pneumonia. Splits "
+    "train/val/test are disjoint by patient. No age or sex per image."
+)
+
+
 class ParityError(Exception):
     """ONNX Runtime output differs from the torch model beyond tolerance."""
 
@@ -129,6 +138,7 @@ def parity_check(
 def export_checkpoint(
     checkpoint: str | Path, out: str | Path, *, opset: int = 17, atol: float = 1e-4,
     name: str = "cxr-triage-default", version: str = "0.1.0",
+    training_data_description: str = KERMANY_DESCRIPTION,
 ) -> dict[str, Any]:
     """Export a training checkpoint to ONNX with an initial (uncalibrated) model card.
 
@@ -165,6 +175,10 @@ def export_checkpoint(
         outputs={"logits": {"shape": ["N"], "meaning": "abnormal logit (uncalibrated)"},
                  "embedding": {"shape": ["N", emb_dim], "meaning": "pooled backbone features"}},
         preprocessing=spec.to_dict(),
+        training_data={"labels_file": Path(cfg.labels).name,
+                       "images_root": Path(cfg.images_root).name,
+                       "trained_on_split": "train", "calibrated_on_split": "val",
+                       "description": training_data_description},
         training={"epochs_run": state["epoch"], "best_epoch": state["best_epoch"],
                   "best_val_roc_auc": state["best_auc"], "seconds": round(state["elapsed_s"], 1),
                   "stop_reason": summary.get("stop_reason"),
