@@ -247,6 +247,7 @@ def create_app(settings: Settings, session_factory: sessionmaker) -> FastAPI:
     app.state.model_card = ModelCardCache(settings)
     app.state.registry = make_registry(session_factory)
     templates = Jinja2Templates(directory=str(WEB_DIR / "templates"))
+    templates.env.filters["dicom_date"] = _dicom_date
     app.mount("/static", StaticFiles(directory=str(WEB_DIR / "static")), name="static")
     wait_cap = timedelta(minutes=settings.wait_cap_minutes)
     broker_cache: dict[str, Any] = {"at": 0.0, "problem": None}
@@ -348,6 +349,15 @@ def create_app(settings: Settings, session_factory: sessionmaker) -> FastAPI:
         date_from: Annotated[date | None, Query(description="Study date from")] = None,
         date_to: Annotated[date | None, Query(description="Study date to")] = None,
         modality: Annotated[list[str] | None, Query(description="Series modality")] = None,
+        days: Annotated[
+            int,
+            Query(
+                ge=0,
+                le=3650,
+                description="Only studies received in the last N days (0: no limit); "
+                "ignored when a date filter is given",
+            ),
+        ] = 14,
         limit: Annotated[int, Query(ge=1, le=1000)] = 200,
         offset: Annotated[int, Query(ge=0)] = 0,
         principal: Principal = Depends(require_roles(*ALL_ROLES)),
@@ -359,6 +369,7 @@ def create_app(settings: Settings, session_factory: sessionmaker) -> FastAPI:
             levels = [queries.priority_level(p) for p in priority or []]
         except ValueError as exc:
             raise HTTPException(status_code=422, detail=str(exc)) from None
+        no_dates = date_from is None and date_to is None
         filters = queries.WorklistFilters(
             state=state or [],
             read_state=read_state or [],
@@ -366,6 +377,7 @@ def create_app(settings: Settings, session_factory: sessionmaker) -> FastAPI:
             date_from=date_from,
             date_to=date_to,
             modality=modality or [],
+            received_within_days=(days or None) if no_dates else None,
             limit=limit,
             offset=offset,
         )
@@ -788,6 +800,13 @@ def create_app(settings: Settings, session_factory: sessionmaker) -> FastAPI:
 
     app.state.csrf_header = CSRF_HEADER
     return app
+
+
+def _dicom_date(value: str | None) -> str:
+    """``20261123`` -> ``2026-11-23`` (other values unchanged)."""
+    if value and len(value) == 8 and value.isdigit():
+        return f"{value[:4]}-{value[4:6]}-{value[6:]}"
+    return value or "—"
 
 
 def _safe_next(value: str) -> str:

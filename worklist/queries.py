@@ -83,6 +83,9 @@ class WorklistFilters(BaseModel):
     date_from: date | None = Field(None, description="Study date on or after.")
     date_to: date | None = Field(None, description="Study date on or before.")
     modality: list[str] = Field(default_factory=list, description="Series modality.")
+    received_within_days: int | None = Field(
+        None, ge=1, description="Only studies whose first instance arrived in the last N days."
+    )
     limit: int = Field(200, ge=1, le=1000)
     offset: int = Field(0, ge=0)
 
@@ -509,6 +512,10 @@ def list_worklist(
                 Study.study_date <= _dicom_date(filters.date_to),
                 and_(Study.study_date.is_(None), Study.first_received_at < end),
             )
+        )
+    if filters.received_within_days is not None:
+        query = query.where(
+            Study.first_received_at >= now - timedelta(days=filters.received_within_days)
         )
     if filters.modality:
         wanted = [m.upper() for m in filters.modality]

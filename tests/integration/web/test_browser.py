@@ -166,6 +166,20 @@ def test_sign_in_worklist_study_feedback(node: dict[str, Any]) -> None:
             expect(page.locator("#feedback-status")).to_have_text(
                 "Saved: normal (disagrees with AI)")
             page.screenshot(path=str(ARTIFACTS / "study.png"), full_page=True)
+
+            # Monitoring: the feedback counts at once (one false positive).
+            page.click("text=Monitoring")
+            overall = page.locator("#agreement tbody tr").first
+            expect(overall).to_contain_text("Overall")
+            expect(overall.locator("td").nth(2)).to_have_text("1")
+            expect(page.locator("#drift tbody tr")).not_to_have_count(0)
+            page.screenshot(path=str(ARTIFACTS / "monitoring.png"), full_page=True)
+
+            # Sign out: the worklist is gone until signing in again.
+            page.click("#logout")
+            expect(page.locator("h1")).to_have_text("Sign in")
+            page.goto(base + "/")
+            expect(page.locator("h1")).to_have_text("Sign in")
             assert errors == []
         finally:
             browser.close()

@@ -446,3 +446,40 @@ def test_readyz_reports_a_missing_model_and_broker(
     body = response.json()
     assert body["status"] == "unavailable" and body["database"] == "ok"
     assert body["model"] != "ok" and body["broker"] != "ok"
+
+
+def test_old_studies_leave_the_default_window(
+    client: TestClient, users: dict[str, str], seeded: dict[str, Made], session_factory: Any,
+    settings: Any,
+) -> None:
+    with session_factory() as session:
+        old = make_study(session, settings.spool_dir, name="OLD", priority=30,
+                         decision="abnormal", probability=0.6, waited=timedelta(days=20),
+                         study_date="20261103")
+        session.commit()
+    uid = old.study.study_instance_uid
+    rad = bearer(users["rad1"])
+
+    def uids(**params: Any) -> set[str]:
+        rows = client.get("/api/worklist", params=params, headers=rad).json()
+        return {r["study_instance_uid"] for r in rows}
+
+    assert uid not in uids()
+    assert uid in uids(days=0)
+    assert uid in uids(days=30)
+    assert uid in uids(date_from="2026-11-01")
+
+
+def test_missing_session_secret_warns_and_uses_a_random_key(
+    session_factory: Any, tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    from worklist.api import create_app
+    from worklist.auth import session_key
+    from worklist.settings import load_settings
+
+    plain = load_settings(data_dir=tmp_path)
+    assert plain.session_secret.get_secret_value() == ""
+    with caplog.at_level("WARNING", logger="worklist.auth"):
+        create_app(plain, session_factory)
+    assert "TRIAGE_SESSION_SECRET is not set" in caplog.text
+    assert session_key(plain) != session_key(plain)

@@ -72,7 +72,9 @@ function renderRows(rows) {
       el("small", {}, " " + [r.patient_sex, r.patient_age].filter(Boolean).join(" / ")));
     const study = el("td", {}, r.study_description || "—",
       el("br"), el("small", {}, dicomDate(r.study_date) + (r.accession_number ? " · " + r.accession_number : "")));
-    const state = r.read_state === "unread" ? r.state : r.read_state + (r.claimed_by ? " by " + r.claimed_by : "");
+    const state = r.read_state === "unread"
+      ? r.state.replace("_", " ") + " · unread"
+      : r.read_state + (r.claimed_by ? " by " + r.claimed_by : "");
     out.push(el("tr", { class: "row prio-" + r.priority_colour, "data-uid": r.study_instance_uid, "data-priority": r.priority },
       el("td", {}, el("span", { class: "flag flag-" + r.priority_colour, title: r.priority_reason || "" }, r.priority_label)),
       el("td", { class: "num" }, prob),
