@@ -173,3 +173,88 @@ def test_store_records_and_spools(shared_data: Path, session_factory: Any, tmp_p
     )
     assert result.path.read_bytes() == received.encoded
     assert _files(spool) == [result.path]
+
+
+@pytest.mark.parametrize("step", ["fsync_file", "record", "replace", "fsync_dir", "commit"])
+@pytest.mark.parametrize("resend", [False, True])
+def test_a_failure_at_any_step_keeps_row_and_file_consistent(
+    step: str,
+    resend: bool,
+    shared_data: Path,
+    session_factory: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Whatever step fails: no temp file, and a row exists iff a complete file does."""
+    spool = tmp_path / "spool"
+    received = _received(shared_data / CHEST)
+    if resend:
+        assert SpoolSink(spool, session_factory, 0).store(received).ok
+    factory = session_factory
+    real_fsync = os.fsync
+    replaced: list[bool] = []
+
+    def fsync(fd: int) -> None:
+        is_file = stat.S_ISREG(os.fstat(fd).st_mode)
+        if (step == "fsync_file" and is_file) or (step == "fsync_dir" and replaced):
+            raise OSError(5, "Input/output error")
+        real_fsync(fd)
+
+    real_replace = os.replace
+
+    def replace(src: Any, dst: Any) -> None:
+        if step == "replace":
+            raise OSError(5, "Input/output error")
+        real_replace(src, dst)
+        replaced.append(True)
+
+    monkeypatch.setattr(sink_module.os, "fsync", fsync)
+    monkeypatch.setattr(sink_module.os, "replace", replace)
+    if step == "record":
+        monkeypatch.setattr(
+            sink_module,
+            "record_instance",
+            lambda *a, **k: (_ for _ in ()).throw(OperationalError("INSERT", {}, Exception())),
+        )
+    if step == "commit":
+        factory = _failing_commit_factory(session_factory)
+
+    result = SpoolSink(spool, factory, 0).store(received)
+    assert result.status == StoreStatus.OUT_OF_RESOURCES
+    files = _files(spool)
+    assert not [p for p in files if p.name.endswith(TEMP_SUFFIX)]
+    rows = count_instances(session_factory)
+    assert rows == (1 if resend else 0)
+    if rows:
+        assert len(files) == 1 and files[0].read_bytes() == received.encoded
+    else:
+        assert files == []
+
+
+class _Crash(BaseException):
+    """Stands for the process dying (not an Exception: nothing handles it)."""
+
+
+class _CrashingCommitSession(Session):
+    def commit(self) -> None:
+        raise _Crash
+
+
+def test_crash_between_rename_and_commit_then_resend(
+    shared_data: Path, session_factory: Any, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    received = _received(shared_data / CHEST)
+    crashing = sessionmaker(bind=session_factory.kw["bind"], class_=_CrashingCommitSession)
+    with pytest.raises(_Crash):
+        SpoolSink(spool, crashing, 0).store(received)
+    # A complete file under its final name, no row: the sender saw no success.
+    (orphan,) = _files(spool)
+    assert orphan.read_bytes() == received.encoded
+    assert count_instances(session_factory) == 0
+    # Start-up cleaning keeps it (it is complete); the re-send records it.
+    assert clean_stale_temp_files(spool) == 0
+    result = SpoolSink(spool, session_factory, 0).store(received)
+    assert result.ok and result.path == orphan
+    assert count_instances(session_factory) == 1
+    assert _files(spool) == [orphan]

@@ -3,7 +3,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import uuid
 from pathlib import Path
@@ -11,6 +15,7 @@ from typing import Any
 
 import pytest
 from kombu import Connection, Exchange, Queue
+from sqlalchemy import select
 
 from dicom_scp.queue import INFERENCE_QUEUE, TRIAGE_TASK_NAME, CeleryTriageQueue
 from dicom_scp.server import run_scp
@@ -22,6 +27,7 @@ from tests.integration.scp.helpers import (
     storescu_as_is,
 )
 from worklist.settings import load_settings
+from worklist.tables import Study
 
 
 def _receive_one(broker_url: str, queue_name: str, timeout: float = 20.0) -> Any:
@@ -110,3 +116,52 @@ def test_run_scp_serves_until_stopped(
         thread.join(30)
     assert not thread.is_alive()
     assert pyscu_echo(port) is None  # no longer serving
+
+
+def test_cli_scp_process_stores_hands_off_and_stops_on_sigterm(
+    shared_data: Path, migrated_url: str, session_factory: Any, tmp_path: Path
+) -> None:
+    """``triage-node scp`` as a process: store, hand the stable study to the embedded
+    broker by task name, exit 0 on SIGTERM."""
+    need_dcmtk()
+    cli = Path(sys.executable).parent / "triage-node"
+    if not cli.exists():
+        pytest.skip("triage-node entry point not installed")
+    port = free_port()
+    data_dir = tmp_path / "data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRIAGE_")}
+    env.update(
+        TRIAGE_DATA_DIR=str(data_dir),
+        TRIAGE_DATABASE_URL=migrated_url,
+        TRIAGE_DICOM_HOST="127.0.0.1",
+        TRIAGE_DICOM_PORT=str(port),
+        TRIAGE_MIN_FREE_MB="0",
+        TRIAGE_STABLE_SECONDS="0.5",
+        TRIAGE_STABILITY_POLL_SECONDS="0.1",
+    )
+    proc = subprocess.Popen(
+        [str(cli), "scp"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        wait_until(lambda: pyscu_echo(port) == 0x0000, timeout=60, what="triage-node scp up")
+        path = shared_data / "dicom" / "real" / "konica_CR_chest_Monochrome1-Jpeg.dcm"
+        assert storescu_as_is(port, path).returncode == 0
+        assert count_instances(session_factory) == 1
+
+        def dispatched() -> bool:
+            with session_factory() as session:
+                return session.scalars(select(Study.dispatched_at)).one() is not None
+
+        wait_until(dispatched, timeout=30, what="hand-off to the broker")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            output, _ = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            output, _ = proc.communicate()
+    assert proc.returncode == 0, output[-3000:]
+    with session_factory() as session:
+        study_id = session.scalars(select(Study.id)).one()
+    broker = load_settings(data_dir=data_dir).effective_broker_url
+    _assert_triage_message(_receive_one(broker, INFERENCE_QUEUE), study_id, 1)
