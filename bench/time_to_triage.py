@@ -1,0 +1,378 @@
+"""Time to triage: from the end of ``storescu`` to the SR stored at a dcmtk ``storescp``.
+
+The node runs as in production: the SCP and stability watcher in this process (as
+``triage-node serve`` does), the Celery workers as subprocesses (embedded mode:
+:func:`triage.worker.start_embedded_worker`; Redis mode: one inference and one
+delivery worker with ``redis://`` as broker). A dcmtk ``storescp`` acts as the PACS.
+
+Each study is a copy of the real chest radiograph ``RG1_J2KI.dcm`` (CR, 1955x1841,
+JPEG 2000, so decoding is included) with new UIDs, sent alone with ``storescu``;
+the next one is sent when the previous SR has arrived. For each study:
+
+- ``total``: end of ``storescu`` -> SR file written by ``storescp`` (its mtime);
+- ``minus_quiet``: ``total`` minus the quiet period (``--stable-seconds``);
+- ``stable_to_sr``: the study's ``stable_at`` (when the watcher found it stable,
+  from the database) -> SR stored at the PACS: the goal is p95 <= 1.5 s on 2 cores.
+
+Also measured: inference throughput of the ONNX model on CPU (images/s) at batch 1
+and 8, and the preprocessing time of the radiograph.
+
+Usage::
+
+    python bench/time_to_triage.py --mode embedded --studies 25
+    python bench/time_to_triage.py --mode redis --redis-url redis://127.0.0.1:6379/12
+    python bench/time_to_triage.py --mode both --json bench/results/time_to_triage.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from datetime import UTC
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+log = logging.getLogger("bench.time_to_triage")
+
+DEFAULT_SOURCE = (REPO / ".." / "shared" / "data" / "dicom" / "real" / "RG1_J2KI.dcm").resolve()
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile ``q`` (0-100) of ``values``."""
+    data = sorted(values)
+    if not data:
+        return float("nan")
+    k = (len(data) - 1) * q / 100.0
+    lo, hi = int(k), min(int(k) + 1, len(data) - 1)
+    return data[lo] + (data[hi] - data[lo]) * (k - lo)
+
+
+def summarize(values: Sequence[float]) -> dict[str, float]:
+    """p50, p95, mean, min, max in seconds."""
+    return {
+        "p50": round(percentile(values, 50), 4),
+        "p95": round(percentile(values, 95), 4),
+        "mean": round(statistics.fmean(values), 4) if values else float("nan"),
+        "min": round(min(values), 4) if values else float("nan"),
+        "max": round(max(values), 4) if values else float("nan"),
+    }
+
+
+def make_copy(source: Path, target: Path) -> str:
+    """Copy ``source`` with new Study/Series/SOP Instance UIDs; return the study UID."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    ds = pydicom.dcmread(source)
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.save_as(target)
+    return str(ds.StudyInstanceUID)
+
+
+def wait_for(predicate: Any, timeout: float, interval: float = 0.005) -> Any:
+    """Poll ``predicate`` until truthy or ``timeout``; return its value (None on timeout)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return None
+
+
+class Pacs:
+    """dcmtk storescp writing into a directory."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = free_port()
+        directory.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            ["storescp", "-aet", "PACS", "+xa", "-od", str(directory), str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        ok = wait_for(
+            lambda: subprocess.run(
+                ["echoscu", "-aec", "PACS", "-to", "2", "127.0.0.1", str(self.port)],
+                capture_output=True,
+                check=False,
+            ).returncode
+            == 0,
+            timeout=20,
+            interval=0.1,
+        )
+        if not ok:
+            raise RuntimeError("storescp did not start")
+
+    def find(self, sop_uid: str) -> Path | None:
+        for path in self.directory.iterdir():
+            if sop_uid in path.name:
+                return path
+        return None
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+def run_mode(
+    mode: str,
+    *,
+    studies: int,
+    source: Path,
+    stable_seconds: float,
+    poll_seconds: float,
+    redis_url: str,
+    database_url: str,
+    model_path: Path | None,
+    workdir: Path,
+) -> dict[str, Any]:
+    """Run one mode (``embedded`` or ``redis``); return its measurements."""
+    from sqlalchemy import select
+
+    from dicom_scp.server import start_node_scp
+    from triage.sr import sr_uids
+    from triage.worker import settings_to_env, start_embedded_worker
+    from worklist.db import make_engine, make_session_factory
+    from worklist.migrate import upgrade
+    from worklist.settings import load_settings
+    from worklist.tables import Study, TriageResult
+
+    root = workdir / mode
+    pacs = Pacs(root / "pacs")
+    overrides: dict[str, Any] = {
+        "data_dir": root / "node",
+        "dicom_host": "127.0.0.1",
+        "dicom_port": free_port(),
+        "min_free_mb": 0,
+        "stable_seconds": stable_seconds,
+        "stability_poll_seconds": poll_seconds,
+        "destinations": f"PACS@127.0.0.1:{pacs.port}",
+    }
+    if model_path is not None:
+        overrides["model_path"] = model_path
+    if database_url:
+        overrides["database_url"] = database_url
+    if mode == "redis":
+        import redis
+
+        client = redis.Redis.from_url(redis_url)
+        client.delete("inference", "delivery")
+        overrides["broker_url"] = redis_url
+    settings = load_settings(**overrides)
+    upgrade(settings.effective_database_url)
+    engine = make_engine(settings.effective_database_url)
+    session_factory = make_session_factory(engine)
+    scp = start_node_scp(settings, session_factory)
+    workers: list[subprocess.Popen[bytes]] = []
+    embedded = None
+    fast = {"CXR_TRIAGE_BROKER_POLL_SECONDS": "0.02", "CXR_TRIAGE_SWEEP_SECONDS": "1"}
+    if mode == "embedded":
+        embedded = start_embedded_worker(settings, extra_env=fast)
+    else:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TRIAGE_")}
+        env.update(settings_to_env(settings))
+        env.update(fast)
+        for queue, n in (("inference", 1), ("delivery", 2)):
+            workers.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "triage.worker", "--queues", queue,
+                     "--concurrency", str(n)],
+                    env=env,
+                )
+            )
+    rows: list[dict[str, Any]] = []
+    try:
+        for i in range(studies + 1):  # study 0 warms up (model load, imports)
+            path = root / "send" / f"study-{i}.dcm"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            study_uid = make_copy(source, path)
+            _series, sr_uid = sr_uids(study_uid, 1)
+            out = subprocess.run(
+                ["storescu", "-xw", "-aec", settings.ae_title, "127.0.0.1",
+                 str(settings.dicom_port), str(path)],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            t_sent = time.time()
+            if out.returncode != 0:
+                raise RuntimeError(f"storescu failed: {out.stderr}")
+            arrived = wait_for(lambda: pacs.find(sr_uid), timeout=120)
+            if arrived is None:
+                raise RuntimeError(f"no SR for study {i} within 120 s")
+            # storescp renames the file when complete; wait until it is readable.
+            time.sleep(0.02)
+            t_sr = arrived.stat().st_mtime
+            with session_factory() as session:
+                stable_at, result = session.execute(
+                    select(Study.stable_at, TriageResult)
+                    .join(TriageResult, TriageResult.study_id == Study.id)
+                    .where(Study.study_instance_uid == study_uid)
+                ).one()
+            stable_ts = (stable_at if stable_at.tzinfo else stable_at.replace(tzinfo=UTC)).timestamp()
+            started = result.started_at
+            finished = result.finished_at
+            started_ts = (started if started.tzinfo else started.replace(tzinfo=UTC)).timestamp()
+            finished_ts = (finished if finished.tzinfo else finished.replace(tzinfo=UTC)).timestamp()
+            row = {
+                "study": i,
+                "total": t_sr - t_sent,
+                "minus_quiet": t_sr - t_sent - stable_seconds,
+                "stable_to_sr": t_sr - stable_ts,
+                "stable_to_started": started_ts - stable_ts,
+                "triage_task": finished_ts - started_ts,
+                "finished_to_sr": t_sr - finished_ts,
+                "decision": result.decision,
+            }
+            if i > 0:
+                rows.append(row)
+            log.info("%s study %d: %s", mode, i, {k: round(v, 3) if isinstance(v, float) else v
+                                                  for k, v in row.items()})
+    finally:
+        if embedded is not None:
+            embedded.stop()
+        for proc in workers:
+            proc.terminate()
+        for proc in workers:
+            proc.wait(timeout=30)
+        scp.stop()
+        pacs.stop()
+        engine.dispose()
+    return {
+        "mode": mode,
+        "studies": len(rows),
+        "stable_seconds": stable_seconds,
+        "stability_poll_seconds": poll_seconds,
+        "database": "postgresql" if database_url.startswith("postgres") else "sqlite",
+        **{key: summarize([r[key] for r in rows]) for key in (
+            "total", "minus_quiet", "stable_to_sr", "stable_to_started", "triage_task",
+            "finished_to_sr")},
+        "rows": rows,
+    }
+
+
+def throughput(model_path: Path | None, source: Path, seconds: float = 3.0) -> dict[str, Any]:
+    """Images/s of the ONNX model on CPU at batch 1 and 8, and the preprocessing time."""
+    import numpy as np
+
+    from models.preprocess import preprocess_file
+    from models.runtime import Classifier
+
+    clf = Classifier.load(model_path, ["CPUExecutionProvider"])
+    spec = clf.card.preprocess_spec
+    prep_times = []
+    for _ in range(5):
+        t = time.perf_counter()
+        x = preprocess_file(source, spec)
+        prep_times.append(time.perf_counter() - t)
+    out: dict[str, Any] = {
+        "model": f"{clf.card.name} {clf.card.version}",
+        "sha256": clf.sha256,
+        "input": list(spec.shape),
+        "providers": clf.active_providers,
+        "preprocess_j2k_1955x1841_s": summarize(prep_times),
+    }
+    for batch in (1, 8):
+        xb = np.repeat(x[None], batch, axis=0)
+        clf.predict_logits(xb)
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            clf.predict_logits(xb)
+            n += batch
+        out[f"images_per_s_batch{batch}"] = round(n / (time.perf_counter() - t0), 1)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark; print a summary and optionally write JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--mode", choices=["embedded", "redis", "both"], default="both")
+    parser.add_argument("--studies", type=int, default=25)
+    parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
+    parser.add_argument("--stable-seconds", type=float, default=1.0)
+    parser.add_argument("--poll-seconds", type=float, default=0.05)
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/12")
+    parser.add_argument("--database-url", default="", help="default: SQLite in the data dir")
+    parser.add_argument("--model", type=Path, default=None, help="default: the shipped model")
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for tool in ("storescu", "storescp", "echoscu"):
+        if shutil.which(tool) is None:
+            parser.error(f"dcmtk {tool} is required")
+    workdir = Path(tempfile.mkdtemp(prefix="ttt-"))
+    report: dict[str, Any] = {
+        "host": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                 "python": platform.python_version()},
+        "source": str(args.source),
+        "throughput": throughput(args.model, args.source),
+        "modes": [],
+    }
+    modes = ["embedded", "redis"] if args.mode == "both" else [args.mode]
+    try:
+        for mode in modes:
+            report["modes"].append(
+                run_mode(
+                    mode,
+                    studies=args.studies,
+                    source=args.source,
+                    stable_seconds=args.stable_seconds,
+                    poll_seconds=args.poll_seconds,
+                    redis_url=args.redis_url,
+                    database_url=args.database_url,
+                    model_path=args.model,
+                    workdir=workdir,
+                )
+            )
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    lines = [f"model {report['throughput']['model']} on {report['throughput']['providers']}, "
+             f"{report['host']['cpus']} CPUs",
+             f"throughput: batch 1 {report['throughput']['images_per_s_batch1']} img/s, "
+             f"batch 8 {report['throughput']['images_per_s_batch8']} img/s; preprocess J2K "
+             f"p50 {report['throughput']['preprocess_j2k_1955x1841_s']['p50']} s"]
+    for m in report["modes"]:
+        lines.append(
+            f"{m['mode']:9s} n={m['studies']} quiet={m['stable_seconds']}s  "
+            f"total p50 {m['total']['p50']:.3f} p95 {m['total']['p95']:.3f} | "
+            f"minus quiet p50 {m['minus_quiet']['p50']:.3f} p95 {m['minus_quiet']['p95']:.3f} | "
+            f"stable->SR p50 {m['stable_to_sr']['p50']:.3f} p95 {m['stable_to_sr']['p95']:.3f}"
+        )
+    sys.stdout.write("\n".join(lines) + "\n")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
