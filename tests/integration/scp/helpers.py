@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydicom import dcmread
 from pydicom.filereader import read_file_meta_info
 from pydicom.dataset import Dataset
 from pynetdicom import AE

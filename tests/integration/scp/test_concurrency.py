@@ -11,6 +11,7 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE
 from sqlalchemy import select
 
+from tests.conftest import wait_until
 from tests.integration.scp.helpers import count_instances, need_dcmtk, pyscu_echo, storescu_as_is
 from worklist.tables import Study
 
@@ -58,4 +59,5 @@ def test_association_limit(make_settings: Any, start_node: Any) -> None:
         assert second.acceptor.primitive.diagnostic == 0x02  # local limit exceeded
     finally:
         held.release()
-    assert pyscu_echo(settings.dicom_port) == 0x0000
+    # Once the held association is gone, a new one is accepted again.
+    wait_until(lambda: pyscu_echo(settings.dicom_port) == 0x0000, timeout=20, what="echo")
