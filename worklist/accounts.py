@@ -20,6 +20,7 @@ There is no built-in account and no default password: accounts are created with
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import secrets
 from datetime import datetime
@@ -254,10 +255,8 @@ def verify_password(password_hash: str | None, password: str) -> bool:
     bool
     """
     if not password_hash:
-        try:
+        with contextlib.suppress(VerificationError):
             _HASHER.verify(_dummy_hash(), password + "\x00")
-        except VerificationError:
-            pass
         return False
     try:
         return _HASHER.verify(password_hash, password)

@@ -108,9 +108,7 @@ def run_account_command(args: argparse.Namespace, settings: Settings) -> int:
                         out.write(f"{user.username}\t{user.role}\t{state}\n")
                 elif args.token_command == "add":
                     expires = (
-                        utcnow() + timedelta(days=args.expires_days)
-                        if args.expires_days
-                        else None
+                        utcnow() + timedelta(days=args.expires_days) if args.expires_days else None
                     )
                     token, row = accounts.create_token(
                         session, username=args.user, name=args.name, expires_at=expires

@@ -26,8 +26,15 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from worklist import audit
-from worklist.accounts import ApiToken, Role, User, WebSession, get_user, hash_token
-from worklist.accounts import verify_password
+from worklist.accounts import (
+    ApiToken,
+    Role,
+    User,
+    WebSession,
+    get_user,
+    hash_token,
+    verify_password,
+)
 from worklist.audit import Action, Actor, Outcome
 from worklist.ingest import as_utc, utcnow
 from worklist.settings import Settings
@@ -153,7 +160,9 @@ class Authenticator:
 
     def csrf_token(self, session_token: str) -> str:
         """The CSRF token of a session (derived, never stored)."""
-        return hmac.new(self._key, b"csrf:" + session_token.encode("utf-8"), hashlib.sha256).hexdigest()
+        return hmac.new(
+            self._key, b"csrf:" + session_token.encode("utf-8"), hashlib.sha256
+        ).hexdigest()
 
     def check_csrf(self, session_token: str | None, supplied: str | None) -> bool:
         """Tell whether ``supplied`` is the CSRF token of the session."""
@@ -212,7 +221,9 @@ class Authenticator:
             else 0
         )
         if by_name >= limit or by_ip >= 5 * limit:
-            audit.record(session, actor=anonymous, action=Action.LOGIN, outcome=Outcome.RATE_LIMITED)
+            audit.record(
+                session, actor=anonymous, action=Action.LOGIN, outcome=Outcome.RATE_LIMITED
+            )
             session.commit()
             log.warning("sign-in rate limit reached (address %s)", client_ip)
             raise LoginRateLimited(int(window))

@@ -87,8 +87,9 @@ class DatabaseCollector(Collector):
                 labels=["status", "decision"],
             )
             for status, decision, count in session.execute(
-                select(TriageResult.status, TriageResult.decision, func.count(TriageResult.id))
-                .group_by(TriageResult.status, TriageResult.decision)
+                select(
+                    TriageResult.status, TriageResult.decision, func.count(TriageResult.id)
+                ).group_by(TriageResult.status, TriageResult.decision)
             ):
                 family.add_metric([status, decision or ""], count)
             yield family
@@ -164,9 +165,7 @@ class DatabaseCollector(Collector):
         firsts: dict[int, float] = {}
         for study_id, received, finished in rows:
             if study_id not in firsts:
-                firsts[study_id] = max(
-                    0.0, (as_utc(finished) - as_utc(received)).total_seconds()
-                )
+                firsts[study_id] = max(0.0, (as_utc(finished) - as_utc(received)).total_seconds())
         values = list(firsts.values())
         buckets = []
         for bound in TIME_TO_TRIAGE_BUCKETS:

@@ -7,6 +7,7 @@ statuses and writes the audit rows in the same transaction.
 from __future__ import annotations
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from worklist.accounts import Feedback, ReadState, StudyRead, User
@@ -77,7 +78,12 @@ def claim_study(session: Session, *, study: Study, user: User, force: bool = Fal
             claimed_at=now,
             revision=study.revision,
         )
-        session.add(read)
+        try:
+            with session.begin_nested():
+                session.add(read)
+        except IntegrityError:
+            # Someone claimed it at the same moment (unique study_id): they won.
+            raise ReadingConflict("the study was claimed by someone else just now") from None
     elif read.state == ReadState.COMPLETED.value and not force:
         raise ReadingConflict("the study is already reported")
     elif read.user_id != user.id and not force:
@@ -204,7 +210,22 @@ def give_feedback(
     )
     if row is None:
         row = Feedback(study_id=study.id, revision=revision, user_id=user.id, created_at=now)
-        session.add(row)
+        try:
+            with session.begin_nested():
+                session.add(row)
+                row.label = label  # the row must be complete to be flushed
+                row.updated_at = now
+        except IntegrityError:
+            # The same user's other request inserted it at the same moment: update that.
+            row = session.scalar(
+                select(Feedback).where(
+                    Feedback.study_id == study.id,
+                    Feedback.revision == revision,
+                    Feedback.user_id == user.id,
+                )
+            )
+            if row is None:  # pragma: no cover - would mean the database lost a row
+                raise
     row.result_id = result.id if result is not None else None
     row.label = label
     row.agree = derived

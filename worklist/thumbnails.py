@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 from pathlib import Path
 
@@ -50,10 +51,8 @@ def render_thumbnail(path: str | Path, *, size: int = 256) -> bytes:
         arr = arr[0]
     if samples == 1:
         data = apply_modality_lut(arr, ds)
-        try:
+        with contextlib.suppress(ValueError, IndexError, TypeError):
             data = apply_voi_lut(data, ds)
-        except (ValueError, IndexError, TypeError):
-            pass
         data = np.asarray(data, dtype=np.float64)
         lo, hi = np.percentile(data, [0.5, 99.5]) if data.size else (0.0, 1.0)
         if hi <= lo:

@@ -74,16 +74,21 @@ def node(tmp_path: Path) -> Iterator[dict[str, Any]]:
         made = seed_worklist(session, settings.spool_dir)
     port = free_port()
     server = uvicorn.Server(
-        uvicorn.Config(create_app(settings, factory), host="127.0.0.1", port=port,
-                       log_level="warning")
+        uvicorn.Config(
+            create_app(settings, factory), host="127.0.0.1", port=port, log_level="warning"
+        )
     )
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     wait_until(lambda: server.started, timeout=20, what="uvicorn to start")
     try:
-        yield {"base": f"http://127.0.0.1:{port}", "made": made, "factory": factory,
-               "settings": settings}
+        yield {
+            "base": f"http://127.0.0.1:{port}",
+            "made": made,
+            "factory": factory,
+            "settings": settings,
+        }
     finally:
         server.should_exit = True
         thread.join(timeout=10)
@@ -120,7 +125,13 @@ def test_sign_in_worklist_study_feedback(node: dict[str, Any]) -> None:
             uids = rows.evaluate_all("rs => rs.map(r => r.dataset.uid)")
             order = {m.study.study_instance_uid: k for k, m in made.items()}
             assert [order[u] for u in uids] == [
-                "overdue", "abnormal_high", "abnormal", "pending", "normal_old", "normal_new"]
+                "overdue",
+                "abnormal_high",
+                "abnormal",
+                "pending",
+                "normal_old",
+                "normal_new",
+            ]
             priorities = rows.evaluate_all("rs => rs.map(r => Number(r.dataset.priority))")
             assert priorities == sorted(priorities)
             first_flag = rows.nth(1).locator(".flag")
@@ -131,9 +142,15 @@ def test_sign_in_worklist_study_feedback(node: dict[str, Any]) -> None:
 
             # Live: a new STAT study shows up at the top without a reload.
             with node["factory"]() as session:
-                stat = make_study(session, node["settings"].spool_dir, name="LIVESTAT",
-                                  priority=0, decision="abnormal", probability=0.99,
-                                  waited=timedelta(seconds=5))
+                stat = make_study(
+                    session,
+                    node["settings"].spool_dir,
+                    name="LIVESTAT",
+                    priority=0,
+                    decision="abnormal",
+                    probability=0.99,
+                    waited=timedelta(seconds=5),
+                )
                 session.commit()
             expect(rows).to_have_count(7, timeout=15000)
             expect(rows.first).to_have_attribute("data-uid", stat.study.study_instance_uid)
@@ -154,7 +171,8 @@ def test_sign_in_worklist_study_feedback(node: dict[str, Any]) -> None:
             expect(page.locator("#skipped")).to_contain_text("view position LL is not frontal")
             expect(page.locator("#delivery")).to_contain_text("failed")
             expect(page.locator("#open-viewer")).to_have_attribute(
-                "href", f"/studies/{target.study.study_instance_uid}/viewer")
+                "href", f"/studies/{target.study.study_instance_uid}/viewer"
+            )
 
             # Claim, then feedback: disagree -> the label flips to Normal.
             page.click("button[data-action=claim]")
@@ -164,7 +182,8 @@ def test_sign_in_worklist_study_feedback(node: dict[str, Any]) -> None:
             page.fill("input[name=comment]", "old scarring only")
             page.click("#send-feedback")
             expect(page.locator("#feedback-status")).to_have_text(
-                "Saved: normal (disagrees with AI)")
+                "Saved: normal (disagrees with AI)"
+            )
             page.screenshot(path=str(ARTIFACTS / "study.png"), full_page=True)
 
             # Monitoring: the feedback counts at once (one false positive).
@@ -187,7 +206,8 @@ def test_sign_in_worklist_study_feedback(node: dict[str, Any]) -> None:
     with node["factory"]() as session:
         rows_fb = session.scalars(select(Feedback)).all()
     assert [(f.label, f.agree, f.ai_decision, f.comment) for f in rows_fb] == [
-        ("normal", False, "abnormal", "old scarring only")]
+        ("normal", False, "abnormal", "old scarring only")
+    ]
     assert (ARTIFACTS / "worklist.png").stat().st_size > 10_000
     assert (ARTIFACTS / "study.png").stat().st_size > 10_000
     assert shutil.which("chromium") or Path(CHROMIUM).exists()

@@ -37,8 +37,12 @@ def tiny_model(directory: Path) -> Path:
     onnx.save(model, str(path))
     write_card_json(
         sidecar_path(path),
-        ModelCard(name="tiny-test", version="0.0.1", intended_use="tests only",
-                  operating_points={"balanced": {"threshold": 0.5}}),
+        ModelCard(
+            name="tiny-test",
+            version="0.0.1",
+            intended_use="tests only",
+            operating_points={"balanced": {"threshold": 0.5}},
+        ),
     )
     return path
 
@@ -74,8 +78,12 @@ def users(session_factory: Any) -> dict[str, str]:
     returns role name -> bearer token."""
     tokens = {}
     with session_factory() as session:
-        for name, role in (("rad1", "radiologist"), ("rad2", "radiologist"),
-                           ("admin", "admin"), ("ris", "service")):
+        for name, role in (
+            ("rad1", "radiologist"),
+            ("rad2", "radiologist"),
+            ("admin", "admin"),
+            ("ris", "service"),
+        ):
             create_user(session, username=name, password=PASSWORD, role=role)
             tokens[name], _row = create_token(session, username=name, name=f"{name} token")
         session.commit()

@@ -43,18 +43,15 @@ def test_passwords_are_argon2id_hashed_and_checked() -> None:
 def test_weak_or_invalid_accounts_are_refused(
     session_factory: Any, username: str, password: str, role: str, message: str
 ) -> None:
-    with session_factory() as session:
-        with pytest.raises(AccountError, match=message):
-            create_user(session, username=username, password=password, role=role)
+    with session_factory() as session, pytest.raises(AccountError, match=message):
+        create_user(session, username=username, password=password, role=role)
 
 
 def test_duplicate_user_and_token_for_unknown_user(session_factory: Any) -> None:
     with session_factory() as session:
-        create_user(session, username="carol", password="a long enough passphrase",
-                    role="admin")
+        create_user(session, username="carol", password="a long enough passphrase", role="admin")
         with pytest.raises(AccountError, match="exists"):
-            create_user(session, username="carol", password="another long passphrase",
-                        role="admin")
+            create_user(session, username="carol", password="another long passphrase", role="admin")
         with pytest.raises(AccountError, match="no active user"):
             create_token(session, username="nobody", name="RIS")
 
@@ -91,17 +88,22 @@ def test_cli_user_and_token(
         with TestClient(create_app(settings, factory)) as client:
             me = client.get("/api/me", headers={"Authorization": f"Bearer {token}"})
             assert me.json()["username"] == "ris"
-            signed_in = client.post("/login", data={"username": "alice",
-                                                    "password": "a long enough passphrase"},
-                                    follow_redirects=False)
+            signed_in = client.post(
+                "/login",
+                data={"username": "alice", "password": "a long enough passphrase"},
+                follow_redirects=False,
+            )
             assert signed_in.status_code == 303
         assert main(["token", "revoke", "1"]) == 0
         assert main(["user", "disable", "alice"]) == 0
         with TestClient(create_app(settings, factory)) as client:
-            assert client.get("/api/me", headers={"Authorization": f"Bearer {token}"}
-                              ).status_code == 401
-            refused = client.post("/login", data={"username": "alice",
-                                                  "password": "a long enough passphrase"})
+            assert (
+                client.get("/api/me", headers={"Authorization": f"Bearer {token}"}).status_code
+                == 401
+            )
+            refused = client.post(
+                "/login", data={"username": "alice", "password": "a long enough passphrase"}
+            )
             assert refused.status_code == 401
         with factory() as session:
             assert session.scalar(select(User.active).where(User.username == "alice")) is False
@@ -116,8 +118,12 @@ def test_migration_0003_matches_the_models(migrated_url: str) -> None:
     from worklist import accounts
     from worklist.db import Base, make_engine
 
-    mine = {t.name for t in Base.metadata.sorted_tables if t.name in {
-        "users", "api_tokens", "web_sessions", "audit_events", "study_reads", "feedback"}}
+    mine = {
+        t.name
+        for t in Base.metadata.sorted_tables
+        if t.name
+        in {"users", "api_tokens", "web_sessions", "audit_events", "study_reads", "feedback"}
+    }
     assert len(mine) == 6
     assert accounts.User.__tablename__ in mine
     engine = make_engine(migrated_url)

@@ -65,8 +65,10 @@ def test_api_needs_a_user(client: TestClient, method: str, path: str) -> None:
 def test_every_route_is_covered_by_the_auth_test(app: Any) -> None:
     public = {"/healthz", "/readyz", "/metrics", "/login", "/static"}
     pages = {"/", "/studies/{study_uid}", "/studies/{study_uid}/viewer", "/monitoring"}
-    covered = {p.replace("1.2.3", "{study_uid}").replace("1.2.4", "{sop_uid}")
-               for _m, p in ANONYMOUS_DENIED}
+    covered = {
+        p.replace("1.2.3", "{study_uid}").replace("1.2.4", "{sop_uid}")
+        for _m, p in ANONYMOUS_DENIED
+    }
     for route in app.routes:
         path = getattr(route, "path", "")
         if path in public or path in pages:
@@ -85,8 +87,9 @@ def test_no_account_exists_by_default(client: TestClient, session_factory: Any) 
     with session_factory() as session:
         assert session.scalar(select(func.count(User.id))) == 0
     for user, password in (("admin", "admin"), ("admin", ""), ("root", "password")):
-        response = client.post("/login", data={"username": user, "password": password},
-                               follow_redirects=False)
+        response = client.post(
+            "/login", data={"username": user, "password": password}, follow_redirects=False
+        )
         assert response.status_code == 401
 
 
@@ -97,7 +100,9 @@ def test_revoked_and_expired_tokens_fail(
 
     assert client.get("/api/me", headers=bearer(users["ris"])).json()["username"] == "ris"
     with session_factory() as session:
-        row = session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(users["ris"])))
+        row = session.scalar(
+            select(ApiToken).where(ApiToken.token_hash == hash_token(users["ris"]))
+        )
         revoke_token(session, token_id=row.id)
         expired = session.scalar(
             select(ApiToken).where(ApiToken.token_hash == hash_token(users["rad2"]))
@@ -112,8 +117,11 @@ def test_revoked_and_expired_tokens_fail(
 def test_login_session_csrf_and_logout(
     client: TestClient, users: dict[str, str], seeded: dict[str, Made]
 ) -> None:
-    response = client.post("/login", data={"username": "rad1", "password": PASSWORD,
-                                           "next": "/studies/x"}, follow_redirects=False)
+    response = client.post(
+        "/login",
+        data={"username": "rad1", "password": PASSWORD, "next": "/studies/x"},
+        follow_redirects=False,
+    )
     assert response.status_code == 303
     assert response.headers["location"] == "/studies/x"
     cookie = response.headers["set-cookie"]
@@ -130,8 +138,11 @@ def test_login_session_csrf_and_logout(
 
 
 def test_open_redirect_is_refused(client: TestClient, users: dict[str, str]) -> None:
-    response = client.post("/login", data={"username": "rad1", "password": PASSWORD,
-                                           "next": "//evil.example/"}, follow_redirects=False)
+    response = client.post(
+        "/login",
+        data={"username": "rad1", "password": PASSWORD, "next": "//evil.example/"},
+        follow_redirects=False,
+    )
     assert response.headers["location"] == "/"
 
 
@@ -142,13 +153,15 @@ def test_failed_logins_are_rate_limited(
         bad = client.post("/login", data={"username": "rad1", "password": "wrong password!"})
         assert bad.status_code == 401
     # Now even the right password is refused without being checked.
-    limited = client.post("/login", data={"username": "rad1", "password": PASSWORD},
-                          follow_redirects=False)
+    limited = client.post(
+        "/login", data={"username": "rad1", "password": PASSWORD}, follow_redirects=False
+    )
     assert limited.status_code == 429
     assert int(limited.headers["retry-after"]) > 0
     # Another user from the same address is not locked out yet.
-    other = client.post("/login", data={"username": "rad2", "password": PASSWORD},
-                        follow_redirects=False)
+    other = client.post(
+        "/login", data={"username": "rad2", "password": PASSWORD}, follow_redirects=False
+    )
     assert other.status_code == 303
     with session_factory() as session:
         outcomes = session.scalars(
@@ -170,7 +183,12 @@ def test_worklist_sorted_by_priority_then_waiting(
 ) -> None:
     rows = client.get("/api/worklist", headers=bearer(users["rad1"])).json()
     assert _order(rows, seeded) == [
-        "overdue", "abnormal_high", "abnormal", "pending", "normal_old", "normal_new"
+        "overdue",
+        "abnormal_high",
+        "abnormal",
+        "pending",
+        "normal_old",
+        "normal_new",
     ]
     first = rows[0]
     assert first["priority"] == 10 and first["priority_name"] == "OVERDUE"
@@ -183,12 +201,21 @@ def test_worklist_sorted_by_priority_then_waiting(
 
 
 def test_stat_request_beats_everything(
-    client: TestClient, users: dict[str, str], seeded: dict[str, Made], session_factory: Any,
+    client: TestClient,
+    users: dict[str, str],
+    seeded: dict[str, Made],
+    session_factory: Any,
     settings: Any,
 ) -> None:
     with session_factory() as session:
-        stat = make_study(session, settings.spool_dir, name="STATPENDING", priority=None,
-                          requested_priority="STAT", waited=timedelta(seconds=30))
+        stat = make_study(
+            session,
+            settings.spool_dir,
+            name="STATPENDING",
+            priority=None,
+            requested_priority="STAT",
+            waited=timedelta(seconds=30),
+        )
         session.commit()
     rows = client.get("/api/worklist", headers=bearer(users["rad1"])).json()
     assert rows[0]["study_instance_uid"] == stat.study.study_instance_uid
@@ -209,8 +236,11 @@ def test_stat_request_beats_everything(
     ],
 )
 def test_worklist_filters(
-    client: TestClient, users: dict[str, str], seeded: dict[str, Made],
-    params: dict[str, Any], expected: set[str],
+    client: TestClient,
+    users: dict[str, str],
+    seeded: dict[str, Made],
+    params: dict[str, Any],
+    expected: set[str],
 ) -> None:
     response = client.get("/api/worklist", params=params, headers=bearer(users["ris"]))
     assert response.status_code == 200, response.text
@@ -218,8 +248,9 @@ def test_worklist_filters(
 
 
 def test_worklist_rejects_unknown_priority(client: TestClient, users: dict[str, str]) -> None:
-    response = client.get("/api/worklist", params={"priority": "URGENTISH"},
-                          headers=bearer(users["rad1"]))
+    response = client.get(
+        "/api/worklist", params={"priority": "URGENTISH"}, headers=bearer(users["rad1"])
+    )
     assert response.status_code == 422
 
 
@@ -227,12 +258,17 @@ def test_completed_studies_leave_the_default_list(
     client: TestClient, users: dict[str, str], seeded: dict[str, Made]
 ) -> None:
     uid = seeded["abnormal"].study.study_instance_uid
-    assert client.post(f"/api/studies/{uid}/complete",
-                       headers=bearer(users["rad1"])).json()["read_state"] == "completed"
+    assert (
+        client.post(f"/api/studies/{uid}/complete", headers=bearer(users["rad1"])).json()[
+            "read_state"
+        ]
+        == "completed"
+    )
     rows = client.get("/api/worklist", headers=bearer(users["rad1"])).json()
     assert uid not in {r["study_instance_uid"] for r in rows}
-    done = client.get("/api/worklist", params={"read_state": "completed"},
-                      headers=bearer(users["rad1"])).json()
+    done = client.get(
+        "/api/worklist", params={"read_state": "completed"}, headers=bearer(users["rad1"])
+    ).json()
     assert [r["study_instance_uid"] for r in done] == [uid]
     assert done[0]["claimed_by"] == "rad1"
 
@@ -257,11 +293,16 @@ def test_study_detail(client: TestClient, users: dict[str, str], seeded: dict[st
     assert result["delivery_state"] == "failed"
     assert result["seconds_from_arrival"] == pytest.approx(20, abs=1)
     assert detail["viewer_url"] == f"http://viewer.test/ohif/viewer?StudyInstanceUIDs={uid}"
-    png = client.get(f"/api/studies/{uid}/images/{made.sop_uids[0]}/thumbnail",
-                     headers=bearer(users["rad1"]))
+    png = client.get(
+        f"/api/studies/{uid}/images/{made.sop_uids[0]}/thumbnail", headers=bearer(users["rad1"])
+    )
     assert png.status_code == 200 and png.content[:8] == b"\x89PNG\r\n\x1a\n"
-    assert client.get(f"/api/studies/{uid}/images/1.2.3/thumbnail",
-                      headers=bearer(users["rad1"])).status_code == 404
+    assert (
+        client.get(
+            f"/api/studies/{uid}/images/1.2.3/thumbnail", headers=bearer(users["rad1"])
+        ).status_code
+        == 404
+    )
     assert client.get("/api/studies/1.2.999", headers=bearer(users["rad1"])).status_code == 404
 
 
@@ -277,15 +318,20 @@ def test_pending_study_detail_has_no_result(
 # Roles and reading actions ---------------------------------------------------------------
 
 
-def test_roles(client: TestClient, users: dict[str, str], seeded: dict[str, Made],
-               session_factory: Any) -> None:
+def test_roles(
+    client: TestClient, users: dict[str, str], seeded: dict[str, Made], session_factory: Any
+) -> None:
     uid = seeded["abnormal"].study.study_instance_uid
     ris, rad = bearer(users["ris"]), bearer(users["rad1"])
     assert client.get("/api/worklist", headers=ris).status_code == 200
     assert client.get(f"/api/studies/{uid}", headers=ris).status_code == 200
     assert client.post(f"/api/studies/{uid}/claim", headers=ris).status_code == 403
-    assert client.post(f"/api/studies/{uid}/feedback", json={"label": "normal"},
-                       headers=ris).status_code == 403
+    assert (
+        client.post(
+            f"/api/studies/{uid}/feedback", json={"label": "normal"}, headers=ris
+        ).status_code
+        == 403
+    )
     assert client.get("/api/audit", headers=rad).status_code == 403
     assert client.get("/api/audit", headers=bearer(users["admin"])).status_code == 200
     with session_factory() as session:
@@ -309,13 +355,19 @@ def test_claim_release_complete(
     assert client.post(f"/api/studies/{uid}/claim?force=true", headers=rad2).status_code == 403
     forced = client.post(f"/api/studies/{uid}/claim?force=true", headers=admin).json()
     assert forced["claimed_by"] == "admin"
-    assert client.post(f"/api/studies/{uid}/release", headers=admin).json()["read_state"] == "unread"
+    assert (
+        client.post(f"/api/studies/{uid}/release", headers=admin).json()["read_state"] == "unread"
+    )
     assert client.post(f"/api/studies/{uid}/release", headers=admin).status_code == 409
     assert client.post(f"/api/studies/{uid}/complete", headers=rad2).json() == {
-        "study_instance_uid": uid, "read_state": "completed", "claimed_by": "rad2"}
+        "study_instance_uid": uid,
+        "read_state": "completed",
+        "claimed_by": "rad2",
+    }
     assert client.post(f"/api/studies/{uid}/claim", headers=rad1).status_code == 409
-    rows = client.get("/api/worklist", params={"read_state": ["claimed", "completed"]},
-                      headers=rad1).json()
+    rows = client.get(
+        "/api/worklist", params={"read_state": ["claimed", "completed"]}, headers=rad1
+    ).json()
     assert [(r["read_state"], r["claimed_by"]) for r in rows] == [("completed", "rad2")]
 
 
@@ -325,23 +377,35 @@ def test_claim_release_complete(
 def test_feedback(client: TestClient, users: dict[str, str], seeded: dict[str, Made]) -> None:
     uid = seeded["abnormal_high"].study.study_instance_uid
     rad1 = bearer(users["rad1"])
-    saved = client.post(f"/api/studies/{uid}/feedback", json={"label": "abnormal", "agree": True},
-                        headers=rad1)
+    saved = client.post(
+        f"/api/studies/{uid}/feedback", json={"label": "abnormal", "agree": True}, headers=rad1
+    )
     assert saved.status_code == 201
-    assert saved.json() == {"study_instance_uid": uid, "label": "abnormal", "agree": True,
-                            "ai_decision": "abnormal", "revision": 1}
+    assert saved.json() == {
+        "study_instance_uid": uid,
+        "label": "abnormal",
+        "agree": True,
+        "ai_decision": "abnormal",
+        "revision": 1,
+    }
     # agree=True with a label that contradicts the AI is refused.
-    bad = client.post(f"/api/studies/{uid}/feedback", json={"label": "normal", "agree": True},
-                      headers=rad1)
+    bad = client.post(
+        f"/api/studies/{uid}/feedback", json={"label": "normal", "agree": True}, headers=rad1
+    )
     assert bad.status_code == 422
-    assert client.post(f"/api/studies/{uid}/feedback", json={"label": "maybe"},
-                       headers=rad1).status_code == 422
+    assert (
+        client.post(
+            f"/api/studies/{uid}/feedback", json={"label": "maybe"}, headers=rad1
+        ).status_code
+        == 422
+    )
     # Sending again replaces one's feedback.
     again = client.post(f"/api/studies/{uid}/feedback", json={"label": "normal"}, headers=rad1)
     assert again.json()["agree"] is False
     detail = client.get(f"/api/studies/{uid}", headers=rad1).json()
     assert [(f["username"], f["label"], f["agree"]) for f in detail["feedback"]] == [
-        ("rad1", "normal", False)]
+        ("rad1", "normal", False)
+    ]
 
 
 def test_monitoring_agreement_by_group(
@@ -381,8 +445,9 @@ def test_monitoring_agreement_by_group(
 def test_monitoring_probability_distribution(
     client: TestClient, users: dict[str, str], seeded: dict[str, Made]
 ) -> None:
-    days = client.get("/api/monitoring/probabilities", params={"days": 7},
-                      headers=bearer(users["admin"])).json()
+    days = client.get(
+        "/api/monitoring/probabilities", params={"days": 7}, headers=bearer(users["admin"])
+    ).json()
     total = sum(d["n"] for d in days)
     assert total == 5
     assert sum(sum(d["histogram"]) for d in days) == 5
@@ -396,9 +461,16 @@ def test_model_card_and_openapi(client: TestClient, users: dict[str, str]) -> No
     card = client.get("/api/model-card", headers=bearer(users["ris"])).json()
     assert card["name"] == "tiny-test" and card["operating_points"]["balanced"]["threshold"] == 0.5
     spec = client.get("/api/openapi.json", headers=bearer(users["ris"])).json()
-    for path in ("/api/worklist", "/api/studies/{study_uid}", "/api/studies/{study_uid}/feedback",
-                 "/api/studies/{study_uid}/claim", "/api/model-card", "/healthz", "/readyz",
-                 "/metrics"):
+    for path in (
+        "/api/worklist",
+        "/api/studies/{study_uid}",
+        "/api/studies/{study_uid}/feedback",
+        "/api/studies/{study_uid}/claim",
+        "/api/model-card",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    ):
         assert path in spec["paths"], path
 
 
@@ -413,10 +485,16 @@ def test_views_and_actions_are_audited_without_patient_identifiers(
     client.get(f"/api/studies/{uid}/images/{made.sop_uids[0]}/thumbnail", headers=rad1)
     client.post(f"/api/studies/{uid}/claim", headers=rad1)
     client.post(f"/api/studies/{uid}/feedback", json={"label": "abnormal"}, headers=rad1)
-    events = client.get("/api/audit", params={"username": "rad1"},
-                        headers=bearer(users["admin"])).json()
+    events = client.get(
+        "/api/audit", params={"username": "rad1"}, headers=bearer(users["admin"])
+    ).json()
     assert [e["action"] for e in reversed(events)] == [
-        "view_worklist", "view_study", "view_image", "claim", "feedback"]
+        "view_worklist",
+        "view_study",
+        "view_image",
+        "claim",
+        "feedback",
+    ]
     assert all(e["auth_method"] == "token" and e["client_ip"] for e in events)
     assert events[0]["study_instance_uid"] == uid
     assert events[2]["object_uid"] == made.sop_uids[0]
@@ -432,14 +510,16 @@ def test_readyz(client: TestClient, app: Any, settings: Any) -> None:
     assert body["model_name"] == "tiny-test"
 
 
-def test_readyz_reports_a_missing_model_and_broker(
-    session_factory: Any, tmp_path: Any
-) -> None:
+def test_readyz_reports_a_missing_model_and_broker(session_factory: Any, tmp_path: Any) -> None:
     from worklist.api import create_app
     from worklist.settings import load_settings
 
-    broken = load_settings(data_dir=tmp_path, model_path=tmp_path / "missing.onnx",
-                           broker_url="redis://127.0.0.1:1/0", session_secret="x" * 20)
+    broken = load_settings(
+        data_dir=tmp_path,
+        model_path=tmp_path / "missing.onnx",
+        broker_url="redis://127.0.0.1:1/0",
+        session_secret="x" * 20,
+    )
     with TestClient(create_app(broken, session_factory)) as client:
         response = client.get("/readyz")
     assert response.status_code == 503
@@ -449,13 +529,23 @@ def test_readyz_reports_a_missing_model_and_broker(
 
 
 def test_old_studies_leave_the_default_window(
-    client: TestClient, users: dict[str, str], seeded: dict[str, Made], session_factory: Any,
+    client: TestClient,
+    users: dict[str, str],
+    seeded: dict[str, Made],
+    session_factory: Any,
     settings: Any,
 ) -> None:
     with session_factory() as session:
-        old = make_study(session, settings.spool_dir, name="OLD", priority=30,
-                         decision="abnormal", probability=0.6, waited=timedelta(days=20),
-                         study_date="20261103")
+        old = make_study(
+            session,
+            settings.spool_dir,
+            name="OLD",
+            priority=30,
+            decision="abnormal",
+            probability=0.6,
+            waited=timedelta(days=20),
+            study_date="20261103",
+        )
         session.commit()
     uid = old.study.study_instance_uid
     rad = bearer(users["rad1"])
