@@ -166,21 +166,3 @@ def start_worker_process(settings: Any, queues: str, concurrency: int = 1,
         env=env,
     )
 
-
-class AppQueue:
-    """The SCP's triage queue, sending by task name through the triage Celery app.
-
-    (dicom_scp's CeleryTriageQueue passes ``polling_interval`` to kombu's SQLAlchemy
-    transport, which hands it to ``create_engine`` and fails; see triage.broker.)
-    """
-
-    def __init__(self, settings: Any) -> None:
-        from triage.celery_app import make_celery
-
-        self.app = make_celery(settings)
-
-    def enqueue(self, study_id: int, revision: int) -> None:
-        self.app.send_task("triage.triage_study", args=(study_id, revision), queue="inference")
-
-    def close(self) -> None:
-        self.app.close()

@@ -19,7 +19,6 @@ from tests.conftest import REDIS_URL, free_port, wait_until
 from tests.integration.scp.helpers import storescu_as_is
 from tests.integration.triage.conftest import (
     FAST_OPTIONS,
-    AppQueue,
     Node,
     Pacs,
     start_worker_process,
@@ -55,7 +54,8 @@ def start_scp(settings: Any) -> Node:
     upgrade(settings.effective_database_url)
     session_factory = make_session_factory(make_engine(settings.effective_database_url))
     node = Node(settings, session_factory)
-    node.scp = start_node_scp(settings, session_factory, queue=AppQueue(settings))
+    # The SCP's own queue (dicom_scp.queue.CeleryTriageQueue) sends by task name.
+    node.scp = start_node_scp(settings, session_factory)
     return node
 
 
@@ -117,23 +117,40 @@ def check_sr_matches_database(node: Node, pacs: Pacs, result: TriageResult) -> N
     assert summary["referenced_sop_instance_uids"] == evaluated
 
 
+def default_or_tiny(tiny_model: Path) -> Path:
+    """The shipped default model when present, else the tiny test model."""
+    from models.runtime import default_model_path
+
+    path = default_model_path()
+    return path if path.exists() else tiny_model
+
+
 def test_embedded_mode_real_radiographs_and_wrapped_pngs(
     tmp_path: Path, shared_data: Path, pacs: Pacs, tiny_model: Path, labelled_dx, nodes  # type: ignore[no-untyped-def]
 ) -> None:
+    from triage.priority import Priority
+    from triage.testing import wrap_image_as_dx
     from triage.worker import start_embedded_worker
 
-    settings = make_node_settings(tmp_path, tiny_model, pacs.destination)
+    settings = make_node_settings(tmp_path, default_or_tiny(tiny_model), pacs.destination)
     assert settings.uses_embedded_broker
     node = start_scp(settings)
     nodes.append(node)
     embedded = start_embedded_worker(settings, extra_env=FAST_OPTIONS)
     node.workers.extend(embedded.processes.values())
 
+    stat = tmp_path / "stat.dcm"
+    wrap_image_as_dx(
+        shared_data / "cxr-nih64" / "normal" / sorted(
+            (shared_data / "cxr-nih64" / "normal").iterdir())[0].name,
+        requested_priority="STAT",
+    ).save_as(stat, enforce_file_format=True)
     files = [
         shared_data / REAL / "RG1_J2KI.dcm",
         shared_data / REAL / "konica_CR_chest_Monochrome1-Jpeg.dcm",
         *labelled_dx("abnormal", 2),
         *labelled_dx("normal", 2),
+        stat,
     ]
     for path in files:
         out = storescu_as_is(settings.dicom_port, path)
@@ -155,6 +172,12 @@ def test_embedded_mode_real_radiographs_and_wrapped_pngs(
     assert lateral.sr_sop_instance_uid is None
     assert "lateral_view" in lateral.reason
     assert len(pacs.received()) == len(uids)
+    stat_uid = str(pydicom.dcmread(stat, stop_before_pixels=True).StudyInstanceUID)
+    assert results[stat_uid].priority == Priority.STAT
+    with node.session_factory() as session:
+        assert session.scalar(select(Study.state).where(Study.study_instance_uid == uids[0])) == (
+            "triaged"
+        )
 
 
 @pytest.mark.redis
@@ -249,3 +272,36 @@ def test_destination_down_at_first_gets_the_sr_later(
         assert len(pacs.received()) == 1
     finally:
         pacs.stop()
+
+
+def test_whole_inference_worker_killed_a_new_one_finishes_once(
+    tmp_path: Path, shared_data: Path, pacs: Pacs, slow_model: Path, nodes  # type: ignore[no-untyped-def]
+) -> None:
+    """The worker's main process dies too (no redelivery from the broker): the sweep
+    re-sends the stalled revision after the lease, and a new worker triages it once."""
+    settings = make_node_settings(tmp_path, slow_model, pacs.destination)
+    node = start_scp(settings)
+    nodes.append(node)
+    lease = {"CXR_TRIAGE_LEASE_SECONDS": "4"}
+    doomed = start_worker_process(settings, "inference", extra_env=lease)
+    node.workers.append(start_worker_process(settings, "delivery", extra_env=lease))
+    path = shared_data / REAL / "fuji_CR_chest_from_fodicom_withmeta.dcm"
+    assert storescu_as_is(settings.dicom_port, path).returncode == 0
+
+    def claim() -> TriageClaim | None:
+        with node.session_factory() as session:
+            return session.scalar(select(TriageClaim))
+
+    first = wait_until(claim, timeout=60, what="a worker to claim the study")
+    child = int(first.claimed_by.rsplit(":", 1)[1])
+    os.kill(doomed.pid, signal.SIGKILL)  # the main process first: nothing to requeue
+    os.kill(child, signal.SIGKILL)
+    doomed.wait(timeout=10)
+    node.workers.append(start_worker_process(settings, "inference", extra_env=lease))
+    uid = str(pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID)
+    results = wait_for_results(node, [uid], timeout=120)
+    with node.session_factory() as session:
+        assert session.scalar(select(func.count()).select_from(TriageResult)) == 1
+        assert session.scalar(select(func.count()).select_from(Delivery)) == 1
+    check_sr_matches_database(node, pacs, results[uid])
+    assert len(pacs.received()) == 1
