@@ -67,7 +67,7 @@ class Proc:
     def start(self) -> Proc:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("wb")
-        self.process = subprocess.Popen(  # noqa: S603 - our own binaries
+        self.process = subprocess.Popen(
             self.argv, env=self.env, stdout=self._log, stderr=subprocess.STDOUT
         )
         return self
@@ -87,9 +87,11 @@ class Proc:
             return ""
 
     def tail(self) -> str:
-        return f"----- {self.name} (pid {self.process.pid if self.process else '-'}, " \
-               f"rc {self.process.poll() if self.process else '-'}) -----\n" \
-               f"{self.log()[-LOG_TAIL_CHARS:]}"
+        return (
+            f"----- {self.name} (pid {self.process.pid if self.process else '-'}, "
+            f"rc {self.process.poll() if self.process else '-'}) -----\n"
+            f"{self.log()[-LOG_TAIL_CHARS:]}"
+        )
 
     def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM, then SIGKILL after ``timeout`` seconds."""
@@ -113,8 +115,8 @@ def triage_node(name: str, args: list[str], env: dict[str, str], logs: Path) -> 
 
 def run_triage_node(args: list[str], env: dict[str, str]) -> None:
     """Run ``triage-node ARGS`` to completion; fail with its output otherwise."""
-    out = subprocess.run(  # noqa: S603
-        [str(TRIAGE_NODE), *args], env=env, capture_output=True, text=True, timeout=120
+    out = subprocess.run(
+        [str(TRIAGE_NODE), *args], env=env, capture_output=True, text=True, timeout=120, check=False
     )
     assert out.returncode == 0, f"triage-node {' '.join(args)}:\n{out.stdout}\n{out.stderr}"
 
@@ -131,13 +133,16 @@ def echo(port: int, called: str = "TRIAGE") -> bool:
 
 
 def http(
-    method: str, url: str, body: bytes | dict[str, Any] | list[Any] | None = None,
-    *, timeout: float = 10.0,
+    method: str,
+    url: str,
+    body: bytes | dict[str, Any] | list[Any] | None = None,
+    *,
+    timeout: float = 10.0,
 ) -> Any:
     """An HTTP call answering JSON (decoded), or bytes when the answer is not JSON."""
     data = json.dumps(body).encode() if isinstance(body, dict | list) else body
     request = urllib.request.Request(url, data=data, method=method)
-    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - local
+    with urllib.request.urlopen(request, timeout=timeout) as response:
         payload = response.read()
         if "json" in response.headers.get("Content-Type", ""):
             return json.loads(payload)

@@ -171,19 +171,31 @@ def test_scaled_out_two_inference_workers(
         started = time.monotonic()
         out = storescu(dicom_port, files, "-xe")
         assert out.returncode == 0, out.stdout + out.stderr
-        wait_until(lambda: pacs.count() >= N_STUDIES, timeout=180, interval=0.2,
-                   what=f"{N_STUDIES} SRs at the PACS")
+        wait_until(
+            lambda: pacs.count() >= N_STUDIES,
+            timeout=180,
+            interval=0.2,
+            what=f"{N_STUDIES} SRs at the PACS",
+        )
         elapsed = time.monotonic() - started
 
         engine = create_engine(postgres_url)
         try:
+
             def all_delivered() -> list[tuple[str, int, TriageResult, Delivery]] | None:
                 with engine.connect() as conn:
                     rows = conn.execute(
-                        select(Study.study_instance_uid, Study.id, TriageResult.revision,
-                               Delivery.state, Delivery.attempts, Delivery.sop_instance_uid,
-                               Delivery.delivered_at, TriageResult.status,
-                               TriageResult.sr_sop_instance_uid)
+                        select(
+                            Study.study_instance_uid,
+                            Study.id,
+                            TriageResult.revision,
+                            Delivery.state,
+                            Delivery.attempts,
+                            Delivery.sop_instance_uid,
+                            Delivery.delivered_at,
+                            TriageResult.status,
+                            TriageResult.sr_sop_instance_uid,
+                        )
                         .join(TriageResult, TriageResult.study_id == Study.id)
                         .join(Delivery, Delivery.result_id == TriageResult.id)
                     ).all()
@@ -191,8 +203,9 @@ def test_scaled_out_two_inference_workers(
                     return None
                 return rows
 
-            rows = wait_until(all_delivered, timeout=30, interval=0.2,
-                              what="every delivery row delivered")
+            rows = wait_until(
+                all_delivered, timeout=30, interval=0.2, what="every delivery row delivered"
+            )
             # A late duplicate (a redelivered task, a second sweep) would show up now.
             hold_until = time.monotonic() + QUIET_AFTER_DELIVERY_S
             while time.monotonic() < hold_until:
@@ -201,8 +214,12 @@ def test_scaled_out_two_inference_workers(
 
             with engine.connect() as conn:
                 claims = conn.execute(
-                    select(TriageClaim.study_id, TriageClaim.revision, TriageClaim.claimed_by,
-                           TriageClaim.attempts)
+                    select(
+                        TriageClaim.study_id,
+                        TriageClaim.revision,
+                        TriageClaim.claimed_by,
+                        TriageClaim.attempts,
+                    )
                 ).all()
         finally:
             engine.dispose()
@@ -226,9 +243,7 @@ def test_scaled_out_two_inference_workers(
         # The database: one result per study and revision, one delivery row each,
         # delivered at the first attempt, for exactly the SRs the PACS holds.
         assert sorted(r.study_instance_uid for r in rows) == sorted(sent)
-        assert Counter((r.id, r.revision) for r in rows) == {
-            (r.id, 1): 1 for r in rows
-        }
+        assert Counter((r.id, r.revision) for r in rows) == {(r.id, 1): 1 for r in rows}
         assert all(r.status == "triaged" for r in rows)
         assert all(r.attempts == 1 and r.delivered_at is not None for r in rows)
         assert {r.sop_instance_uid for r in rows} == {str(ds.SOPInstanceUID) for ds in received}
@@ -250,13 +265,13 @@ def test_scaled_out_two_inference_workers(
             f"studies were not spread across both inference workers: {share}"
         )
         assert not re.search(r"study \d+ revision 1: triaged", delivery.log())
-        print(  # noqa: T201 - shown with -s: how the work was spread, and how fast
+        print(
             f"\n{N_STUDIES} studies: share {dict(share)}, all SRs at the PACS "
             f"{elapsed:.1f} s after the send"
         )
     except BaseException:
         for proc in procs:
-            print(proc.tail())  # noqa: T201 - the logs, for the failure report
+            print(proc.tail())
         raise
     finally:
         for proc in reversed(procs):
