@@ -12,12 +12,13 @@ import re
 import socket
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
-from sqlalchemy import create_engine, select
+from sqlalchemy import Row, create_engine, select
 
 from tests.conftest import free_port, wait_until
 from tests.integration.deploy.helpers import (
@@ -32,6 +33,8 @@ from tests.integration.deploy.helpers import (
 )
 from tests.integration.scp.helpers import storescu
 from worklist.tables import Delivery, Study, TriageClaim, TriageResult
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
 #: A Redis database of its own, emptied before and after the test.
 REDIS_DB_URL = "redis://127.0.0.1:6379/7"
@@ -54,6 +57,8 @@ def redis_db() -> Iterator[str]:
         with socket.create_connection(("127.0.0.1", 6379), timeout=1):
             pass
     except OSError:
+        if os.environ.get("CI"):
+            pytest.fail("Redis is not running at 127.0.0.1:6379 in CI")
         pytest.skip("Redis is not running at 127.0.0.1:6379")
     import redis
 
@@ -121,7 +126,7 @@ def test_scaled_out_two_inference_workers(
 ) -> None:
     need_tools("storescu", "storescp", "echoscu")
     logs = tmp_path / "logs"
-    pacs = _Pacs(tmp_path / "pacs", logs).start()
+    pacs = _Pacs(tmp_path / "pacs", logs)
     dicom_port, http_port = free_port(), free_port()
     env = node_env(
         data_dir=tmp_path / "spool-shared",
@@ -146,6 +151,7 @@ def test_scaled_out_two_inference_workers(
 
     procs: list[Proc] = [pacs.proc]
     try:
+        pacs.start()
         run_triage_node(["db", "upgrade"], env)
         inference = [
             triage_node(f"inference-{i}", ["worker", "--queues", "inference"], env, logs)
@@ -182,7 +188,7 @@ def test_scaled_out_two_inference_workers(
         engine = create_engine(postgres_url)
         try:
 
-            def all_delivered() -> list[tuple[str, int, TriageResult, Delivery]] | None:
+            def all_delivered() -> Sequence[Row[Any]] | None:
                 with engine.connect() as conn:
                     rows = conn.execute(
                         select(
