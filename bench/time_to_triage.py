@@ -118,12 +118,14 @@ class Pacs:
             stderr=subprocess.DEVNULL,
         )
         ok = wait_for(
-            lambda: subprocess.run(
-                ["echoscu", "-aec", "PACS", "-to", "2", "127.0.0.1", str(self.port)],
-                capture_output=True,
-                check=False,
-            ).returncode
-            == 0,
+            lambda: (
+                subprocess.run(
+                    ["echoscu", "-aec", "PACS", "-to", "2", "127.0.0.1", str(self.port)],
+                    capture_output=True,
+                    check=False,
+                ).returncode
+                == 0
+            ),
             timeout=20,
             interval=0.1,
         )
@@ -202,8 +204,15 @@ def run_mode(
         for queue, n in (("inference", 1), ("delivery", 2)):
             workers.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "triage.worker", "--queues", queue,
-                     "--concurrency", str(n)],
+                    [
+                        sys.executable,
+                        "-m",
+                        "triage.worker",
+                        "--queues",
+                        queue,
+                        "--concurrency",
+                        str(n),
+                    ],
                     env=env,
                 )
             )
@@ -215,8 +224,15 @@ def run_mode(
             study_uid = make_copy(source, path)
             _series, sr_uid = sr_uids(study_uid, 1)
             out = subprocess.run(
-                ["storescu", "-xw", "-aec", settings.ae_title, "127.0.0.1",
-                 str(settings.dicom_port), str(path)],
+                [
+                    "storescu",
+                    "-xw",
+                    "-aec",
+                    settings.ae_title,
+                    "127.0.0.1",
+                    str(settings.dicom_port),
+                    str(path),
+                ],
                 capture_output=True,
                 text=True,
                 check=False,
@@ -224,7 +240,7 @@ def run_mode(
             t_sent = time.time()
             if out.returncode != 0:
                 raise RuntimeError(f"storescu failed: {out.stderr}")
-            arrived = wait_for(lambda: pacs.find(sr_uid), timeout=120)
+            arrived = wait_for(lambda uid=sr_uid: pacs.find(uid), timeout=120)
             if arrived is None:
                 raise RuntimeError(f"no SR for study {i} within 120 s")
             # storescp renames the file when complete; wait until it is readable.
@@ -236,11 +252,15 @@ def run_mode(
                     .join(TriageResult, TriageResult.study_id == Study.id)
                     .where(Study.study_instance_uid == study_uid)
                 ).one()
-            stable_ts = (stable_at if stable_at.tzinfo else stable_at.replace(tzinfo=UTC)).timestamp()
+            stable_ts = (
+                stable_at if stable_at.tzinfo else stable_at.replace(tzinfo=UTC)
+            ).timestamp()
             started = result.started_at
             finished = result.finished_at
             started_ts = (started if started.tzinfo else started.replace(tzinfo=UTC)).timestamp()
-            finished_ts = (finished if finished.tzinfo else finished.replace(tzinfo=UTC)).timestamp()
+            finished_ts = (
+                finished if finished.tzinfo else finished.replace(tzinfo=UTC)
+            ).timestamp()
             row = {
                 "study": i,
                 "total": t_sr - t_sent,
@@ -253,8 +273,12 @@ def run_mode(
             }
             if i > 0:
                 rows.append(row)
-            log.info("%s study %d: %s", mode, i, {k: round(v, 3) if isinstance(v, float) else v
-                                                  for k, v in row.items()})
+            log.info(
+                "%s study %d: %s",
+                mode,
+                i,
+                {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()},
+            )
     finally:
         if embedded is not None:
             embedded.stop()
@@ -271,9 +295,17 @@ def run_mode(
         "stable_seconds": stable_seconds,
         "stability_poll_seconds": poll_seconds,
         "database": "postgresql" if database_url.startswith("postgres") else "sqlite",
-        **{key: summarize([r[key] for r in rows]) for key in (
-            "total", "minus_quiet", "stable_to_sr", "stable_to_started", "triage_task",
-            "finished_to_sr")},
+        **{
+            key: summarize([r[key] for r in rows])
+            for key in (
+                "total",
+                "minus_quiet",
+                "stable_to_sr",
+                "stable_to_started",
+                "triage_task",
+                "finished_to_sr",
+            )
+        },
         "rows": rows,
     }
 
@@ -324,14 +356,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     for tool in ("storescu", "storescp", "echoscu"):
         if shutil.which(tool) is None:
             parser.error(f"dcmtk {tool} is required")
     workdir = Path(tempfile.mkdtemp(prefix="ttt-"))
     report: dict[str, Any] = {
-        "host": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                 "python": platform.python_version()},
+        "host": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
         "source": str(args.source),
         "throughput": throughput(args.model, args.source),
         "modes": [],
@@ -355,11 +392,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
-    lines = [f"model {report['throughput']['model']} on {report['throughput']['providers']}, "
-             f"{report['host']['cpus']} CPUs",
-             f"throughput: batch 1 {report['throughput']['images_per_s_batch1']} img/s, "
-             f"batch 8 {report['throughput']['images_per_s_batch8']} img/s; preprocess J2K "
-             f"p50 {report['throughput']['preprocess_j2k_1955x1841_s']['p50']} s"]
+    lines = [
+        (
+            f"model {report['throughput']['model']} on {report['throughput']['providers']}, "
+            f"{report['host']['cpus']} CPUs"
+        ),
+        (
+            f"throughput: batch 1 {report['throughput']['images_per_s_batch1']} img/s, "
+            f"batch 8 {report['throughput']['images_per_s_batch8']} img/s; preprocess J2K "
+            f"p50 {report['throughput']['preprocess_j2k_1955x1841_s']['p50']} s"
+        ),
+    ]
     for m in report["modes"]:
         lines.append(
             f"{m['mode']:9s} n={m['studies']} quiet={m['stable_seconds']}s  "

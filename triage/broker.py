@@ -41,9 +41,7 @@ class Channel(_SqlaChannel):
 
     def _engine_from_config(self) -> Any:
         conninfo = self.connection.client
-        options = {
-            k: v for k, v in conninfo.transport_options.items() if k not in _NOT_FOR_ENGINE
-        }
+        options = {k: v for k, v in conninfo.transport_options.items() if k not in _NOT_FOR_ENGINE}
         if conninfo.hostname.startswith("sqlite"):
             options.setdefault("connect_args", {"timeout": 30, "check_same_thread": False})
         return create_engine(conninfo.hostname, **options)
@@ -70,5 +68,5 @@ def celery_broker(url: str) -> tuple[str, str | None]:
         ``None`` (Celery's choice from the URL scheme).
     """
     if url.startswith("sqla+"):
-        return url[len("sqla+"):], f"{__name__}:Transport"
+        return url[len("sqla+") :], f"{__name__}:Transport"
     return url, None

@@ -23,9 +23,9 @@ from triage.errors import ModelError
 __all__ = [
     "ClassifierLike",
     "active_providers",
+    "clear_cache",
     "get_classifier",
     "model_path_for",
-    "clear_cache",
 ]
 
 log = logging.getLogger(__name__)

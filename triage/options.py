@@ -56,8 +56,14 @@ class TriageOptions:
             raise ConfigurationError("CXR_TRIAGE_HIGH_CONFIDENCE must be in (0, 1]")
         if self.batch_size < 1 or self.delivery_max_attempts < 1:
             raise ConfigurationError("CXR_TRIAGE_BATCH_SIZE and TRIAGE_DELIVERY_MAX_ATTEMPTS >= 1")
-        for name in ("wait_cap_minutes", "delivery_backoff_seconds", "sweep_seconds",
-                     "lease_seconds", "broker_poll_seconds", "delivery_backoff_max_seconds"):
+        for name in (
+            "wait_cap_minutes",
+            "delivery_backoff_seconds",
+            "sweep_seconds",
+            "lease_seconds",
+            "broker_poll_seconds",
+            "delivery_backoff_max_seconds",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"CXR_TRIAGE_{name.upper()} must be > 0")
 

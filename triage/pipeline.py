@@ -41,7 +41,7 @@ from worklist.results import (
 )
 from worklist.tables import Delivery, DeliveryState, TriageStatus
 
-__all__ = ["TriageOutcome", "triage_study", "worker_id", "MAX_ATTEMPTS"]
+__all__ = ["MAX_ATTEMPTS", "TriageOutcome", "triage_study", "worker_id"]
 
 log = logging.getLogger(__name__)
 
@@ -185,9 +185,7 @@ def triage_study(
     """
     options = options or TriageOptions()
     with session_factory.begin() as session:
-        claim = claim_revision(
-            session, study_id=study_id, revision=revision, worker=worker_id()
-        )
+        claim = claim_revision(session, study_id=study_id, revision=revision, worker=worker_id())
     if claim.status is ClaimStatus.DONE:
         log.info("study %s revision %s already triaged; not redone", study_id, revision)
         return _done(session_factory, claim)
@@ -199,10 +197,17 @@ def triage_study(
 
     if claim.attempts > MAX_ATTEMPTS:
         return _record(
-            session_factory, settings, options, claim, started,
+            session_factory,
+            settings,
+            options,
+            claim,
+            started,
             status=TriageStatus.FAILED,
             reason=f"gave up after {claim.attempts - 1} attempts (worker lost each time)",
-            images=[], card=None, providers=None, timings=timings,
+            images=[],
+            card=None,
+            providers=None,
+            timings=timings,
         )
 
     t0 = time.perf_counter()
@@ -211,10 +216,17 @@ def triage_study(
     eligible = [im for im in images if isinstance(im.selection, Eligible)]
     if not eligible:
         return _record(
-            session_factory, settings, options, claim, started,
+            session_factory,
+            settings,
+            options,
+            claim,
+            started,
             status=TriageStatus.NOT_EVALUATED,
             reason=_not_evaluated_reason(images),
-            images=images, card=None, providers=None, timings=timings,
+            images=images,
+            card=None,
+            providers=None,
+            timings=timings,
         )
 
     clf = classifier() if callable(classifier) and not hasattr(classifier, "card") else classifier
@@ -227,10 +239,17 @@ def triage_study(
     scored = [im for im in eligible if isinstance(im.selection, Eligible)]
     if not scored:
         return _record(
-            session_factory, settings, options, claim, started,
+            session_factory,
+            settings,
+            options,
+            claim,
+            started,
             status=TriageStatus.NOT_EVALUATED,
             reason=_not_evaluated_reason(images),
-            images=images, card=card, providers=clf.active_providers, timings=timings,
+            images=images,
+            card=card,
+            providers=clf.active_providers,
+            timings=timings,
         )
     t0 = time.perf_counter()
     batch = np.stack([im.tensor for im in scored]).astype(np.float32, copy=False)
@@ -249,10 +268,20 @@ def triage_study(
         for im, lg, p in zip(scored, logits, study_score.image_probabilities, strict=True)
     }
     return _record(
-        session_factory, settings, options, claim, started,
-        status=TriageStatus.TRIAGED, reason=None, images=images, card=card,
-        providers=clf.active_providers, timings=timings, score=study_score,
-        per_image=per_image, evidence=[im.header for im in scored],
+        session_factory,
+        settings,
+        options,
+        claim,
+        started,
+        status=TriageStatus.TRIAGED,
+        reason=None,
+        images=images,
+        card=card,
+        providers=clf.active_providers,
+        timings=timings,
+        score=study_score,
+        per_image=per_image,
+        evidence=[im.header for im in scored],
     )
 
 
@@ -334,9 +363,9 @@ def _record(
         decision=score.decision.value if score else None,
         probability=score.probability if score else None,
         score=score.score if score else None,
-        threshold=score.threshold if score else (
-            card.threshold(settings.operating_point) if card is not None else None
-        ),
+        threshold=score.threshold
+        if score
+        else (card.threshold(settings.operating_point) if card is not None else None),
         aggregation=options.aggregation,
         operating_point=settings.operating_point,
         model_name=card.name if card is not None else "",
@@ -387,4 +416,3 @@ def _record(
         deliveries=_pending_deliveries(session_factory, result_id),
         timings=timings,
     )
-

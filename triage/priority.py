@@ -118,7 +118,10 @@ def compute_priority(
     """
     if status == "triaged" and decision == "abnormal":
         if probability is not None and probability >= high_confidence:
-            ai, why = Priority.ABNORMAL_HIGH, f"AI abnormal, p={probability:.3f} >= {high_confidence}"
+            ai, why = (
+                Priority.ABNORMAL_HIGH,
+                f"AI abnormal, p={probability:.3f} >= {high_confidence}",
+            )
         else:
             ai, why = Priority.ABNORMAL, "AI abnormal"
     elif status == "triaged" and decision == "normal":

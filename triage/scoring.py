@@ -133,7 +133,9 @@ def score_study(
     score = aggregate(arr, how)
     image_probs = np.asarray(calibrate(arr), dtype=np.float64).reshape(-1)
     probability = float(
-        np.asarray(calibrate(np.asarray([score], dtype=np.float32)), dtype=np.float64).reshape(-1)[0]
+        np.asarray(calibrate(np.asarray([score], dtype=np.float32)), dtype=np.float64).reshape(-1)[
+            0
+        ]
     )
     return StudyScore(
         score=score,

@@ -35,9 +35,9 @@ from pydicom.dataset import Dataset
 
 __all__ = [
     "Eligible",
+    "Selection",
     "SkipCode",
     "Skipped",
-    "Selection",
     "select_instance",
     "skipped_unreadable",
 ]

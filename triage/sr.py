@@ -55,9 +55,9 @@ __all__ = [
     "SRContent",
     "build_sr",
     "derived_uid",
+    "read_sr_summary",
     "sr_uids",
     "write_sr",
-    "read_sr_summary",
 ]
 
 log = logging.getLogger(__name__)
@@ -65,19 +65,18 @@ log = logging.getLogger(__name__)
 PRIVATE_SCHEME = "99CXRTRIAGE"
 
 
-@dataclass(frozen=True)
-class _Codes:
-    abnormal: Code = Code("263654008", "SCT", "Abnormal")
-    normal: Code = Code("17621005", "SCT", "Normal")
-    finding: Code = Code("121071", "DCM", "Finding")
-    procedure: Code = Code("399208008", "SCT", "Plain chest X-ray")
-    probability: Code = Code("PROB-ABN", PRIVATE_SCHEME, "Probability of abnormal finding")
-    threshold: Code = Code("THR-ABN", PRIVATE_SCHEME, "Decision threshold")
-    operating_point: Code = Code("OP", PRIVATE_SCHEME, "Operating point")
-    unitless: Code = Code("1", "UCUM", "no units")
+class CODES:
+    """The codes the SR uses (SNOMED CT, DICOM, UCUM and the node's private scheme)."""
 
+    abnormal = Code("263654008", "SCT", "Abnormal")
+    normal = Code("17621005", "SCT", "Normal")
+    finding = Code("121071", "DCM", "Finding")
+    procedure = Code("399208008", "SCT", "Plain chest X-ray")
+    probability = Code("PROB-ABN", PRIVATE_SCHEME, "Probability of abnormal finding")
+    threshold = Code("THR-ABN", PRIVATE_SCHEME, "Decision threshold")
+    operating_point = Code("OP", PRIVATE_SCHEME, "Operating point")
+    unitless = Code("1", "UCUM", "no units")
 
-CODES = _Codes()
 
 SERIES_NUMBER = 9901
 SERIES_DESCRIPTION = "AI triage CXR (not for diagnosis)"
@@ -306,8 +305,16 @@ def _clean_evidence(ds: Dataset) -> Dataset:
     for keyword in _EVIDENCE_KEYWORDS:
         value = ds.get(keyword)
         setattr(copy, keyword, value if value is not None else None)
-    for keyword in ("PatientID", "PatientName", "PatientBirthDate", "PatientSex",
-                    "AccessionNumber", "StudyID", "StudyDate", "StudyTime"):
+    for keyword in (
+        "PatientID",
+        "PatientName",
+        "PatientBirthDate",
+        "PatientSex",
+        "AccessionNumber",
+        "StudyID",
+        "StudyDate",
+        "StudyTime",
+    ):
         if copy.get(keyword) is None:
             setattr(copy, keyword, None)
     for keyword, pattern in (("PatientBirthDate", _DA), ("StudyDate", _DA), ("StudyTime", _TM)):
@@ -316,8 +323,13 @@ def _clean_evidence(ds: Dataset) -> Dataset:
             setattr(copy, keyword, None)
     if str(copy.get("PatientSex") or "") not in ("", "M", "F", "O"):
         copy.PatientSex = None
-    for keyword, limit in (("AccessionNumber", 16), ("StudyID", 16), ("PatientID", 64),
-                           ("IssuerOfPatientID", 64), ("InstitutionName", 64)):
+    for keyword, limit in (
+        ("AccessionNumber", 16),
+        ("StudyID", 16),
+        ("PatientID", 64),
+        ("IssuerOfPatientID", 64),
+        ("InstitutionName", 64),
+    ):
         if len(str(copy.get(keyword) or "")) > limit:
             # An over-long identifier is invalid; an altered one would be wrong.
             setattr(copy, keyword, None)

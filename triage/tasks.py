@@ -30,7 +30,7 @@ from triage.celery_app import DELIVERY_QUEUE, INFERENCE_QUEUE, TASK_DELIVER, TAS
 from triage.errors import DestinationUnavailable, StoreRejected, TransientError
 from triage.options import TriageOptions
 
-__all__ = ["WorkerContext", "register_tasks", "sweep", "deliver_one"]
+__all__ = ["WorkerContext", "deliver_one", "register_tasks", "sweep"]
 
 log = logging.getLogger(__name__)
 
@@ -110,9 +110,11 @@ def deliver_one(ctx: WorkerContext, delivery_id: int) -> str:
     try:
         store_file(job.file_path, job.destination, calling_ae=ctx.settings.ae_title)
     except (DestinationUnavailable, StoreRejected, FileNotFoundError, OSError) as exc:
-        transient = isinstance(exc, DestinationUnavailable) or (
-            isinstance(exc, StoreRejected) and exc.transient
-        ) or (isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError))
+        transient = (
+            isinstance(exc, DestinationUnavailable)
+            or (isinstance(exc, StoreRejected) and exc.transient)
+            or (isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError))
+        )
         retry_in = (
             options.backoff(job.attempts)
             if transient and job.attempts < options.delivery_max_attempts
@@ -125,7 +127,11 @@ def deliver_one(ctx: WorkerContext, delivery_id: int) -> str:
         log_fn = log.warning if retry_in is not None else log.error
         log_fn(
             "delivery %s of SR %s to %s: attempt %s failed (%s); %s",
-            job.id, job.sop_instance_uid, job.destination, job.attempts, exc,
+            job.id,
+            job.sop_instance_uid,
+            job.destination,
+            job.attempts,
+            exc,
             f"retry in {retry_in:.1f} s" if retry_in is not None else "gave up",
         )
         return state

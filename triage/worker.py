@@ -36,7 +36,7 @@ from typing import Any
 from triage.celery_app import DELIVERY_QUEUE, INFERENCE_QUEUE, make_celery
 from triage.options import TriageOptions, load_triage_options
 
-__all__ = ["EmbeddedWorker", "run_worker", "settings_to_env", "start_embedded_worker", "main"]
+__all__ = ["EmbeddedWorker", "main", "run_worker", "settings_to_env", "start_embedded_worker"]
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,9 @@ def run_worker(
         ",".join(queues),
         pool,
         concurrency,
-        "embedded" if settings.uses_embedded_broker else settings.effective_broker_url.split("@")[-1],
+        "embedded"
+        if settings.uses_embedded_broker
+        else settings.effective_broker_url.split("@")[-1],
     )
     argv = [
         "worker",
@@ -212,7 +214,7 @@ def start_embedded_worker(
         (INFERENCE_QUEUE, inference_concurrency),
         (DELIVERY_QUEUE, delivery_concurrency),
     ):
-        processes[queue] = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+        processes[queue] = subprocess.Popen(
             [
                 sys.executable,
                 "-m",

@@ -210,8 +210,6 @@ def mark_redispatched(
     )
     session.execute(
         update(Study)
-        .where(
-            Study.id == study_id, Study.revision == revision, Study.state == StudyState.QUEUED
-        )
+        .where(Study.id == study_id, Study.revision == revision, Study.state == StudyState.QUEUED)
         .values(dispatched_at=now)
     )

@@ -39,14 +39,14 @@ from worklist.tables import (
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "ClaimStatus",
     "Claim",
+    "ClaimStatus",
     "ImageRecord",
     "InstanceRef",
     "ResultRecord",
     "claim_revision",
-    "save_result",
     "result_for",
+    "save_result",
     "stalled_revisions",
 ]
 

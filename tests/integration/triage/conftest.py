@@ -151,8 +151,9 @@ class Node:
             self.scp.stop()
 
 
-def start_worker_process(settings: Any, queues: str, concurrency: int = 1,
-                         extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def start_worker_process(
+    settings: Any, queues: str, concurrency: int = 1, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     """``python -m triage.worker`` as a separate process with the node's settings."""
     from triage.worker import settings_to_env
 
@@ -161,8 +162,14 @@ def start_worker_process(settings: Any, queues: str, concurrency: int = 1,
     env.update(FAST_OPTIONS)
     env.update(extra_env or {})
     return subprocess.Popen(
-        [sys.executable, "-m", "triage.worker", "--queues", queues,
-         "--concurrency", str(concurrency)],
+        [
+            sys.executable,
+            "-m",
+            "triage.worker",
+            "--queues",
+            queues,
+            "--concurrency",
+            str(concurrency),
+        ],
         env=env,
     )
-

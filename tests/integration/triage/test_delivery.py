@@ -29,18 +29,30 @@ def ingest(session_factory, tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 def test_failing_destination_does_not_hold_back_the_other(
-    session_factory, tmp_path: Path, pacs: Pacs, tiny_model: Path, ingest, shared_data: Path  # type: ignore[no-untyped-def]
+    session_factory,
+    tmp_path: Path,
+    pacs: Pacs,
+    tiny_model: Path,
+    ingest,
+    shared_data: Path,  # type: ignore[no-untyped-def]
 ) -> None:
     from models.runtime import Classifier
 
     dead = f"DEAD@127.0.0.1:{free_port()}"
-    settings = load_settings(data_dir=tmp_path / "node", model_path=tiny_model,
-                             destinations=f"{dead},{pacs.destination}")
+    settings = load_settings(
+        data_dir=tmp_path / "node", model_path=tiny_model, destinations=f"{dead},{pacs.destination}"
+    )
     options = TriageOptions(delivery_max_attempts=2, delivery_backoff_seconds=0.01)
     study_id = ingest(shared_data / "dicom/real/fuji_CR_chest_from_fodicom_withmeta.dcm")
     (handoff,) = make_stable(session_factory)
-    out = triage_study(session_factory, settings, Classifier.load(tiny_model), study_id,
-                       handoff.revision, options=options)
+    out = triage_study(
+        session_factory,
+        settings,
+        Classifier.load(tiny_model),
+        study_id,
+        handoff.revision,
+        options=options,
+    )
     ctx = WorkerContext(settings, options, session_factory=session_factory)
     states = {}
     for delivery_id in out.deliveries:

@@ -98,8 +98,9 @@ def wait_for_results(node: Node, study_uids: list[str], timeout: float = 90) -> 
 
 
 def check_sr_matches_database(node: Node, pacs: Pacs, result: TriageResult) -> None:
-    path = wait_until(lambda: sr_at_pacs(pacs, result.sr_sop_instance_uid), timeout=20,
-                      what="SR file at the PACS")
+    path = wait_until(
+        lambda: sr_at_pacs(pacs, result.sr_sop_instance_uid), timeout=20, what="SR file at the PACS"
+    )
     assert dciodvfy_errors(path) == []
     dump = subprocess.run(["dsrdump", str(path)], capture_output=True, text=True, check=False)
     assert dump.returncode == 0
@@ -126,7 +127,12 @@ def default_or_tiny(tiny_model: Path) -> Path:
 
 
 def test_embedded_mode_real_radiographs_and_wrapped_pngs(
-    tmp_path: Path, shared_data: Path, pacs: Pacs, tiny_model: Path, labelled_dx, nodes  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+    shared_data: Path,
+    pacs: Pacs,
+    tiny_model: Path,
+    labelled_dx,
+    nodes,  # type: ignore[no-untyped-def]
 ) -> None:
     from triage.priority import Priority
     from triage.testing import wrap_image_as_dx
@@ -141,8 +147,10 @@ def test_embedded_mode_real_radiographs_and_wrapped_pngs(
 
     stat = tmp_path / "stat.dcm"
     wrap_image_as_dx(
-        shared_data / "cxr-nih64" / "normal" / sorted(
-            (shared_data / "cxr-nih64" / "normal").iterdir())[0].name,
+        shared_data
+        / "cxr-nih64"
+        / "normal"
+        / min((shared_data / "cxr-nih64" / "normal").iterdir()).name,
         requested_priority="STAT",
     ).save_as(stat, enforce_file_format=True)
     files = [
@@ -156,13 +164,17 @@ def test_embedded_mode_real_radiographs_and_wrapped_pngs(
         out = storescu_as_is(settings.dicom_port, path)
         assert out.returncode == 0, out.stderr
     # A study with nothing eligible: the lateral view alone.
-    out = storescu_as_is(settings.dicom_port, shared_data / REAL /
-                         "fujifilm_DX_thorax_lateral_veterinary.dcm")
+    out = storescu_as_is(
+        settings.dicom_port, shared_data / REAL / "fujifilm_DX_thorax_lateral_veterinary.dcm"
+    )
     assert out.returncode == 0, out.stderr
     uids = [str(pydicom.dcmread(p, stop_before_pixels=True).StudyInstanceUID) for p in files]
-    lateral_uid = str(pydicom.dcmread(shared_data / REAL /
-                                      "fujifilm_DX_thorax_lateral_veterinary.dcm",
-                                      stop_before_pixels=True).StudyInstanceUID)
+    lateral_uid = str(
+        pydicom.dcmread(
+            shared_data / REAL / "fujifilm_DX_thorax_lateral_veterinary.dcm",
+            stop_before_pixels=True,
+        ).StudyInstanceUID
+    )
     results = wait_for_results(node, [*uids, lateral_uid])
     for uid in uids:
         assert results[uid].status == "triaged"
@@ -183,7 +195,12 @@ def test_embedded_mode_real_radiographs_and_wrapped_pngs(
 @pytest.mark.redis
 @pytest.mark.postgres
 def test_scaled_out_redis_postgres_separate_worker(
-    tmp_path: Path, shared_data: Path, pacs: Pacs, tiny_model: Path, postgres_url: str, nodes  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+    shared_data: Path,
+    pacs: Pacs,
+    tiny_model: Path,
+    postgres_url: str,
+    nodes,  # type: ignore[no-untyped-def]
 ) -> None:
     import redis
 
@@ -202,8 +219,10 @@ def test_scaled_out_redis_postgres_separate_worker(
     nodes.append(node)
     node.workers.append(start_worker_process(settings, "inference"))
     node.workers.append(start_worker_process(settings, "delivery", concurrency=2))
-    files = [shared_data / REAL / "RG1_J2KI.dcm", shared_data / REAL /
-             "canon_DX_chest_966_fixed.dcm"]
+    files = [
+        shared_data / REAL / "RG1_J2KI.dcm",
+        shared_data / REAL / "canon_DX_chest_966_fixed.dcm",
+    ]
     for path in files:
         assert storescu_as_is(settings.dicom_port, path).returncode == 0
     uids = [str(pydicom.dcmread(p, stop_before_pixels=True).StudyInstanceUID) for p in files]
@@ -213,7 +232,11 @@ def test_scaled_out_redis_postgres_separate_worker(
 
 
 def test_worker_killed_during_inference_triages_once(
-    tmp_path: Path, shared_data: Path, pacs: Pacs, slow_model: Path, nodes  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+    shared_data: Path,
+    pacs: Pacs,
+    slow_model: Path,
+    nodes,  # type: ignore[no-untyped-def]
 ) -> None:
     settings = make_node_settings(tmp_path, slow_model, pacs.destination)
     node = start_scp(settings)
@@ -244,7 +267,10 @@ def test_worker_killed_during_inference_triages_once(
 
 
 def test_destination_down_at_first_gets_the_sr_later(
-    tmp_path: Path, shared_data: Path, tiny_model: Path, nodes  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+    shared_data: Path,
+    tiny_model: Path,
+    nodes,  # type: ignore[no-untyped-def]
 ) -> None:
     pacs = Pacs(tmp_path / "late-pacs")  # not started yet
     settings = make_node_settings(tmp_path, tiny_model, pacs.destination)
@@ -275,7 +301,11 @@ def test_destination_down_at_first_gets_the_sr_later(
 
 
 def test_whole_inference_worker_killed_a_new_one_finishes_once(
-    tmp_path: Path, shared_data: Path, pacs: Pacs, slow_model: Path, nodes  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+    shared_data: Path,
+    pacs: Pacs,
+    slow_model: Path,
+    nodes,  # type: ignore[no-untyped-def]
 ) -> None:
     """The worker's main process dies too (no redelivery from the broker): the sweep
     re-sends the stalled revision after the lease, and a new worker triages it once."""

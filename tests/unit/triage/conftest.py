@@ -62,9 +62,7 @@ def make_stable(session_factory) -> list:  # type: ignore[no-untyped-def]
     from worklist.stability import mark_stable_studies
 
     with session_factory.begin() as session:
-        return mark_stable_studies(
-            session, quiet_seconds=0.0, now=utcnow() + timedelta(seconds=1)
-        )
+        return mark_stable_studies(session, quiet_seconds=0.0, now=utcnow() + timedelta(seconds=1))
 
 
 @pytest.fixture

@@ -58,8 +58,9 @@ def test_embedded_broker_carries_a_message(tmp_path: Path) -> None:
 
 
 def test_options_from_environment_and_settings() -> None:
-    opts = load_triage_options(None, {"CXR_TRIAGE_AGGREGATION": "mean",
-                                      "CXR_TRIAGE_WAIT_CAP_MINUTES": "30"})
+    opts = load_triage_options(
+        None, {"CXR_TRIAGE_AGGREGATION": "mean", "CXR_TRIAGE_WAIT_CAP_MINUTES": "30"}
+    )
     assert opts.aggregation == "mean" and opts.wait_cap_minutes == 30.0
     with pytest.raises(ConfigurationError, match="CXR_TRIAGE_BATCH_SIZE"):
         load_triage_options(None, {"CXR_TRIAGE_BATCH_SIZE": "many"})
@@ -69,8 +70,12 @@ def test_options_from_environment_and_settings() -> None:
 
 
 def test_settings_travel_to_a_child_through_the_environment(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    settings = load_settings(data_dir=tmp_path, destinations="A@h:1,B@127.0.0.1:2",
-                             providers="CPUExecutionProvider", operating_point="high_sensitivity")
+    settings = load_settings(
+        data_dir=tmp_path,
+        destinations="A@h:1,B@127.0.0.1:2",
+        providers="CPUExecutionProvider",
+        operating_point="high_sensitivity",
+    )
     for key, value in settings_to_env(settings).items():
         monkeypatch.setenv(key, value)
     again = load_settings()
@@ -86,10 +91,16 @@ def _result_with_deliveries(session_factory, settings, tiny_classifier, ingest, 
 
 
 def test_a_sending_row_whose_worker_died_is_due_again(
-    session_factory, tmp_path: Path, tiny_model: Path, tiny_classifier, ingest, shared_data: Path  # type: ignore[no-untyped-def]
+    session_factory,
+    tmp_path: Path,
+    tiny_model: Path,
+    tiny_classifier,
+    ingest,
+    shared_data: Path,  # type: ignore[no-untyped-def]
 ) -> None:
-    settings = load_settings(data_dir=tmp_path / "d", model_path=tiny_model,
-                             destinations="PACS@127.0.0.1:1")
+    settings = load_settings(
+        data_dir=tmp_path / "d", model_path=tiny_model, destinations="PACS@127.0.0.1:1"
+    )
     out = _result_with_deliveries(session_factory, settings, tiny_classifier, ingest, shared_data)
     (delivery_id,) = out.deliveries
     now = utcnow()
@@ -102,8 +113,10 @@ def test_a_sending_row_whose_worker_died_is_due_again(
         assert due_deliveries(session, now=now + timedelta(seconds=10)) == []
         assert due_deliveries(session, now=now + timedelta(seconds=31)) == [delivery_id]
     with session_factory.begin() as session:
-        assert mark_failed_attempt(session, delivery_id=delivery_id, error="x",
-                                   retry_in=5, now=now) == "pending"
+        assert (
+            mark_failed_attempt(session, delivery_id=delivery_id, error="x", retry_in=5, now=now)
+            == "pending"
+        )
         assert due_deliveries(session, now=now + timedelta(seconds=4)) == []
         assert due_deliveries(session, now=now + timedelta(seconds=6)) == [delivery_id]
         assert session.get(Delivery, delivery_id).last_error == "x"
@@ -123,8 +136,15 @@ def test_stalled_revisions_are_found(session_factory, ingest, shared_data: Path)
     with session_factory.begin() as session:
         study = session.get(Study, study_id)
         study.state = "triaging"
-        session.add(TriageClaim(study_id=study_id, revision=handoff.revision, claimed_by="h:1",
-                                claimed_at=now, attempts=1))
+        session.add(
+            TriageClaim(
+                study_id=study_id,
+                revision=handoff.revision,
+                claimed_by="h:1",
+                claimed_at=now,
+                attempts=1,
+            )
+        )
     with session_factory() as session:
         assert stalled_revisions(session, lease_seconds=60, now=now + timedelta(seconds=30)) == []
         assert stalled_revisions(session, lease_seconds=60, now=now + timedelta(seconds=61)) == [

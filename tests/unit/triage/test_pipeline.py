@@ -30,7 +30,11 @@ def settings(tmp_path: Path, tiny_model: Path):  # type: ignore[no-untyped-def]
 
 
 def test_chest_study_is_triaged_with_sr_and_outbox(
-    session_factory, settings, tiny_classifier, ingest, shared_data: Path  # type: ignore[no-untyped-def]
+    session_factory,
+    settings,
+    tiny_classifier,
+    ingest,
+    shared_data: Path,  # type: ignore[no-untyped-def]
 ) -> None:
     study_id = ingest(shared_data / DICOM / "real/RG1_J2KI.dcm")
     (handoff,) = make_stable(session_factory)
@@ -70,7 +74,11 @@ def test_chest_study_is_triaged_with_sr_and_outbox(
 
 
 def test_retry_does_not_redo_a_revision(
-    session_factory, settings, tiny_classifier, ingest, shared_data: Path  # type: ignore[no-untyped-def]
+    session_factory,
+    settings,
+    tiny_classifier,
+    ingest,
+    shared_data: Path,  # type: ignore[no-untyped-def]
 ) -> None:
     study_id = ingest(shared_data / DICOM / "real/fuji_CR_chest_from_fodicom_withmeta.dcm")
     (handoff,) = make_stable(session_factory)
@@ -85,7 +93,12 @@ def test_retry_does_not_redo_a_revision(
 
 
 def test_late_instance_makes_a_new_revision_with_a_new_sr(
-    session_factory, settings, tiny_classifier, ingest, shared_data: Path, tmp_path: Path  # type: ignore[no-untyped-def]
+    session_factory,
+    settings,
+    tiny_classifier,
+    ingest,
+    shared_data: Path,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
 ) -> None:
     src = pydicom.dcmread(shared_data / DICOM / "real/fuji_CR_chest_from_fodicom_withmeta.dcm")
     study_id = ingest(shared_data / DICOM / "real/fuji_CR_chest_from_fodicom_withmeta.dcm")
@@ -107,10 +120,16 @@ def test_late_instance_makes_a_new_revision_with_a_new_sr(
 
 
 def test_nothing_eligible_is_not_evaluated_with_reasons(
-    session_factory, settings, ingest, shared_data: Path, tmp_path: Path  # type: ignore[no-untyped-def]
+    session_factory,
+    settings,
+    ingest,
+    shared_data: Path,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
 ) -> None:
     """A lateral, a non-chest image and a non-image in one study: not evaluated."""
-    lateral = pydicom.dcmread(shared_data / DICOM / "real/fujifilm_DX_thorax_lateral_veterinary.dcm")
+    lateral = pydicom.dcmread(
+        shared_data / DICOM / "real/fujifilm_DX_thorax_lateral_veterinary.dcm"
+    )
     study_uid = str(lateral.StudyInstanceUID)
     paths = [shared_data / DICOM / "real/fujifilm_DX_thorax_lateral_veterinary.dcm"]
     for name in ("real/RG3_J2KI.dcm", "other/orthanc_sample-pdf.dcm"):
@@ -139,7 +158,11 @@ def test_nothing_eligible_is_not_evaluated_with_reasons(
 
 
 def test_undecodable_image_is_recorded(
-    session_factory, settings, tiny_classifier, ingest, shared_data: Path  # type: ignore[no-untyped-def]
+    session_factory,
+    settings,
+    tiny_classifier,
+    ingest,
+    shared_data: Path,  # type: ignore[no-untyped-def]
 ) -> None:
     study_id = ingest(shared_data / DICOM / "torture/canon_DX_chest_966_badCOM.dcm")
     (handoff,) = make_stable(session_factory)
@@ -151,13 +174,23 @@ def test_undecodable_image_is_recorded(
 
 
 def test_a_revision_that_keeps_killing_workers_is_failed(
-    session_factory, settings, tiny_classifier, ingest, shared_data: Path  # type: ignore[no-untyped-def]
+    session_factory,
+    settings,
+    tiny_classifier,
+    ingest,
+    shared_data: Path,  # type: ignore[no-untyped-def]
 ) -> None:
     study_id = ingest(shared_data / DICOM / "real/fuji_CR_chest_from_fodicom_withmeta.dcm")
     (handoff,) = make_stable(session_factory)
     with session_factory.begin() as session:
-        session.add(TriageClaim(study_id=study_id, revision=handoff.revision, claimed_by="x:1",
-                                claimed_at=session.get(Study, study_id).stable_at,
-                                attempts=MAX_ATTEMPTS))
+        session.add(
+            TriageClaim(
+                study_id=study_id,
+                revision=handoff.revision,
+                claimed_by="x:1",
+                claimed_at=session.get(Study, study_id).stable_at,
+                attempts=MAX_ATTEMPTS,
+            )
+        )
     out = triage_study(session_factory, settings, tiny_classifier, study_id, handoff.revision)
     assert out.status == "failed"

@@ -42,20 +42,25 @@ def test_score_study_calibrates_the_aggregate() -> None:
 
 
 def test_priority_order_of_ai_levels() -> None:
-    high = compute_priority(status="triaged", decision="abnormal", probability=0.95,
-                            requested_priority=None)
-    abn = compute_priority(status="triaged", decision="abnormal", probability=0.6,
-                           requested_priority=None)
-    ne = compute_priority(status="not_evaluated", decision=None, probability=None,
-                          requested_priority=None)
-    normal = compute_priority(status="triaged", decision="normal", probability=0.1,
-                              requested_priority=None)
+    high = compute_priority(
+        status="triaged", decision="abnormal", probability=0.95, requested_priority=None
+    )
+    abn = compute_priority(
+        status="triaged", decision="abnormal", probability=0.6, requested_priority=None
+    )
+    ne = compute_priority(
+        status="not_evaluated", decision=None, probability=None, requested_priority=None
+    )
+    normal = compute_priority(
+        status="triaged", decision="normal", probability=0.1, requested_priority=None
+    )
     assert high.priority < abn.priority < ne.priority < normal.priority
 
 
 def test_stat_stays_on_top() -> None:
-    d = compute_priority(status="triaged", decision="normal", probability=0.01,
-                         requested_priority="STAT")
+    d = compute_priority(
+        status="triaged", decision="normal", probability=0.01, requested_priority="STAT"
+    )
     assert d.priority is Priority.STAT
     assert "hospital priority STAT kept" in d.reason
 
@@ -67,8 +72,9 @@ def test_stat_stays_on_top() -> None:
     requested=st.sampled_from([None, "", "STAT", "HIGH", "MEDIUM", "ROUTINE", "LOW", "odd"]),
 )
 def test_ai_never_lowers_hospital_priority(status, decision, probability, requested) -> None:  # type: ignore[no-untyped-def]
-    d = compute_priority(status=status, decision=decision, probability=probability,
-                         requested_priority=requested)
+    d = compute_priority(
+        status=status, decision=decision, probability=probability, requested_priority=requested
+    )
     level = hospital_level(requested)
     if level is not None:
         assert d.priority <= level
@@ -77,10 +83,12 @@ def test_ai_never_lowers_hospital_priority(status, decision, probability, reques
 def test_wait_cap_moves_old_studies_up() -> None:
     now = datetime(2026, 1, 1, 12, tzinfo=UTC)
     cap = timedelta(minutes=60)
-    old_normal = worklist_sort_key(Priority.NORMAL, now - timedelta(minutes=61), now=now,
-                                   wait_cap=cap)
-    fresh_abnormal = worklist_sort_key(Priority.ABNORMAL_HIGH, now - timedelta(minutes=1),
-                                       now=now, wait_cap=cap)
+    old_normal = worklist_sort_key(
+        Priority.NORMAL, now - timedelta(minutes=61), now=now, wait_cap=cap
+    )
+    fresh_abnormal = worklist_sort_key(
+        Priority.ABNORMAL_HIGH, now - timedelta(minutes=1), now=now, wait_cap=cap
+    )
     stat = worklist_sort_key(Priority.STAT, now, now=now, wait_cap=cap)
     assert sorted([fresh_abnormal, old_normal, stat]) == [stat, old_normal, fresh_abnormal]
 

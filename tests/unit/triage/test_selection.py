@@ -53,8 +53,12 @@ def test_non_chest_image_is_skipped(shared_data: Path) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["other/orthanc_MarekLatin2_SR.dcm", "other/orthanc_sample-pdf.dcm",
-     "other/orthanc_Issue168_GSPS.dcm", "other/orthanc_Issue137_STL.dcm"],
+    [
+        "other/orthanc_MarekLatin2_SR.dcm",
+        "other/orthanc_sample-pdf.dcm",
+        "other/orthanc_Issue168_GSPS.dcm",
+        "other/orthanc_Issue137_STL.dcm",
+    ],
 )
 def test_non_image_is_skipped(shared_data: Path, name: str) -> None:
     result = select_instance(header(shared_data, name))

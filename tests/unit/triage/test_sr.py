@@ -48,7 +48,9 @@ def dciodvfy_errors(path: Path) -> list[str]:
 
 @pytest.mark.parametrize("name", SOURCES)
 @pytest.mark.parametrize("decision", ["abnormal", "normal"])
-def test_sr_is_valid_and_renders(shared_data: Path, tmp_path: Path, name: str, decision: str) -> None:
+def test_sr_is_valid_and_renders(
+    shared_data: Path, tmp_path: Path, name: str, decision: str
+) -> None:
     ds = pydicom.dcmread(shared_data / "dicom" / name, stop_before_pixels=True)
     path = write_sr(build_sr(content(ds, decision), [ds]), tmp_path)
     assert dciodvfy_errors(path) == []
@@ -85,7 +87,8 @@ def test_uids_are_deterministic_per_study_and_revision(shared_data: Path, tmp_pa
 
 def test_sr_refuses_images_of_another_study(shared_data: Path) -> None:
     a = pydicom.dcmread(shared_data / "dicom/real/RG1_J2KI.dcm", stop_before_pixels=True)
-    b = pydicom.dcmread(shared_data / "dicom/real/canon_DX_chest_966_fixed.dcm",
-                        stop_before_pixels=True)
+    b = pydicom.dcmread(
+        shared_data / "dicom/real/canon_DX_chest_966_fixed.dcm", stop_before_pixels=True
+    )
     with pytest.raises(ValueError):
         build_sr(content(a, "normal"), [a, b])
