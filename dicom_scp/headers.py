@@ -6,13 +6,16 @@ Plain functions over bytes and pydicom datasets, testable without a network.
 from __future__ import annotations
 
 import re
+import warnings
 from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.filereader import data_element_generator
 from pydicom.multival import MultiValue
+from pydicom.uid import UID
 from pydicom.valuerep import PersonName
 
 from dicom_scp.status import (
@@ -78,6 +81,48 @@ def spool_path(spool_dir: Path, study_uid: str, series_uid: str, sop_uid: str) -
     for uid in (study_uid, series_uid, sop_uid):
         clean_uid(uid, name="UID")
     return spool_dir / study_uid / series_uid / f"{sop_uid}.dcm"
+
+
+def check_complete(encoded: bytes, transfer_syntax_uid: str) -> None:
+    """Check that no top-level element of a received dataset runs past its end.
+
+    pydicom silently shortens a value whose declared length exceeds the bytes
+    left (a truncated Pixel Data, for example), so the top-level elements are
+    walked here without reading their values. Deflated datasets are not checked
+    (a damaged zlib stream fails when it is read).
+
+    Parameters
+    ----------
+    encoded : bytes
+        Preamble, File Meta (with its group length, as pynetdicom writes it) and
+        dataset.
+    transfer_syntax_uid : str
+        The transfer syntax of the dataset.
+
+    Raises
+    ------
+    CannotUnderstand
+        When the dataset is truncated or its element structure cannot be walked.
+    """
+    syntax = UID(transfer_syntax_uid)
+    if syntax.is_deflated or not syntax.is_transfer_syntax:
+        return
+    if encoded[128:136] != b"DICM\x02\x00\x00\x00" or len(encoded) < 144:
+        return  # no File Meta group length: nothing to anchor the walk on
+    start = 144 + int.from_bytes(encoded[140:144], "little")
+    stream = BytesIO(encoded)
+    stream.seek(start)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for _ in data_element_generator(
+                stream, syntax.is_implicit_VR, syntax.is_little_endian, defer_size=256
+            ):
+                pass
+    except Exception as exc:  # noqa: BLE001 - any structural error: cannot understand
+        raise CannotUnderstand(f"dataset cannot be decoded: {type(exc).__name__}") from exc
+    if stream.tell() > len(encoded):
+        raise CannotUnderstand("dataset truncated: an element runs past the end")
 
 
 def read_header(encoded: bytes) -> Dataset:

@@ -2,8 +2,8 @@
 
 Write and commit order of :class:`SpoolSink` (why nothing acknowledged is lost)
 ------------------------------------------------------------------------------
-1. The header is decoded from the received bytes and checked (UIDs, SOP class);
-   a failure here touches neither disk nor database.
+1. The received bytes are checked (no truncated element), the header is decoded
+   and checked (UIDs, SOP class); a failure here touches neither disk nor database.
 2. The bytes go to a temporary file ``.<SOP UID>.<random>.partial`` in the final
    directory: write, flush, ``fsync``.
 3. A transaction records the instance (``record_instance``) with the *final* path
@@ -41,7 +41,12 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import sessionmaker
 
-from dicom_scp.headers import instance_info_from_dataset, read_header, spool_path
+from dicom_scp.headers import (
+    check_complete,
+    instance_info_from_dataset,
+    read_header,
+    spool_path,
+)
 from dicom_scp.status import (
     OutOfResources,
     StoreError,
@@ -300,6 +305,7 @@ class SpoolSink:
     def _store(self, instance: ReceivedInstance) -> StoreResult:
         data = instance.encoded
         self._check_free_space(len(data))
+        check_complete(data, instance.transfer_syntax_uid)
         header = read_header(data)
         info = instance_info_from_dataset(
             header,

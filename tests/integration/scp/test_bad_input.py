@@ -106,12 +106,21 @@ def test_torture_files_with_storescu(
     assert echoscu(settings.dicom_port).returncode == 0
 
 
-def test_deeply_nested_sequence_cannot_be_understood(
-    shared_data: Path, session_factory: Any, tmp_path: Path
+@pytest.mark.parametrize(
+    "name",
+    [
+        "orthanc_Deeply-Nested-Sequence.dcm",
+        "MR_truncated.dcm",
+        "fodicom_GH626_bad_private_SQ.dcm",
+    ],
+)
+def test_broken_structure_cannot_be_understood(
+    name: str, shared_data: Path, session_factory: Any, tmp_path: Path
 ) -> None:
-    # pynetdicom as SCU cannot even read this file, so it is handed to the sink as the
-    # SCP would hand it over: the raw Part 10 bytes.
-    path = shared_data / "dicom" / "torture" / "orthanc_Deeply-Nested-Sequence.dcm"
+    # pynetdicom as SCU cannot read the first file, and re-encodes the others (which
+    # mends them), so they are handed to the sink as the SCP would hand over what a
+    # faulty sender sent: the raw Part 10 bytes.
+    path = shared_data / "dicom" / "torture" / name
     meta = read_file_meta_info(path)
     received = ReceivedInstance(
         encoded=path.read_bytes(),

@@ -13,7 +13,13 @@ from pydicom.sequence import Sequence
 from pydicom.uid import DigitalXRayImageStorageForPresentation as DX
 from pydicom.uid import ExplicitVRLittleEndian
 
-from dicom_scp.headers import clean_uid, instance_info_from_dataset, read_header, spool_path
+from dicom_scp.headers import (
+    check_complete,
+    clean_uid,
+    instance_info_from_dataset,
+    read_header,
+    spool_path,
+)
 from dicom_scp.status import (
     CannotUnderstand,
     DataSetMismatch,
@@ -182,3 +188,26 @@ def test_read_header_round_trip_and_garbage() -> None:
     assert header.StudyInstanceUID == "1.2.3"
     with pytest.raises(CannotUnderstand):
         read_header(b"not dicom at all")
+
+
+def _encoded(ds: Dataset) -> bytes:
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = DX
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    buffer = BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def test_check_complete() -> None:
+    ds = _dx()
+    ds.BitsAllocated = 8
+    ds.PixelData = bytes(range(256)) * 4
+    encoded = _encoded(ds)
+    check_complete(encoded, str(ExplicitVRLittleEndian))
+    with pytest.raises(CannotUnderstand, match="truncated"):
+        check_complete(encoded[:-100], str(ExplicitVRLittleEndian))
+    # Deflated data is left to the decoder; an unknown syntax is not walked.
+    check_complete(encoded[:-100], "1.2.840.10008.1.2.1.99")
+    check_complete(b"short", str(ExplicitVRLittleEndian))
