@@ -11,7 +11,8 @@ Status     Meaning (PS3.4 Annex B)                      When the node returns it
 0xA900     Error: Data Set does not match SOP Class     SOP Class UID missing from the
                                                         dataset or different from the
                                                         negotiated abstract syntax
-0xC000     Error: Cannot understand                     the dataset cannot be decoded
+0xC000     Error: Cannot understand                     the dataset cannot be decoded,
+                                                        or an element is truncated
 0xC001     Error: Cannot understand                     Study, Series or SOP Instance
                                                         UID missing
 0xC002     Error: Cannot understand                     a UID is not a valid UID
