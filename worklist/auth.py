@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from fastapi import Depends, HTTPException, Request
-from sqlalchemy import select
+from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session
 
 from worklist import audit
@@ -235,6 +235,15 @@ class Authenticator:
             raise LoginFailed("wrong user name or password")
         token = secrets.token_urlsafe(32)
         now = utcnow()
+        # Housekeeping: forget sessions that ended or expired more than a day ago.
+        session.execute(
+            delete(WebSession).where(
+                or_(
+                    WebSession.expires_at < now - timedelta(days=1),
+                    WebSession.ended_at < now - timedelta(days=1),
+                )
+            )
+        )
         session.add(
             WebSession(
                 user_id=user.id,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,9 @@ def render_thumbnail(path: str | Path, *, size: int = 256) -> bytes:
     """Render a DICOM image as a greyscale (or colour) PNG at most ``size`` pixels.
 
     The modality and VOI LUTs (window) are applied when present, MONOCHROME1 is
-    inverted, and multi-frame images show their first frame.
+    inverted, and multi-frame images show their first frame. Recent renderings are
+    kept in memory (keyed by path, size and modification time), so that reopening a
+    study does not decode its radiographs again.
 
     Parameters
     ----------
@@ -41,7 +44,16 @@ def render_thumbnail(path: str | Path, *, size: int = 256) -> bytes:
     ThumbnailError
     """
     try:
-        ds = pydicom.dcmread(str(path), force=True)
+        mtime = Path(path).stat().st_mtime_ns
+    except OSError as exc:
+        raise ThumbnailError(f"cannot read the file: {type(exc).__name__}") from exc
+    return _render(str(path), size, mtime)
+
+
+@lru_cache(maxsize=128)
+def _render(path: str, size: int, _mtime: int) -> bytes:
+    try:
+        ds = pydicom.dcmread(path, force=True)
         arr = ds.pixel_array
     except (OSError, ValueError, AttributeError, RuntimeError, NotImplementedError) as exc:
         raise ThumbnailError(f"cannot decode pixels: {type(exc).__name__}") from exc

@@ -573,3 +573,27 @@ def test_missing_session_secret_warns_and_uses_a_random_key(
         create_app(plain, session_factory)
     assert "TRIAGE_SESSION_SECRET is not set" in caplog.text
     assert session_key(plain) != session_key(plain)
+
+
+def test_expired_sessions_fail_and_are_purged(
+    client: TestClient, users: dict[str, str], session_factory: Any
+) -> None:
+    from worklist.accounts import WebSession
+
+    def sign_in() -> None:
+        response = client.post(
+            "/login", data={"username": "rad1", "password": PASSWORD}, follow_redirects=False
+        )
+        assert response.status_code == 303
+
+    sign_in()
+    assert client.get("/api/me").status_code == 200
+    with session_factory() as session:
+        for row in session.scalars(select(WebSession)):
+            row.expires_at = utcnow() - timedelta(days=2)
+        session.commit()
+    assert client.get("/api/me").status_code == 401
+    sign_in()  # signing in again forgets the long-expired session
+    with session_factory() as session:
+        assert session.scalar(select(func.count(WebSession.id))) == 1
+    assert client.get("/api/me").status_code == 200
