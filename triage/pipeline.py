@@ -285,6 +285,32 @@ def triage_study(
     )
 
 
+def _previous_srs(session_factory: sessionmaker, claim: Claim) -> list[Dataset]:
+    """The SR of the latest earlier revision of the study, when its file is still there."""
+    from sqlalchemy import select
+
+    from worklist.tables import TriageResult
+
+    with session_factory() as session:
+        path = session.scalar(
+            select(TriageResult.sr_path)
+            .where(
+                TriageResult.study_id == claim.study_id,
+                TriageResult.revision < claim.revision,
+                TriageResult.sr_path.is_not(None),
+            )
+            .order_by(TriageResult.revision.desc())
+            .limit(1)
+        )
+    if not path:
+        return []
+    try:
+        return [pydicom.dcmread(path, stop_before_pixels=True)]
+    except (OSError, pydicom.errors.InvalidDicomError) as exc:
+        log.warning("earlier SR %s not readable (%s); not listed as predecessor", path, exc)
+        return []
+
+
 def _not_evaluated_reason(images: list[_Image]) -> str:
     if not images:
         return "no instance in the study"
@@ -338,6 +364,7 @@ def _record(
                 content_datetime=finished,
             ),
             evidence,
+            previous=_previous_srs(session_factory, claim),
         )
         sr_path = str(write_sr(sr, Path(settings.data_dir) / "results"))
         timings["sr"] = time.perf_counter() - t0

@@ -155,7 +155,11 @@ def _device_uid(device_name: str) -> str:
     return derived_uid("device", device_name)
 
 
-def build_sr(content: SRContent, evidence: Sequence[Dataset]) -> ComprehensiveSR:
+def build_sr(
+    content: SRContent,
+    evidence: Sequence[Dataset],
+    previous: Sequence[Dataset] | None = None,
+) -> ComprehensiveSR:
     """Build the SR of a triaged study.
 
     Parameters
@@ -164,6 +168,9 @@ def build_sr(content: SRContent, evidence: Sequence[Dataset]) -> ComprehensiveSR
         Decision, probability, operating point and provenance.
     evidence : sequence of pydicom.dataset.Dataset
         Headers of the evaluated images (same study; pixel data not needed).
+    previous : sequence of pydicom.dataset.Dataset, optional
+        The node's SRs of earlier revisions of the study, which this one
+        supersedes (listed in the Predecessor Documents Sequence).
 
     Returns
     -------
@@ -253,6 +260,7 @@ def build_sr(content: SRContent, evidence: Sequence[Dataset]) -> ComprehensiveSR
         is_complete=True,
         is_final=False,
         is_verified=False,
+        previous_versions=list(previous) if previous else None,
         series_description=SERIES_DESCRIPTION,
     )
     when = content.content_datetime

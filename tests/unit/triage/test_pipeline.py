@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pydicom
@@ -117,6 +118,12 @@ def test_late_instance_makes_a_new_revision_with_a_new_sr(
         a, b = (session.get(TriageResult, r.result_id) for r in (r1, r2))
         assert a.sr_sop_instance_uid != b.sr_sop_instance_uid
         assert len(b.images) == 2
+    second = pydicom.dcmread(b.sr_path)
+    (pred_study,) = second.PredecessorDocumentsSequence
+    refs = pred_study.ReferencedSeriesSequence[0].ReferencedSOPSequence
+    assert [r.ReferencedSOPInstanceUID for r in refs] == [a.sr_sop_instance_uid]
+    out = subprocess.run(["dciodvfy", b.sr_path], capture_output=True, text=True, check=False)
+    assert not [x for x in (out.stdout + out.stderr).splitlines() if x.startswith("Error")]
 
 
 def test_nothing_eligible_is_not_evaluated_with_reasons(
