@@ -203,7 +203,10 @@ def triage_study(
             claim,
             started,
             status=TriageStatus.FAILED,
-            reason=f"gave up after {claim.attempts - 1} attempts (worker lost each time)",
+            reason=(
+                f"gave up after {claim.attempts - 1} attempts without a result "
+                "(worker lost or a permanent error; see the worker logs)"
+            ),
             images=[],
             card=None,
             providers=None,
