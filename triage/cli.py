@@ -35,10 +35,11 @@ def _configure_logging(settings: Settings) -> None:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    # pynetdicom logs every PDU at DEBUG and element values in some INFO lines.
-    logging.getLogger("pynetdicom").setLevel(
-        max(logging.WARNING, logging.getLogger().getEffectiveLevel())
-    )
+    # pynetdicom logs every PDU at DEBUG and element values in some INFO lines;
+    # highdicom logs a line per copied module for every SR.
+    quiet = max(logging.WARNING, logging.getLogger().getEffectiveLevel())
+    for name in ("pynetdicom", "highdicom"):
+        logging.getLogger(name).setLevel(quiet)
 
 
 def _stop_event() -> threading.Event:
