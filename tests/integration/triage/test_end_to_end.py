@@ -190,6 +190,9 @@ def test_embedded_mode_real_radiographs_and_wrapped_pngs(
         assert session.scalar(select(Study.state).where(Study.study_instance_uid == uids[0])) == (
             "triaged"
         )
+    embedded.stop(timeout=30)
+    assert not embedded.alive()
+    assert all(p.returncode == 0 for p in embedded.processes.values())
 
 
 @pytest.mark.redis
