@@ -79,7 +79,7 @@ def handle_store(event: Any, sink: InstanceSink) -> int | Dataset:
     """
     try:
         result = sink.store(received_instance(event))
-    except Exception as exc:  # noqa: BLE001 - a handler answers, it never raises
+    except Exception as exc:  # a handler answers, it never raises
         status = status_for_exception(exc)
         log.exception("C-STORE handler failed (answering 0x%04X)", status)
         return status_dataset(status, f"{type(exc).__name__}")
@@ -116,9 +116,9 @@ def handle_association_request(event: Any, settings: Settings) -> None:
         if reason is not None:
             assoc.acse.send_reject(*reason)
             assoc.kill()
-    except Exception:  # noqa: BLE001 - a handler never raises; abort instead of accepting
+    except Exception:  # never raise: abort rather than accept
         log.exception("association check failed; aborting the association")
         try:
             assoc.abort()
-        except Exception:  # noqa: BLE001
+        except Exception:  # already gone: nothing more to do than log
             log.exception("could not abort the association")

@@ -119,7 +119,7 @@ def check_complete(encoded: bytes, transfer_syntax_uid: str) -> None:
                 stream, syntax.is_implicit_VR, syntax.is_little_endian, defer_size=256
             ):
                 pass
-    except Exception as exc:  # noqa: BLE001 - any structural error: cannot understand
+    except Exception as exc:  # any structural error means "cannot understand"
         raise CannotUnderstand(f"dataset cannot be decoded: {type(exc).__name__}") from exc
     if stream.tell() > len(encoded):
         raise CannotUnderstand("dataset truncated: an element runs past the end")
@@ -147,7 +147,7 @@ def read_header(encoded: bytes) -> Dataset:
         # Parse every top-level element now, so that a broken value fails here.
         for elem in ds:
             _ = elem.value
-    except Exception as exc:  # noqa: BLE001 - any parser error means "cannot understand"
+    except Exception as exc:  # any parser error means "cannot understand"
         raise CannotUnderstand(f"dataset cannot be decoded: {type(exc).__name__}") from exc
     return ds
 

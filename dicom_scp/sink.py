@@ -238,7 +238,7 @@ class SpoolSink:
                 exc,
             )
             return StoreResult(int(exc.status), str(exc))
-        except Exception as exc:  # noqa: BLE001 - the SCP must answer, never raise
+        except Exception as exc:  # the SCP must answer, never raise
             status = status_for_exception(exc)
             log.exception(
                 "C-STORE of %s from %s failed unexpectedly (0x%04X)",

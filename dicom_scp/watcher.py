@@ -57,7 +57,7 @@ class StabilityWatcher:
             return run_stability_round(
                 self.session_factory, self.queue, quiet_seconds=self.quiet_seconds
             )
-        except Exception:  # noqa: BLE001 - the watcher must outlive any one round
+        except Exception:  # the watcher must outlive any one round
             log.exception("stability round failed; retrying in %.1fs", self.poll_seconds)
             return []
         finally:

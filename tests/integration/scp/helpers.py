@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydicom.filereader import read_file_meta_info
 from pydicom.dataset import Dataset
+from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE
 from sqlalchemy import func, select
 
@@ -62,7 +62,7 @@ def storescu(
     """Send ``files`` with dcmtk storescu (``-nh``: go on after a failure)."""
     cmd = ["storescu", "-v", "-nh", "-aet", calling, "-aec", called, "-to", "10"]
     cmd += [*map(str, tls or []), *options, host, str(port), *map(str, files)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=DCMTK_TIMEOUT_S)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=DCMTK_TIMEOUT_S, check=False)
 
 
 def storescu_as_is(port: int, path: Path, **kwargs: Any) -> subprocess.CompletedProcess[str]:
@@ -75,7 +75,7 @@ def echoscu(port: int, *options: str, calling: str = "ECHOSCU") -> subprocess.Co
     """C-ECHO with dcmtk echoscu."""
     cmd = ["echoscu", "-aet", calling, "-aec", "TRIAGE", "-to", "10", *options]
     cmd += ["127.0.0.1", str(port)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
 
 
 def pyscu_store(
@@ -147,5 +147,3 @@ def count_instances(session_factory: Any, sop_uid: str | None = None) -> int:
         if sop_uid is not None:
             query = query.where(Instance.sop_instance_uid == sop_uid)
         return int(session.scalar(query) or 0)
-
-

@@ -54,9 +54,7 @@ def test_spool_that_is_a_file_gives_a700_over_the_network(
         server.shutdown()
 
 
-def test_database_failure_gives_a700_and_leaves_no_file(
-    shared_data: Path, tmp_path: Path
-) -> None:
+def test_database_failure_gives_a700_and_leaves_no_file(shared_data: Path, tmp_path: Path) -> None:
     # A database without the schema: every statement fails.
     engine = make_engine(f"sqlite:///{tmp_path / 'empty.db'}")
     try:

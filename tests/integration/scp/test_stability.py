@@ -66,9 +66,7 @@ def test_study_sent_in_two_runs_is_handed_off_once_then_reopened(
 
     # A late instance after the hand-off re-opens the study: revision 2.
     assert storescu_as_is(settings.dicom_port, late).returncode == 0
-    wait_until(
-        lambda: len(recording_queue.snapshot()) == 2, timeout=30, what="second hand-off"
-    )
+    wait_until(lambda: len(recording_queue.snapshot()) == 2, timeout=30, what="second hand-off")
     assert recording_queue.snapshot() == [(study.id, 1), (study.id, 2)]
     with session_factory() as session:
         reopened = session.get(Study, study.id)

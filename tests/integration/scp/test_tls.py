@@ -79,9 +79,7 @@ def test_tls_requires_client_certificate_when_ca_set(
     start_node(settings)
     path = shared_data / CHEST
 
-    anonymous = storescu_as_is(
-        settings.dicom_port, path, tls=["+tla", "+cf", certs["server_crt"]]
-    )
+    anonymous = storescu_as_is(settings.dicom_port, path, tls=["+tla", "+cf", certs["server_crt"]])
     assert anonymous.returncode != 0
     assert count_instances(session_factory) == 0
 

@@ -29,7 +29,9 @@ from dicom_scp.status import (
 )
 
 
-@pytest.mark.parametrize("uid", ["1.2.840.10008.1.2", "1", "999.999.01.23.45.6789", "1." + "2" * 62])
+@pytest.mark.parametrize(
+    "uid", ["1.2.840.10008.1.2", "1", "999.999.01.23.45.6789", "1." + "2" * 62]
+)
 def test_clean_uid_accepts(uid: str) -> None:
     assert clean_uid(uid, name="UID") == uid
     assert clean_uid(uid + "\x00", name="UID") == uid
