@@ -593,12 +593,13 @@ def create_app(settings: Settings, session_factory: sessionmaker) -> FastAPI:
     def monitoring_agreement(
         since: datetime | None = None,
         until: datetime | None = None,
+        model_version: str | None = None,
         principal: Principal = Depends(require_roles(*READERS)),
         db: Session = Depends(get_db),
     ) -> dict[str, Any]:
         """AI agreement, sensitivity and specificity against the radiologists' labels,
-        overall, by sex and by age band (Wilson 95 % intervals)."""
-        report = queries.agreement_report(db, since=since, until=until)
+        overall, by sex, by age band and by model (Wilson 95 % intervals)."""
+        report = queries.agreement_report(db, since=since, until=until, model_version=model_version)
         audit.record(db, actor=principal.actor, action=Action.VIEW_MONITORING)
         db.commit()
         return report
@@ -785,6 +786,7 @@ def create_app(settings: Settings, session_factory: sessionmaker) -> FastAPI:
         groups = [("Overall", "all", report["overall"])]
         groups += [("Sex", k, v) for k, v in report["by_sex"].items()]
         groups += [("Age band", k, v) for k, v in report["by_age_band"].items()]
+        groups += [("Model", k, v) for k, v in report["by_model"].items()]
         return templates.TemplateResponse(
             request,
             "monitoring.html",

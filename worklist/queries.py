@@ -734,27 +734,43 @@ def _confusion(pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
 
 
 def agreement_report(
-    session: Session, *, since: datetime | None = None, until: datetime | None = None
+    session: Session,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    model_version: str | None = None,
 ) -> dict[str, Any]:
     """Agreement, sensitivity and specificity of the AI against radiologists' labels.
 
     The reference is each radiologist's own Normal/Abnormal label; the AI is positive
     when its decision was ``abnormal``. Feedback on studies the AI did not decide
     (not evaluated, failed) is counted separately. Proportions come with Wilson 95 %
-    intervals. Groups: overall, by sex, by age band.
+    intervals. Groups: overall, by sex, by age band, by model (name and version, so
+    that a model update shows).
 
     Parameters
     ----------
     session : Session
     since, until : datetime, optional
         Feedback time window.
+    model_version : str, optional
+        Only feedback on results of this model version.
 
     Returns
     -------
     dict
-        ``overall``, ``by_sex``, ``by_age_band``, ``undecided`` (count).
+        ``overall``, ``by_sex``, ``by_age_band``, ``by_model``, ``undecided`` (count).
     """
-    query = select(Feedback.ai_decision, Feedback.label, Feedback.patient_sex, Feedback.age_band)
+    query = select(
+        Feedback.ai_decision,
+        Feedback.label,
+        Feedback.patient_sex,
+        Feedback.age_band,
+        Feedback.model_name,
+        Feedback.model_version,
+    )
+    if model_version is not None:
+        query = query.where(Feedback.model_version == model_version)
     if since is not None:
         query = query.where(Feedback.created_at >= since)
     if until is not None:
@@ -763,14 +779,17 @@ def agreement_report(
     decided = [r for r in rows if r.ai_decision in ("normal", "abnormal")]
     by_sex: dict[str, list[tuple[str, str]]] = defaultdict(list)
     by_age: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    by_model: dict[str, list[tuple[str, str]]] = defaultdict(list)
     for r in decided:
         by_sex[sex_group(r.patient_sex)].append((r.ai_decision, r.label))
         by_age[r.age_band or "unknown"].append((r.ai_decision, r.label))
+        by_model[f"{r.model_name} {r.model_version}"].append((r.ai_decision, r.label))
     age_order = [name for name, _lo, _hi in AGE_BANDS] + ["unknown"]
     return {
         "overall": _confusion((r.ai_decision, r.label) for r in decided),
         "by_sex": {k: _confusion(by_sex[k]) for k in sorted(by_sex)},
         "by_age_band": {k: _confusion(by_age[k]) for k in age_order if k in by_age},
+        "by_model": {k: _confusion(by_model[k]) for k in sorted(by_model)},
         "undecided": len(rows) - len(decided),
     }
 

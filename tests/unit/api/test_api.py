@@ -437,6 +437,11 @@ def test_monitoring_agreement_by_group(
     assert report["by_sex"]["F"]["n"] == 3
     assert set(report["by_age_band"]) == {"0-17", "18-39", "40-59", "60-79", "80+"}
     assert report["by_age_band"]["40-59"]["sensitivity"]["value"] == 0.0
+    assert report["by_model"]["cxr-triage-test 1.0.0"]["n"] == 5
+    other = client.get(
+        "/api/monitoring/agreement", params={"model_version": "9.9"}, headers=rad1
+    ).json()
+    assert other["overall"]["n"] == 0 and other["overall"]["agreement"]["value"] is None
     metrics = client.get("/metrics").text
     assert 'triage_feedback_agreement_ratio{group="overall",value="all"} 0.6' in metrics
     assert 'triage_feedback_sensitivity_ratio{group="sex",value="M"} 1.0' in metrics
