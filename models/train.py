@@ -7,7 +7,11 @@
   sampling, JPEG recompression) and then go through the *same*
   :func:`models.preprocess.preprocess_pil` the workers use;
 * early stopping on validation ROC-AUC, fixed seeds, tqdm progress bars,
-  resumable checkpoints (``last.pt`` every epoch, ``best.pt`` on improvement).
+  resumable checkpoints (``last.pt`` every epoch, ``best.pt`` on improvement);
+* cosine learning-rate decay over ``epochs``; with ``max_minutes`` the decay
+  follows whichever of steps or wall time is further along, so a run on a
+  busy machine still ends annealed within its time budget (exact step
+  reproducibility then needs ``max_minutes=None``).
 """
 
 from __future__ import annotations
@@ -198,10 +202,11 @@ class _Ema:
                 ema_state[k].copy_(v)
 
 
-def _lr_at(step: float, total: float, warmup: float, base: float) -> float:
+def _lr_at(step: float, total: float, warmup: float, base: float, time_frac: float = 0.0) -> float:
+    """Linear warm-up then cosine decay; progress is the larger of steps and time used."""
     if step < warmup:
         return base * (step + 1) / warmup
-    t = (step - warmup) / max(1.0, total - warmup)
+    t = max((step - warmup) / max(1.0, total - warmup), time_frac)
     return base * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
 
@@ -286,9 +291,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         losses = []
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False)
         for i, (x, y) in enumerate(bar):
+            if cfg.max_minutes and time.time() - started >= 60 * cfg.max_minutes:
+                break
             step = epoch * steps_per_epoch + i
             for g in opt.param_groups:
-                g["lr"] = _lr_at(step, total, warm, cfg.lr)
+                frac = ((time.time() - started) / (60 * cfg.max_minutes)) if cfg.max_minutes else 0.0
+                g["lr"] = _lr_at(step, total, warm, cfg.lr, frac)
             logits, _ = model(x)
             loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y)
             opt.zero_grad(set_to_none=True)
@@ -303,7 +311,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         auc = roc_auc(y_val, val_logits)
         brier = brier_score(y_val, sigmoid(val_logits))
         elapsed = time.time() - started
-        rec = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_auc": auc,
+        rec = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"), "val_auc": auc,
                "val_brier": brier, "elapsed_s": round(elapsed, 1)}
         state["history"].append(rec)
         state["epoch"] = epoch + 1
