@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any
 
 from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from worklist.tables import Instance, Series, Study, StudyState
@@ -113,49 +116,42 @@ _INSTANCE_FIELDS = (
 )
 
 
-def _get_or_create_study(session: Session, info: InstanceInfo, now: datetime) -> Study:
-    uid = info.study_instance_uid
-    study = session.scalar(select(Study).where(Study.study_instance_uid == uid))
-    if study is not None:
-        return study
+def _dialect_insert(session: Session) -> Callable[..., Any]:
+    """Return the ``insert`` of the session's dialect (it has ``on_conflict_do_nothing``)."""
+    name = session.get_bind().dialect.name
     try:
-        with session.begin_nested():
-            study = Study(
-                study_instance_uid=uid,
-                state=StudyState.RECEIVING,
-                revision=0,
-                instance_count=0,
-                first_received_at=now,
-                last_received_at=now,
-                **{f: getattr(info, f) for f in _STUDY_FIELDS},
-            )
-            session.add(study)
-    except IntegrityError:
-        # Another association created it at the same moment.
-        study = session.scalar(select(Study).where(Study.study_instance_uid == uid))
-        if study is None:  # pragma: no cover - would mean the database lost a row
-            raise
-    return study
+        return _DIALECT_INSERTS[name]
+    except KeyError:
+        raise NotImplementedError(f"record_instance does not support {name!r}") from None
 
 
-def _get_or_create_series(session: Session, info: InstanceInfo, study: Study) -> Series:
-    uid = info.series_instance_uid
-    series = session.scalar(select(Series).where(Series.series_instance_uid == uid))
-    if series is not None:
-        return series
-    try:
-        with session.begin_nested():
-            series = Series(
-                study_id=study.id,
-                series_instance_uid=uid,
-                **{f: getattr(info, f) for f in _SERIES_FIELDS},
-            )
-            session.add(series)
-    except IntegrityError:
-        series = session.scalar(select(Series).where(Series.series_instance_uid == uid))
-        if series is None:  # pragma: no cover
-            raise
-    return series
+_DIALECT_INSERTS: dict[str, Callable[..., Any]] = {
+    "sqlite": sqlite_insert,
+    "postgresql": postgresql_insert,
+}
+
+
+def _insert_or_get_id(
+    session: Session,
+    insert: Callable[..., Any],
+    table: Any,
+    uid_column: str,
+    values: dict[str, Any],
+) -> int:
+    """Insert a row unless its UID exists (``ON CONFLICT DO NOTHING``); return its id."""
+    inserted = session.execute(
+        insert(table)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=[uid_column])
+        .returning(table.c.id)
+    ).scalar()
+    if inserted is not None:
+        return int(inserted)
+    # Another association created it at the same moment: it is there now.
+    existing = session.execute(
+        select(table.c.id).where(table.c[uid_column] == values[uid_column])
+    ).scalar_one()
+    return int(existing)
 
 
 def record_instance(
@@ -169,13 +165,20 @@ def record_instance(
     counts the receipt; it extends the quiet period of a study that is still
     receiving, but does not re-open a triaged one.
 
+    Plain Core statements, no ORM objects and no savepoints: one SELECT finds the
+    instance, study and series ids at once; missing study and series rows are
+    inserted with ``INSERT ... ON CONFLICT DO NOTHING`` (SQLite and PostgreSQL), so
+    two associations creating the same study cannot fail each other. For a new
+    instance in a known series that is three statements: the SELECT, the instance
+    INSERT and the atomic study UPDATE.
+
     The caller commits; on any exception it must roll back and report a failure
     status to the sender.
 
     Parameters
     ----------
     session : Session
-        An open session; this function flushes but does not commit.
+        An open session; this function executes but does not commit.
     info : InstanceInfo
         The instance's header values and spool location.
     now : datetime, optional
@@ -186,48 +189,98 @@ def record_instance(
     RecordOutcome
     """
     now = now or utcnow()
-    existing = session.scalar(
-        select(Instance).where(Instance.sop_instance_uid == info.sop_instance_uid)
-    )
-    if existing is not None:
-        for field in _INSTANCE_FIELDS:
-            setattr(existing, field, getattr(info, field))
-        existing.received_at = now
-        existing.receive_count = Instance.receive_count + 1
+    insert = _dialect_insert(session)
+    studies, series_table, instances = Study.__table__, Series.__table__, Instance.__table__
+    found = session.execute(
+        select(
+            select(instances.c.id)
+            .where(instances.c.sop_instance_uid == info.sop_instance_uid)
+            .scalar_subquery()
+            .label("instance_id"),
+            select(studies.c.id)
+            .where(studies.c.study_instance_uid == info.study_instance_uid)
+            .scalar_subquery()
+            .label("study_id"),
+            select(series_table.c.id)
+            .where(series_table.c.series_instance_uid == info.series_instance_uid)
+            .scalar_subquery()
+            .label("series_id"),
+        )
+    ).one()
+    instance_values = {f: getattr(info, f) for f in _INSTANCE_FIELDS}
+
+    if found.instance_id is not None:
+        study_id = session.execute(
+            update(instances)
+            .where(instances.c.id == found.instance_id)
+            .values(
+                received_at=now,
+                receive_count=instances.c.receive_count + 1,
+                **instance_values,
+            )
+            .returning(instances.c.study_id)
+        ).scalar_one()
         session.execute(
-            update(Study)
-            .where(Study.id == existing.study_id, Study.state == StudyState.RECEIVING)
+            update(studies)
+            .where(studies.c.id == study_id, studies.c.state == StudyState.RECEIVING)
             .values(last_received_at=now)
         )
-        session.flush()
         return RecordOutcome.DUPLICATE
 
-    study = _get_or_create_study(session, info, now)
-    series = _get_or_create_series(session, info, study)
-    try:
-        with session.begin_nested():
-            session.add(
-                Instance(
-                    study_id=study.id,
-                    series_id=series.id,
-                    sop_instance_uid=info.sop_instance_uid,
-                    received_at=now,
-                    receive_count=1,
-                    **{f: getattr(info, f) for f in _INSTANCE_FIELDS},
-                )
-            )
-    except IntegrityError:
+    study_id = found.study_id
+    if study_id is None:
+        study_id = _insert_or_get_id(
+            session,
+            insert,
+            studies,
+            "study_instance_uid",
+            {
+                "study_instance_uid": info.study_instance_uid,
+                "state": StudyState.RECEIVING,
+                "revision": 0,
+                "instance_count": 0,
+                "first_received_at": now,
+                "last_received_at": now,
+                **{f: getattr(info, f) for f in _STUDY_FIELDS},
+            },
+        )
+    series_id = found.series_id
+    if series_id is None:
+        series_id = _insert_or_get_id(
+            session,
+            insert,
+            series_table,
+            "series_instance_uid",
+            {
+                "study_id": study_id,
+                "series_instance_uid": info.series_instance_uid,
+                **{f: getattr(info, f) for f in _SERIES_FIELDS},
+            },
+        )
+    inserted = session.execute(
+        insert(instances)
+        .values(
+            study_id=study_id,
+            series_id=series_id,
+            sop_instance_uid=info.sop_instance_uid,
+            received_at=now,
+            receive_count=1,
+            **instance_values,
+        )
+        .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
+        .returning(instances.c.id)
+    ).scalar()
+    if inserted is None:
         # The same instance arrived on two associations at once: the other one won.
         return RecordOutcome.DUPLICATE
     # One atomic statement, so a concurrent stability decision cannot overwrite it.
     session.execute(
-        update(Study)
-        .where(Study.id == study.id)
+        update(studies)
+        .where(studies.c.id == study_id)
         .values(
             last_received_at=now,
-            instance_count=Study.instance_count + 1,
+            instance_count=studies.c.instance_count + 1,
             state=StudyState.RECEIVING,
         )
     )
-    session.flush()
     return RecordOutcome.NEW

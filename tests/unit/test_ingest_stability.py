@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import timedelta
 
-from sqlalchemy import func, select
+import pytest
+from sqlalchemy import func, select, text
 
-from worklist.ingest import InstanceInfo, RecordOutcome, record_instance, utcnow
+from tests.conftest import wait_until
+from worklist.ingest import InstanceInfo, RecordOutcome, as_utc, record_instance, utcnow
 from worklist.stability import mark_stable_studies, run_stability_round
 from worklist.tables import Instance, Series, Study, StudyState
 
@@ -99,3 +103,84 @@ def test_broker_failure_keeps_revision_for_next_round(session_factory) -> None:
     queue = FakeQueue()
     run_stability_round(session_factory, queue, quiet_seconds=5)
     assert [rev for _, rev in queue.sent] == [1]
+
+
+def test_resend_refreshes_the_row_and_extends_the_quiet_period(session_factory) -> None:
+    t0 = utcnow() - timedelta(seconds=60)
+    with session_factory.begin() as s:
+        assert record_instance(s, info=_info("4.1", study="7.7", series="7.7.1"), now=t0) == (
+            RecordOutcome.NEW
+        )
+    resent = replace(_info("4.1", study="7.7", series="7.7.1"), file_path="/x/4.1.dcm")
+    with session_factory.begin() as s:
+        assert record_instance(s, info=resent, now=t0 + timedelta(seconds=30)) == (
+            RecordOutcome.DUPLICATE
+        )
+    with session_factory() as s:
+        instance = s.scalars(select(Instance)).one()
+        study = s.scalars(select(Study)).one()
+        assert (instance.file_path, instance.receive_count) == ("/x/4.1.dcm", 2)
+        assert as_utc(instance.received_at) == t0 + timedelta(seconds=30)
+        assert study.instance_count == 1
+        assert as_utc(study.last_received_at) == t0 + timedelta(seconds=30)
+        assert as_utc(study.first_received_at) == t0
+
+
+def test_new_series_in_a_known_study(session_factory) -> None:
+    with session_factory.begin() as s:
+        record_instance(s, info=_info("5.1", study="6.6", series="6.6.1"))
+        record_instance(s, info=_info("5.2", study="6.6", series="6.6.2"))
+    with session_factory() as s:
+        assert s.scalar(select(func.count()).select_from(Study)) == 1
+        assert s.scalar(select(func.count()).select_from(Series)) == 2
+        assert s.scalar(select(Study.instance_count)) == 2
+
+
+def _wait_for_lock_wait(session_factory) -> None:
+    def blocked() -> bool:
+        with session_factory() as s:
+            return bool(
+                s.scalar(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity "
+                        "WHERE wait_event_type = 'Lock' AND datname = current_database()"
+                    )
+                )
+            )
+
+    wait_until(blocked, timeout=10, what="the second transaction to wait on the first")
+
+
+@pytest.mark.parametrize("same_instance", [False, True])
+def test_concurrent_first_instances_of_a_study_postgresql(
+    session_factory, same_instance: bool
+) -> None:
+    """Two transactions create the same study (and maybe instance) at once: no error."""
+    if session_factory.kw["bind"].dialect.name != "postgresql":
+        pytest.skip("SQLite serialises writers with BEGIN IMMEDIATE")
+    first = session_factory()
+    try:
+        assert record_instance(first, info=_info("6.1", study="5.5", series="5.5.1")) == (
+            RecordOutcome.NEW
+        )
+        second_sop = "6.1" if same_instance else "6.2"
+        with ThreadPoolExecutor(max_workers=1) as pool:
+
+            def second() -> RecordOutcome:
+                with session_factory.begin() as s:
+                    return record_instance(s, info=_info(second_sop, study="5.5", series="5.5.1"))
+
+            future = pool.submit(second)
+            _wait_for_lock_wait(session_factory)
+            first.commit()
+            outcome = future.result(timeout=30)
+    finally:
+        first.close()
+    expected = RecordOutcome.DUPLICATE if same_instance else RecordOutcome.NEW
+    assert outcome == expected
+    with session_factory() as s:
+        assert s.scalar(select(func.count()).select_from(Study)) == 1
+        assert s.scalar(select(func.count()).select_from(Series)) == 1
+        count = 1 if same_instance else 2
+        assert s.scalar(select(func.count()).select_from(Instance)) == count
+        assert s.scalar(select(Study.instance_count)) == count
