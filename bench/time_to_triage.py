@@ -194,7 +194,7 @@ def run_mode(
     scp = start_node_scp(settings, session_factory)
     workers: list[subprocess.Popen[bytes]] = []
     embedded = None
-    fast = {"CXR_TRIAGE_BROKER_POLL_SECONDS": "0.02", "CXR_TRIAGE_SWEEP_SECONDS": "1"}
+    fast = {"TRIAGE_BROKER_POLL_SECONDS": "0.02", "TRIAGE_SWEEP_SECONDS": "1"}
     if mode == "embedded":
         embedded = start_embedded_worker(settings, extra_env=fast)
     else:

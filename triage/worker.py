@@ -33,6 +33,8 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from pydantic import SecretStr
+
 from triage.celery_app import DELIVERY_QUEUE, INFERENCE_QUEUE, make_celery
 from triage.options import TriageOptions, load_triage_options
 
@@ -137,7 +139,9 @@ def settings_to_env(settings: Any) -> dict[str, str]:
     for name, value in settings.model_dump().items():
         if value is None:
             continue
-        if isinstance(value, list | tuple):
+        if isinstance(value, SecretStr):
+            text = value.get_secret_value()
+        elif isinstance(value, list | tuple):
             text = ",".join(str(v) if not isinstance(v, dict) else _dest(v) for v in value)
         else:
             text = str(value)

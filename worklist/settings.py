@@ -13,7 +13,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
@@ -175,6 +175,31 @@ class Settings(BaseSettings):
     )
     wait_cap_minutes: float = Field(
         60.0, gt=0, description="No study waits longer on the worklist (then OVERDUE)."
+    )
+
+    # Triage tuning (read by the workers through triage.options.load_triage_options)
+    aggregation: Literal["max", "mean"] = Field("max", description="Study score from image scores: max or mean.")
+    high_confidence: float = Field(
+        0.9, gt=0, le=1, description="Probability from which an abnormal study is 'high'."
+    )
+    batch_size: int = Field(8, ge=1, description="Images per ONNX Runtime batch.")
+    delivery_max_attempts: int = Field(
+        8, ge=1, description="SR delivery attempts per destination before 'failed'."
+    )
+    delivery_backoff_seconds: float = Field(
+        2.0, gt=0, description="First delivery retry delay, doubled each attempt."
+    )
+    delivery_backoff_max_seconds: float = Field(
+        300.0, gt=0, description="Longest delivery retry delay."
+    )
+    sweep_seconds: float = Field(
+        5.0, gt=0, description="Period of the outbox and stalled-triage sweep."
+    )
+    lease_seconds: float = Field(
+        120.0, gt=0, description="A triage or delivery claim older than this is re-sent."
+    )
+    broker_poll_seconds: float = Field(
+        0.1, gt=0, description="Polling interval of the embedded broker."
     )
 
     log_level: str = Field("INFO", description="Logging level.")

@@ -23,13 +23,13 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 BIN = Path(sys.executable).parent
 TRIAGE_NODE = BIN / "triage-node"
 
-#: Fast outbox retries and sweeps (``CXR_TRIAGE_*`` are the triage options, which
+#: Fast outbox retries and sweeps (``TRIAGE_*`` triage options, which
 #: ``Settings`` leaves alone).
 FAST_OPTIONS = {
-    "CXR_TRIAGE_SWEEP_SECONDS": "0.3",
-    "CXR_TRIAGE_DELIVERY_BACKOFF_SECONDS": "0.5",
-    "CXR_TRIAGE_DELIVERY_BACKOFF_MAX_SECONDS": "1",
-    "CXR_TRIAGE_LEASE_SECONDS": "60",
+    "TRIAGE_SWEEP_SECONDS": "0.3",
+    "TRIAGE_DELIVERY_BACKOFF_SECONDS": "0.5",
+    "TRIAGE_DELIVERY_BACKOFF_MAX_SECONDS": "1",
+    "TRIAGE_LEASE_SECONDS": "60",
 }
 
 LOG_TAIL_CHARS = 4000

@@ -19,14 +19,14 @@ import pytest
 from tests.conftest import free_port, wait_until
 from triage.testing import build_tiny_model, wrap_image_as_dx
 
-#: Fast retries and sweeps for tests (CXR_TRIAGE_* are the triage options).
+#: Fast retries and sweeps for tests (TRIAGE_* are the triage options).
 FAST_OPTIONS = {
-    "CXR_TRIAGE_SWEEP_SECONDS": "0.3",
-    "CXR_TRIAGE_DELIVERY_BACKOFF_SECONDS": "0.5",
-    "CXR_TRIAGE_DELIVERY_BACKOFF_MAX_SECONDS": "1",
-    "CXR_TRIAGE_DELIVERY_MAX_ATTEMPTS": "50",
-    "CXR_TRIAGE_LEASE_SECONDS": "20",
-    "CXR_TRIAGE_BROKER_POLL_SECONDS": "0.05",
+    "TRIAGE_SWEEP_SECONDS": "0.3",
+    "TRIAGE_DELIVERY_BACKOFF_SECONDS": "0.5",
+    "TRIAGE_DELIVERY_BACKOFF_MAX_SECONDS": "1",
+    "TRIAGE_DELIVERY_MAX_ATTEMPTS": "50",
+    "TRIAGE_LEASE_SECONDS": "20",
+    "TRIAGE_BROKER_POLL_SECONDS": "0.05",
 }
 
 

@@ -315,7 +315,7 @@ def test_whole_inference_worker_killed_a_new_one_finishes_once(
     settings = make_node_settings(tmp_path, slow_model, pacs.destination)
     node = start_scp(settings)
     nodes.append(node)
-    lease = {"CXR_TRIAGE_LEASE_SECONDS": "4"}
+    lease = {"TRIAGE_LEASE_SECONDS": "4"}
     doomed = start_worker_process(settings, "inference", extra_env=lease)
     node.workers.append(start_worker_process(settings, "delivery", extra_env=lease))
     path = shared_data / REAL / "fuji_CR_chest_from_fodicom_withmeta.dcm"

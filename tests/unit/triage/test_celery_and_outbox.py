@@ -15,7 +15,7 @@ from triage.worker import settings_to_env
 from worklist.ingest import utcnow
 from worklist.outbox import claim_delivery, due_deliveries, mark_failed_attempt
 from worklist.results import stalled_revisions
-from worklist.settings import load_settings
+from worklist.settings import SettingsError, load_settings
 from worklist.tables import Delivery, Study, TriageClaim
 
 from .conftest import make_stable
@@ -57,13 +57,13 @@ def test_embedded_broker_carries_a_message(tmp_path: Path) -> None:
         queue.close()
 
 
-def test_options_from_environment_and_settings() -> None:
-    opts = load_triage_options(
-        None, {"CXR_TRIAGE_AGGREGATION": "mean", "CXR_TRIAGE_WAIT_CAP_MINUTES": "30"}
-    )
+def test_options_from_settings(tmp_path: Path) -> None:
+    settings = load_settings(data_dir=tmp_path, aggregation="mean", wait_cap_minutes=30)
+    opts = load_triage_options(settings)
     assert opts.aggregation == "mean" and opts.wait_cap_minutes == 30.0
-    with pytest.raises(ConfigurationError, match="CXR_TRIAGE_BATCH_SIZE"):
-        load_triage_options(None, {"CXR_TRIAGE_BATCH_SIZE": "many"})
+    assert load_triage_options(None) == TriageOptions()
+    with pytest.raises(SettingsError, match="TRIAGE_AGGREGATION"):
+        load_settings(data_dir=tmp_path, aggregation="median")
     with pytest.raises(ConfigurationError):
         TriageOptions(aggregation="median")
     assert TriageOptions(delivery_backoff_seconds=2, delivery_backoff_max_seconds=5).backoff(3) == 5
