@@ -15,6 +15,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.filereader import data_element_generator
 from pydicom.multival import MultiValue
+from pydicom.tag import Tag
 from pydicom.uid import UID
 from pydicom.valuerep import PersonName
 
@@ -125,13 +126,55 @@ def check_complete(encoded: bytes, transfer_syntax_uid: str) -> None:
         raise CannotUnderstand("dataset truncated: an element runs past the end")
 
 
-def read_header(encoded: bytes) -> Dataset:
-    """Decode the header of a received instance (Part 10 bytes), pixels left out.
+HEADER_KEYWORDS: tuple[str, ...] = (
+    "SpecificCharacterSet",
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "Modality",
+    "BodyPartExamined",
+    "ViewPosition",
+    "ImageLaterality",
+    "Laterality",
+    "PhotometricInterpretation",
+    "Rows",
+    "Columns",
+    "NumberOfFrames",
+    "SamplesPerPixel",
+    "SeriesDescription",
+    "SeriesNumber",
+    "PatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "PatientSex",
+    "PatientAge",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "StudyDescription",
+    "ReferringPhysicianName",
+    "RequestedProcedurePriority",
+    "RequestAttributesSequence",
+)
+"""The top-level elements :func:`instance_info_from_dataset` uses; the rest is skipped."""
+
+_HEADER_TAGS = [Tag(keyword) for keyword in HEADER_KEYWORDS]
+
+
+def read_header(encoded: bytes | Path) -> Dataset:
+    """Decode the elements of a received instance that the node records.
+
+    Only :data:`HEADER_KEYWORDS` are read and decoded (pydicom's ``specific_tags``);
+    the other elements are skipped by their length, and reading stops before the
+    pixels. The element structure of the whole dataset is checked separately, by
+    :func:`check_complete`.
 
     Parameters
     ----------
-    encoded : bytes
-        Preamble, File Meta and dataset, as written to the spool.
+    encoded : bytes or Path
+        Preamble, File Meta and dataset, as written to the spool (or the file).
 
     Returns
     -------
@@ -142,9 +185,10 @@ def read_header(encoded: bytes) -> Dataset:
     CannotUnderstand
         When pydicom cannot parse it.
     """
+    source = BytesIO(encoded) if isinstance(encoded, bytes | bytearray) else encoded
     try:
-        ds = dcmread(BytesIO(encoded), stop_before_pixels=True)
-        # Parse every top-level element now, so that a broken value fails here.
+        ds = dcmread(source, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+        # Decode every element read now, so that a broken value fails here.
         for elem in ds:
             _ = elem.value
     except Exception as exc:  # any parser error means "cannot understand"

@@ -213,3 +213,17 @@ def test_check_complete() -> None:
     # Deflated data is left to the decoder; an unknown syntax is not walked.
     check_complete(encoded[:-100], "1.2.840.10008.1.2.1.99")
     check_complete(b"short", str(ExplicitVRLittleEndian))
+
+
+def test_read_header_reads_only_what_is_recorded(tmp_path: Path) -> None:
+    ds = _dx(InstitutionName="Hospital", StationName="X1")
+    ds.RequestAttributesSequence = Sequence([Dataset()])
+    ds.RequestAttributesSequence[0].RequestedProcedurePriority = "STAT"
+    encoded = _encoded(ds)
+    path = tmp_path / "i.dcm"
+    path.write_bytes(encoded)
+    for source in (encoded, path):
+        header = read_header(source)
+        assert "InstitutionName" not in header and "StationName" not in header
+        assert header.SOPInstanceUID == ds.SOPInstanceUID
+        assert _info(header) == _info(ds)
