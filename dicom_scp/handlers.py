@@ -7,6 +7,7 @@ arguments (see :func:`dicom_scp.server.build_ae`).
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -42,6 +43,10 @@ def handle_echo(event: Any) -> int:
 def received_instance(event: Any) -> ReceivedInstance:
     """Turn a C-STORE event into what a sink takes, without decoding the dataset.
 
+    With pynetdicom's chunked receive on (:func:`dicom_scp.server.chunked_receive`)
+    the dataset is already in a file, File Meta included, and is passed by path;
+    otherwise its encoded bytes are.
+
     Parameters
     ----------
     event : pynetdicom.events.Event
@@ -52,8 +57,11 @@ def received_instance(event: Any) -> ReceivedInstance:
     ReceivedInstance
     """
     requestor = event.assoc.requestor
+    # Set when pynetdicom received the dataset into a file (chunked receive).
+    path = getattr(event, "dataset_path", None)
     return ReceivedInstance(
-        encoded=event.encoded_dataset(),
+        encoded=event.encoded_dataset() if path is None else b"",
+        dataset_path=None if path is None else Path(path),
         sop_class_uid=str(event.context.abstract_syntax),
         sop_instance_uid=str(event.request.AffectedSOPInstanceUID or ""),
         transfer_syntax_uid=str(event.context.transfer_syntax),

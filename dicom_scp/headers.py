@@ -5,11 +5,12 @@ Plain functions over bytes and pydicom datasets, testable without a network.
 
 from __future__ import annotations
 
+import os
 import re
 import warnings
 from io import BytesIO
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -84,7 +85,7 @@ def spool_path(spool_dir: Path, study_uid: str, series_uid: str, sop_uid: str) -
     return spool_dir / study_uid / series_uid / f"{sop_uid}.dcm"
 
 
-def check_complete(encoded: bytes, transfer_syntax_uid: str) -> None:
+def check_complete(encoded: bytes | Path, transfer_syntax_uid: str) -> None:
     """Check that no top-level element of a received dataset runs past its end.
 
     pydicom silently shortens a value whose declared length exceeds the bytes
@@ -94,9 +95,9 @@ def check_complete(encoded: bytes, transfer_syntax_uid: str) -> None:
 
     Parameters
     ----------
-    encoded : bytes
+    encoded : bytes or Path
         Preamble, File Meta (with its group length, as pynetdicom writes it) and
-        dataset.
+        dataset; or a file holding them.
     transfer_syntax_uid : str
         The transfer syntax of the dataset.
 
@@ -108,11 +109,18 @@ def check_complete(encoded: bytes, transfer_syntax_uid: str) -> None:
     syntax = UID(transfer_syntax_uid)
     if syntax.is_deflated or not syntax.is_transfer_syntax:
         return
-    if encoded[128:136] != b"DICM\x02\x00\x00\x00" or len(encoded) < 144:
+    if isinstance(encoded, bytes | bytearray):
+        _walk_elements(BytesIO(encoded), len(encoded), syntax)
+        return
+    with open(encoded, "rb") as stream:
+        _walk_elements(stream, os.fstat(stream.fileno()).st_size, syntax)
+
+
+def _walk_elements(stream: BinaryIO, size: int, syntax: UID) -> None:
+    head = stream.read(144)
+    if head[128:136] != b"DICM\x02\x00\x00\x00" or len(head) < 144:
         return  # no File Meta group length: nothing to anchor the walk on
-    start = 144 + int.from_bytes(encoded[140:144], "little")
-    stream = BytesIO(encoded)
-    stream.seek(start)
+    stream.seek(144 + int.from_bytes(head[140:144], "little"))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -122,7 +130,7 @@ def check_complete(encoded: bytes, transfer_syntax_uid: str) -> None:
                 pass
     except Exception as exc:  # any structural error means "cannot understand"
         raise CannotUnderstand(f"dataset cannot be decoded: {type(exc).__name__}") from exc
-    if stream.tell() > len(encoded):
+    if stream.tell() > size:
         raise CannotUnderstand("dataset truncated: an element runs past the end")
 
 

@@ -11,18 +11,21 @@ from __future__ import annotations
 import logging
 import signal
 import ssl
+import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from pynetdicom import AE, evt
+from pynetdicom import AE, _config, evt
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.orm import sessionmaker
 
 from dicom_scp.contexts import supported_contexts
 from dicom_scp.handlers import handle_association_request, handle_echo, handle_store
 from dicom_scp.queue import CeleryTriageQueue
-from dicom_scp.sink import InstanceSink, SpoolSink, clean_stale_temp_files
+from dicom_scp.sink import InstanceSink, SpoolSink, clean_stale_temp_files, incoming_dir
 from dicom_scp.watcher import StabilityWatcher
 from worklist.settings import Settings
 from worklist.stability import TriageQueue
@@ -146,6 +149,45 @@ def start_scp(
     )
 
 
+def chunked_receive(directory: Path) -> Callable[[], None]:
+    """Have pynetdicom receive C-STORE datasets into files in ``directory``.
+
+    Sets pynetdicom's ``_config.STORE_RECV_CHUNKED_DATASET``: each dataset is
+    written, File Meta first, to a temporary file while it arrives, instead of
+    being gathered in memory, and the handler gets its path
+    (``event.dataset_path``). pynetdicom creates that file with
+    :class:`tempfile.NamedTemporaryFile` in the default temporary directory, so
+    ``tempfile.tempdir`` is set to ``directory``; both are process-wide. With
+    ``directory`` inside the spool the sink fsyncs and renames the file into place
+    instead of writing the dataset a second time. pynetdicom removes the file after
+    the handler returns unless the sink has moved it.
+
+    Parameters
+    ----------
+    directory : Path
+        Where datasets are received; created when missing. Use
+        :func:`dicom_scp.sink.incoming_dir` of the spool.
+
+    Returns
+    -------
+    callable
+        Restores both settings as they were.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    previous = (_config.STORE_RECV_CHUNKED_DATASET, tempfile.tempdir)
+    _config.STORE_RECV_CHUNKED_DATASET = True
+    tempfile.tempdir = str(directory)
+
+    def restore() -> None:
+        _config.STORE_RECV_CHUNKED_DATASET, tempfile.tempdir = previous
+
+    return restore
+
+
+def _no_restore() -> None:
+    """Nothing to restore (chunked receive off)."""
+
+
 @dataclass
 class NodeScp:
     """A running SCP with its sink, triage queue and stability watcher."""
@@ -154,6 +196,7 @@ class NodeScp:
     sink: SpoolSink
     watcher: StabilityWatcher
     queue: TriageQueue
+    restore_receive: Callable[[], None] = field(default=_no_restore, repr=False)
     _stopped: bool = field(default=False, repr=False)
 
     def stop(self) -> None:
@@ -164,6 +207,7 @@ class NodeScp:
         try:
             self.server.shutdown()
         finally:
+            self.restore_receive()
             self.watcher.stop()
             close = getattr(self.queue, "close", None)
             if callable(close):
@@ -176,11 +220,13 @@ def start_node_scp(
     session_factory: sessionmaker,
     *,
     queue: TriageQueue | None = None,
+    receive_into_files: bool = True,
 ) -> NodeScp:
     """Start the node's ingest side: spool sink, stability watcher and SCP.
 
     Stale temp files are removed from the spool first. The database must be
-    migrated already.
+    migrated already. Datasets are received into files in the spool's incoming
+    directory (:func:`chunked_receive`) until ``stop()``.
 
     Parameters
     ----------
@@ -189,6 +235,8 @@ def start_node_scp(
         The process's session factory.
     queue : TriageQueue, optional
         Default: :class:`~dicom_scp.queue.CeleryTriageQueue` on the settings' broker.
+    receive_into_files : bool
+        Receive datasets into files in the spool (default) rather than in memory.
 
     Returns
     -------
@@ -206,14 +254,22 @@ def start_node_scp(
         quiet_seconds=settings.stable_seconds,
         poll_seconds=settings.stability_poll_seconds,
     ).start()
+    restore_receive = chunked_receive(incoming_dir(spool)) if receive_into_files else _no_restore
     try:
         server = start_scp(settings, sink, block=False)
     except BaseException:
+        restore_receive()
         watcher.stop()
         raise
     if server is None:  # pragma: no cover - block=False always returns the server
         raise RuntimeError("the SCP did not start")
-    return NodeScp(server=server, sink=sink, watcher=watcher, queue=queue)
+    return NodeScp(
+        server=server,
+        sink=sink,
+        watcher=watcher,
+        queue=queue,
+        restore_receive=restore_receive,
+    )
 
 
 def run_scp(settings: Settings, *, stop: threading.Event | None = None) -> None:

@@ -5,7 +5,10 @@ Write and commit order of :class:`SpoolSink` (why nothing acknowledged is lost)
 1. The received bytes are checked (no truncated element), the header is decoded
    and checked (UIDs, SOP class); a failure here touches neither disk nor database.
 2. The bytes go to a temporary file ``.<SOP UID>.<random>.partial`` in the final
-   directory: write, flush, ``fsync``.
+   directory: write, flush, ``fsync``. When the SCP received the dataset into a
+   file (pynetdicom's chunked receive, into :func:`incoming_dir` inside the
+   spool), that file is ``fsync``-ed and is the temporary file; on another file
+   system it is copied to a ``.partial`` file instead.
 3. A transaction records the instance (``record_instance``) with the *final* path
    and is flushed, not committed. A database failure here removes the temp file:
    nothing is visible.
@@ -13,8 +16,8 @@ Write and commit order of :class:`SpoolSink` (why nothing acknowledged is lost)
    ``fsync``-ed, so the name is durable before the row can be.
 5. The transaction commits; only then is 0x0000 returned.
 
-A crash before 4 leaves only a ``.partial`` file, removed at start-up
-(:func:`clean_stale_temp_files`). A crash between 4 and 5 leaves a complete file
+A crash before 4 leaves only a ``.partial`` file or a file in the incoming
+directory, removed at start-up (:func:`clean_stale_temp_files`). A crash between 4 and 5 leaves a complete file
 under its final name with no row: the sender got no success and re-sends, which
 overwrites it. A committed row therefore always points to a complete, durable
 file. When the commit fails, the new file is removed only if no earlier copy of
@@ -35,7 +38,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
@@ -61,17 +64,43 @@ log = logging.getLogger(__name__)
 TEMP_SUFFIX = ".partial"
 """Suffix of spool files being written; such files are removed at start-up."""
 
+INCOMING_DIR = ".incoming"
+"""Directory under the spool root where the SCP receives datasets into files."""
+
 _LOCK_STRIPES = 64
+_COPY_CHUNK = 1024 * 1024
+
+
+def incoming_dir(spool_dir: Path) -> Path:
+    """Return where the SCP receives datasets: inside the spool, so a rename moves them.
+
+    Parameters
+    ----------
+    spool_dir : Path
+        The spool root.
+
+    Returns
+    -------
+    Path
+        ``spool_dir/.incoming``; every file in it is an unfinished receive.
+    """
+    return Path(spool_dir) / INCOMING_DIR
 
 
 @dataclass(frozen=True)
 class ReceivedInstance:
     """One C-STORE request, as the SCP hands it to a sink.
 
+    The instance arrives either in memory (``encoded``) or, with pynetdicom's
+    chunked receive, as a file (``dataset_path``, ``encoded`` then empty). A sink
+    takes ownership of that file: on success it has been moved into the spool, on
+    a failure after the checks it has been removed.
+
     Attributes
     ----------
     encoded : bytes
-        Preamble, File Meta Information and the dataset exactly as received.
+        Preamble, File Meta Information and the dataset exactly as received
+        (empty when ``dataset_path`` is set).
     sop_class_uid : str
         The negotiated abstract syntax (Affected SOP Class UID).
     sop_instance_uid : str
@@ -82,6 +111,9 @@ class ReceivedInstance:
         The sender's AE title.
     peer_address : str, optional
         The sender's IP address.
+    dataset_path : Path, optional
+        The file holding preamble, File Meta and dataset as received, when the SCP
+        received it into a file (see :func:`incoming_dir`).
     """
 
     encoded: bytes
@@ -90,6 +122,7 @@ class ReceivedInstance:
     transfer_syntax_uid: str
     calling_ae: str | None = None
     peer_address: str | None = None
+    dataset_path: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -158,7 +191,8 @@ def _free_bytes(path: Path) -> int:
 def clean_stale_temp_files(spool_dir: Path) -> int:
     """Remove the temporary files an interrupted write left in the spool.
 
-    Call it at start-up, before the SCP accepts associations.
+    Call it at start-up, before the SCP accepts associations. Removes every
+    ``*.partial`` file and every file in :func:`incoming_dir`.
 
     Parameters
     ----------
@@ -173,7 +207,11 @@ def clean_stale_temp_files(spool_dir: Path) -> int:
     if not spool_dir.is_dir():
         return 0
     removed = 0
-    for path in spool_dir.rglob(f"*{TEMP_SUFFIX}"):
+    incoming = incoming_dir(spool_dir)
+    stale = list(spool_dir.rglob(f"*{TEMP_SUFFIX}"))
+    if incoming.is_dir():
+        stale.extend(path for path in incoming.iterdir() if path.suffix != TEMP_SUFFIX)
+    for path in stale:
         try:
             if path.is_file():
                 path.unlink()
@@ -270,13 +308,16 @@ class SpoolSink:
             log.warning("spool %s has free space again: accepting C-STORE", self.spool_dir)
             self._low_space = False
 
-    def _write_temp(self, final: Path, data: bytes) -> Path:
+    def _write_temp(self, final: Path, data: bytes | BinaryIO) -> Path:
         try:
             _make_dirs(self.spool_dir, final.parent)
             temp = final.parent / f".{final.stem}.{uuid.uuid4().hex}{TEMP_SUFFIX}"
             with open(temp, "xb") as fh:
                 try:
-                    fh.write(data)
+                    if isinstance(data, bytes | bytearray):
+                        fh.write(data)
+                    else:
+                        shutil.copyfileobj(data, fh, _COPY_CHUNK)
                     fh.flush()
                     os.fsync(fh.fileno())
                 except BaseException:
@@ -302,18 +343,53 @@ class SpoolSink:
             log.exception("could not check whether instance %s was recorded", sop_uid)
             return None
 
+    def _received_size(self, instance: ReceivedInstance) -> int:
+        if instance.dataset_path is None:
+            return len(instance.encoded)
+        try:
+            return os.stat(instance.dataset_path).st_size
+        except OSError as exc:
+            raise OutOfResources(f"received file unusable: {exc.strerror or exc}") from exc
+
+    def _adopt_received_file(self, final: Path, received: Path) -> Path:
+        """Make the file the SCP received into durable and return it as the temp file.
+
+        On the spool's file system it is fsync-ed in place and later renamed to
+        ``final``; elsewhere it is copied to a temp file next to ``final``. Either way
+        the returned file is complete and fsync-ed; on failure it is removed.
+        """
+        try:
+            _make_dirs(self.spool_dir, final.parent)
+            if os.stat(received).st_dev != os.stat(final.parent).st_dev:
+                try:
+                    with open(received, "rb") as source:
+                        return self._write_temp(final, source)
+                finally:
+                    received.unlink(missing_ok=True)
+            fd = os.open(received, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            received.unlink(missing_ok=True)
+            raise OutOfResources(f"spool write failed: {exc.strerror or exc}") from exc
+        return received
+
     def _store(self, instance: ReceivedInstance) -> StoreResult:
-        data = instance.encoded
-        self._check_free_space(len(data))
-        check_complete(data, instance.transfer_syntax_uid)
-        header = read_header(data)
+        received = instance.dataset_path
+        source: bytes | Path = instance.encoded if received is None else Path(received)
+        size = self._received_size(instance)
+        self._check_free_space(size)
+        check_complete(source, instance.transfer_syntax_uid)
+        header = read_header(source)
         info = instance_info_from_dataset(
             header,
             sop_class_uid=instance.sop_class_uid,
             sop_instance_uid=instance.sop_instance_uid,
             transfer_syntax_uid=instance.transfer_syntax_uid,
             file_path="",
-            size_bytes=len(data),
+            size_bytes=size,
             calling_ae=instance.calling_ae,
             peer_address=instance.peer_address,
         )
@@ -321,7 +397,10 @@ class SpoolSink:
         final = spool_path(self.spool_dir, study_uid, info.series_instance_uid, sop_uid)
         info = replace(info, file_path=str(final))
 
-        temp = self._write_temp(final, data)
+        if isinstance(source, Path):
+            temp = self._adopt_received_file(final, source)
+        else:
+            temp = self._write_temp(final, source)
         with self._lock_for(sop_uid):
             had_copy = final.exists()
             session = self.session_factory()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 import dicom_scp.sink as sink_module
 from dicom_scp.server import start_scp
-from dicom_scp.sink import TEMP_SUFFIX, ReceivedInstance, SpoolSink, clean_stale_temp_files
+from dicom_scp.sink import (
+    TEMP_SUFFIX,
+    ReceivedInstance,
+    SpoolSink,
+    clean_stale_temp_files,
+    incoming_dir,
+)
 from dicom_scp.status import StoreStatus
 from tests.integration.scp.helpers import count_instances, pyscu_echo, pyscu_store
 from worklist.db import make_engine, make_session_factory
@@ -155,8 +163,12 @@ def test_stale_temp_files_are_cleaned(tmp_path: Path) -> None:
     stale.write_bytes(b"half")
     kept = spool / "1.2" / "1.2.3" / "1.2.3.4.dcm"
     kept.write_bytes(b"whole")
-    assert clean_stale_temp_files(spool) == 1
+    incoming = incoming_dir(spool)
+    incoming.mkdir()
+    (incoming / "tmpabc123.dcm").write_bytes(b"half received")
+    assert clean_stale_temp_files(spool) == 2
     assert not stale.exists() and kept.exists()
+    assert list(incoming.iterdir()) == []
     assert clean_stale_temp_files(tmp_path / "missing") == 0
 
 
@@ -173,11 +185,22 @@ def test_store_records_and_spools(shared_data: Path, session_factory: Any, tmp_p
     assert _files(spool) == [result.path]
 
 
+def _received_file(path: Path, spool: Path) -> ReceivedInstance:
+    """The instance as the SCP hands it over with chunked receive: a file in the spool."""
+    incoming = incoming_dir(spool)
+    incoming.mkdir(parents=True, exist_ok=True)
+    copy = incoming / f"tmp{os.urandom(4).hex()}.dcm"
+    shutil.copyfile(path, copy)
+    return replace(_received(path), encoded=b"", dataset_path=copy)
+
+
 @pytest.mark.parametrize("step", ["fsync_file", "record", "replace", "fsync_dir", "commit"])
 @pytest.mark.parametrize("resend", [False, True])
+@pytest.mark.parametrize("via_file", [False, True])
 def test_a_failure_at_any_step_keeps_row_and_file_consistent(
     step: str,
     resend: bool,
+    via_file: bool,
     shared_data: Path,
     session_factory: Any,
     tmp_path: Path,
@@ -188,6 +211,8 @@ def test_a_failure_at_any_step_keeps_row_and_file_consistent(
     received = _received(shared_data / CHEST)
     if resend:
         assert SpoolSink(spool, session_factory, 0).store(received).ok
+    if via_file:
+        received = _received_file(shared_data / CHEST, spool)
     factory = session_factory
     real_fsync = os.fsync
     replaced: list[bool] = []
@@ -223,10 +248,60 @@ def test_a_failure_at_any_step_keeps_row_and_file_consistent(
     assert not [p for p in files if p.name.endswith(TEMP_SUFFIX)]
     rows = count_instances(session_factory)
     assert rows == (1 if resend else 0)
+    original = (shared_data / CHEST).read_bytes()
     if rows:
-        assert len(files) == 1 and files[0].read_bytes() == received.encoded
+        assert len(files) == 1 and files[0].read_bytes() == original
     else:
         assert files == []
+
+
+def test_a_received_file_is_moved_into_place(
+    shared_data: Path, session_factory: Any, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    received = _received_file(shared_data / CHEST, spool)
+    assert received.dataset_path is not None
+    result = SpoolSink(spool, session_factory, 0).store(received)
+    assert result.ok and result.path is not None
+    assert not received.dataset_path.exists()
+    assert result.path.read_bytes() == (shared_data / CHEST).read_bytes()
+    assert _files(spool) == [result.path]
+    assert count_instances(session_factory) == 1
+
+
+def test_a_received_file_on_another_file_system_is_copied(
+    shared_data: Path, session_factory: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = tmp_path / "spool"
+    received = _received_file(shared_data / CHEST, spool)
+    real_stat = os.stat
+
+    def stat_other_device(path: Any, *args: Any, **kwargs: Any) -> Any:
+        result = real_stat(path, *args, **kwargs)
+        if Path(path) == received.dataset_path:
+            values = list(result)
+            values[stat.ST_DEV] += 1
+            return os.stat_result(values)
+        return result
+
+    monkeypatch.setattr(sink_module.os, "stat", stat_other_device)
+    result = SpoolSink(spool, session_factory, 0).store(received)
+    assert result.ok and result.path is not None
+    assert received.dataset_path is not None and not received.dataset_path.exists()
+    assert result.path.read_bytes() == (shared_data / CHEST).read_bytes()
+    assert _files(spool) == [result.path]
+
+
+def test_a_refused_received_file_is_left_to_its_owner(
+    shared_data: Path, session_factory: Any, tmp_path: Path
+) -> None:
+    """Refused before it is taken over (here: wrong SOP class): pynetdicom removes it."""
+    spool = tmp_path / "spool"
+    received = replace(_received_file(shared_data / CHEST, spool), sop_class_uid="1.2.3")
+    result = SpoolSink(spool, session_factory, 0).store(received)
+    assert result.status == StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS
+    assert received.dataset_path is not None and received.dataset_path.exists()
+    assert count_instances(session_factory) == 0
 
 
 class _Crash(BaseException):

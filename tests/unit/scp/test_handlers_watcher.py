@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -61,6 +62,16 @@ def test_handle_store_passes_the_event_to_the_sink() -> None:
         calling_ae="MOD1",
         peer_address="10.0.0.5",
     )
+
+
+def test_handle_store_passes_a_received_file_by_path(tmp_path: Path) -> None:
+    sink = _Sink(StoreResult(0x0000))
+    event = _store_event()
+    event.encoded_dataset = lambda: pytest.fail("the dataset is in a file, not in memory")
+    event.dataset_path = tmp_path / "tmp123.dcm"
+    assert handle_store(event, sink) == 0x0000
+    (received,) = sink.received
+    assert received.dataset_path == tmp_path / "tmp123.dcm" and received.encoded == b""
 
 
 def test_handle_store_failure_status_carries_a_comment() -> None:

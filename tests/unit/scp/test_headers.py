@@ -227,3 +227,16 @@ def test_read_header_reads_only_what_is_recorded(tmp_path: Path) -> None:
         assert "InstitutionName" not in header and "StationName" not in header
         assert header.SOPInstanceUID == ds.SOPInstanceUID
         assert _info(header) == _info(ds)
+
+
+def test_check_complete_on_a_file(tmp_path: Path) -> None:
+    ds = _dx()
+    ds.BitsAllocated = 8
+    ds.PixelData = bytes(range(256)) * 4
+    encoded = _encoded(ds)
+    whole, cut = tmp_path / "whole.dcm", tmp_path / "cut.dcm"
+    whole.write_bytes(encoded)
+    cut.write_bytes(encoded[:-100])
+    check_complete(whole, str(ExplicitVRLittleEndian))
+    with pytest.raises(CannotUnderstand, match="truncated"):
+        check_complete(cut, str(ExplicitVRLittleEndian))
