@@ -7,9 +7,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from functools import cache
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Connection, bindparam, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -116,14 +117,52 @@ _INSTANCE_FIELDS = (
 )
 
 
-def _dialect_insert(session: Session) -> Callable[..., Any]:
-    """Return the ``insert`` of the session's dialect (it has ``on_conflict_do_nothing``)."""
-    name = session.get_bind().dialect.name
-    try:
-        return _DIALECT_INSERTS[name]
-    except KeyError:
-        raise NotImplementedError(f"record_instance does not support {name!r}") from None
+_studies = Study.__table__
+_series = Series.__table__
+_instances = Instance.__table__
 
+# The statements are built once: SQLAlchemy then reuses their cache keys and
+# compiled forms, and each call only binds parameters.
+_FIND_IDS = select(
+    select(_instances.c.id)
+    .where(_instances.c.sop_instance_uid == bindparam("sop_uid"))
+    .scalar_subquery()
+    .label("instance_id"),
+    select(_studies.c.id)
+    .where(_studies.c.study_instance_uid == bindparam("study_uid"))
+    .scalar_subquery()
+    .label("study_id"),
+    select(_series.c.id)
+    .where(_series.c.series_instance_uid == bindparam("series_uid"))
+    .scalar_subquery()
+    .label("series_id"),
+)
+_REFRESH_INSTANCE = (
+    update(_instances)
+    .where(_instances.c.id == bindparam("b_instance_id"))
+    .values(
+        receive_count=_instances.c.receive_count + 1,
+        received_at=bindparam("b_now"),
+        **{f: bindparam(f"b_{f}") for f in _INSTANCE_FIELDS},
+    )
+    .returning(_instances.c.study_id)
+)
+_TOUCH_RECEIVING_STUDY = (
+    update(_studies)
+    .where(_studies.c.id == bindparam("b_study_id"), _studies.c.state == StudyState.RECEIVING)
+    .values(last_received_at=bindparam("b_now"))
+)
+_COUNT_NEW_INSTANCE = (
+    update(_studies)
+    .where(_studies.c.id == bindparam("b_study_id"))
+    .values(
+        last_received_at=bindparam("b_now"),
+        instance_count=_studies.c.instance_count + 1,
+        state=StudyState.RECEIVING,
+    )
+)
+_STUDY_ID = select(_studies.c.id).where(_studies.c.study_instance_uid == bindparam("uid"))
+_SERIES_ID = select(_series.c.id).where(_series.c.series_instance_uid == bindparam("uid"))
 
 _DIALECT_INSERTS: dict[str, Callable[..., Any]] = {
     "sqlite": sqlite_insert,
@@ -131,27 +170,42 @@ _DIALECT_INSERTS: dict[str, Callable[..., Any]] = {
 }
 
 
+@dataclass(frozen=True)
+class _Inserts:
+    study: Any
+    series: Any
+    instance: Any
+
+
+@cache
+def _inserts(dialect: str) -> _Inserts:
+    """``INSERT ... ON CONFLICT (uid) DO NOTHING RETURNING id`` for the three tables."""
+    try:
+        insert = _DIALECT_INSERTS[dialect]
+    except KeyError:
+        raise NotImplementedError(f"record_instance does not support {dialect!r}") from None
+
+    def build(table: Any, uid_column: str) -> Any:
+        return (
+            insert(table).on_conflict_do_nothing(index_elements=[uid_column]).returning(table.c.id)
+        )
+
+    return _Inserts(
+        study=build(_studies, "study_instance_uid"),
+        series=build(_series, "series_instance_uid"),
+        instance=build(_instances, "sop_instance_uid"),
+    )
+
+
 def _insert_or_get_id(
-    session: Session,
-    insert: Callable[..., Any],
-    table: Any,
-    uid_column: str,
-    values: dict[str, Any],
+    connection: Connection, insert: Any, get_id: Any, uid: str, values: dict[str, Any]
 ) -> int:
     """Insert a row unless its UID exists (``ON CONFLICT DO NOTHING``); return its id."""
-    inserted = session.execute(
-        insert(table)
-        .values(**values)
-        .on_conflict_do_nothing(index_elements=[uid_column])
-        .returning(table.c.id)
-    ).scalar()
+    inserted = connection.execute(insert, values).scalar()
     if inserted is not None:
         return int(inserted)
     # Another association created it at the same moment: it is there now.
-    existing = session.execute(
-        select(table.c.id).where(table.c[uid_column] == values[uid_column])
-    ).scalar_one()
-    return int(existing)
+    return int(connection.execute(get_id, {"uid": uid}).scalar_one())
 
 
 def record_instance(
@@ -165,12 +219,12 @@ def record_instance(
     counts the receipt; it extends the quiet period of a study that is still
     receiving, but does not re-open a triaged one.
 
-    Plain Core statements, no ORM objects and no savepoints: one SELECT finds the
-    instance, study and series ids at once; missing study and series rows are
-    inserted with ``INSERT ... ON CONFLICT DO NOTHING`` (SQLite and PostgreSQL), so
-    two associations creating the same study cannot fail each other. For a new
-    instance in a known series that is three statements: the SELECT, the instance
-    INSERT and the atomic study UPDATE.
+    Plain Core statements on the session's connection, no ORM objects and no
+    savepoints: one SELECT finds the instance, study and series ids at once;
+    missing study and series rows are inserted with ``INSERT ... ON CONFLICT DO
+    NOTHING`` (SQLite and PostgreSQL), so two associations creating the same study
+    cannot fail each other. For a new instance in a known series that is three
+    statements: the SELECT, the instance INSERT and the atomic study UPDATE.
 
     The caller commits; on any exception it must roll back and report a failure
     status to the sender.
@@ -189,51 +243,36 @@ def record_instance(
     RecordOutcome
     """
     now = now or utcnow()
-    insert = _dialect_insert(session)
-    studies, series_table, instances = Study.__table__, Series.__table__, Instance.__table__
-    found = session.execute(
-        select(
-            select(instances.c.id)
-            .where(instances.c.sop_instance_uid == info.sop_instance_uid)
-            .scalar_subquery()
-            .label("instance_id"),
-            select(studies.c.id)
-            .where(studies.c.study_instance_uid == info.study_instance_uid)
-            .scalar_subquery()
-            .label("study_id"),
-            select(series_table.c.id)
-            .where(series_table.c.series_instance_uid == info.series_instance_uid)
-            .scalar_subquery()
-            .label("series_id"),
-        )
+    connection = session.connection()
+    found = connection.execute(
+        _FIND_IDS,
+        {
+            "sop_uid": info.sop_instance_uid,
+            "study_uid": info.study_instance_uid,
+            "series_uid": info.series_instance_uid,
+        },
     ).one()
-    instance_values = {f: getattr(info, f) for f in _INSTANCE_FIELDS}
 
     if found.instance_id is not None:
-        study_id = session.execute(
-            update(instances)
-            .where(instances.c.id == found.instance_id)
-            .values(
-                received_at=now,
-                receive_count=instances.c.receive_count + 1,
-                **instance_values,
-            )
-            .returning(instances.c.study_id)
+        study_id = connection.execute(
+            _REFRESH_INSTANCE,
+            {
+                "b_instance_id": found.instance_id,
+                "b_now": now,
+                **{f"b_{f}": getattr(info, f) for f in _INSTANCE_FIELDS},
+            },
         ).scalar_one()
-        session.execute(
-            update(studies)
-            .where(studies.c.id == study_id, studies.c.state == StudyState.RECEIVING)
-            .values(last_received_at=now)
-        )
+        connection.execute(_TOUCH_RECEIVING_STUDY, {"b_study_id": study_id, "b_now": now})
         return RecordOutcome.DUPLICATE
 
+    inserts = _inserts(connection.dialect.name)
     study_id = found.study_id
     if study_id is None:
         study_id = _insert_or_get_id(
-            session,
-            insert,
-            studies,
-            "study_instance_uid",
+            connection,
+            inserts.study,
+            _STUDY_ID,
+            info.study_instance_uid,
             {
                 "study_instance_uid": info.study_instance_uid,
                 "state": StudyState.RECEIVING,
@@ -247,40 +286,30 @@ def record_instance(
     series_id = found.series_id
     if series_id is None:
         series_id = _insert_or_get_id(
-            session,
-            insert,
-            series_table,
-            "series_instance_uid",
+            connection,
+            inserts.series,
+            _SERIES_ID,
+            info.series_instance_uid,
             {
                 "study_id": study_id,
                 "series_instance_uid": info.series_instance_uid,
                 **{f: getattr(info, f) for f in _SERIES_FIELDS},
             },
         )
-    inserted = session.execute(
-        insert(instances)
-        .values(
-            study_id=study_id,
-            series_id=series_id,
-            sop_instance_uid=info.sop_instance_uid,
-            received_at=now,
-            receive_count=1,
-            **instance_values,
-        )
-        .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
-        .returning(instances.c.id)
+    inserted = connection.execute(
+        inserts.instance,
+        {
+            "study_id": study_id,
+            "series_id": series_id,
+            "sop_instance_uid": info.sop_instance_uid,
+            "received_at": now,
+            "receive_count": 1,
+            **{f: getattr(info, f) for f in _INSTANCE_FIELDS},
+        },
     ).scalar()
     if inserted is None:
         # The same instance arrived on two associations at once: the other one won.
         return RecordOutcome.DUPLICATE
     # One atomic statement, so a concurrent stability decision cannot overwrite it.
-    session.execute(
-        update(studies)
-        .where(studies.c.id == study_id)
-        .values(
-            last_received_at=now,
-            instance_count=studies.c.instance_count + 1,
-            state=StudyState.RECEIVING,
-        )
-    )
+    connection.execute(_COUNT_NEW_INSTANCE, {"b_study_id": study_id, "b_now": now})
     return RecordOutcome.NEW
