@@ -36,18 +36,22 @@ from worklist.results import (
     ImageRecord,
     ResultRecord,
     claim_revision,
+    release_claim,
     result_for,
     save_result,
 )
 from worklist.tables import Delivery, DeliveryState, TriageStatus
 
-__all__ = ["MAX_ATTEMPTS", "TriageOutcome", "triage_study", "worker_id"]
+__all__ = ["DEFERRED", "MAX_ATTEMPTS", "TriageOutcome", "triage_study", "worker_id"]
 
 log = logging.getLogger(__name__)
 
 #: A revision claimed this many times without a result is recorded as failed
 #: (an image that kills the worker must not loop forever).
 MAX_ATTEMPTS = 3
+#: Outcome status of a revision given back without a result (the SR could not be
+#: written); it is triaged again after the lease.
+DEFERRED = "deferred"
 
 
 @dataclass(frozen=True)
@@ -62,7 +66,8 @@ class TriageOutcome:
         ``stale`` (nothing to do).
     result_id : int or None
     status : str or None
-        ``triaged``, ``not_evaluated`` or ``failed``.
+        ``triaged``, ``not_evaluated`` or ``failed``; ``deferred`` when the SR
+        could not be written and the revision was given back (no result).
     decision : str or None
     deliveries : tuple of int
         Outbox rows of the result still to be sent.
@@ -369,7 +374,22 @@ def _record(
             evidence,
             previous=_previous_srs(session_factory, claim),
         )
-        sr_path = str(write_sr(sr, Path(settings.data_dir) / "results"))
+        try:
+            sr_path = str(write_sr(sr, Path(settings.data_dir) / "results"))
+        except OSError as exc:
+            # A full or failing results disk is not the study's fault: give the
+            # revision back uncounted; the sweep sends it again after the lease.
+            with session_factory.begin() as session:
+                release_claim(session, study_id=claim.study_id, revision=claim.revision)
+            log.warning(
+                "study %s revision %s: cannot write the SR (%s); released, retried after the lease",
+                claim.study_id,
+                claim.revision,
+                exc,
+            )
+            return TriageOutcome(
+                claim.study_id, claim.revision, ClaimStatus.CLAIMED, status=DEFERRED
+            )
         timings["sr"] = time.perf_counter() - t0
     image_records = []
     for im in images:

@@ -436,10 +436,14 @@ def write_sr(sr: Dataset, results_dir: Path) -> Path:
     results_dir.mkdir(parents=True, exist_ok=True)
     path = results_dir / f"{sr.SOPInstanceUID}.dcm"
     tmp = path.with_name(path.name + ".tmp")
-    sr.save_as(tmp, enforce_file_format=True)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        sr.save_as(tmp, enforce_file_format=True)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk leaves no partial SR behind
+        raise
     return path
 
 

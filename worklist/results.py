@@ -45,6 +45,7 @@ __all__ = [
     "InstanceRef",
     "ResultRecord",
     "claim_revision",
+    "release_claim",
     "result_for",
     "save_result",
     "stalled_revisions",
@@ -233,6 +234,51 @@ def claim_revision(
         attempts=claim.attempts,
         instances=tuple(InstanceRef(i, uid, path) for i, uid, path in instances),
     )
+
+
+def release_claim(
+    session: Session, *, study_id: int, revision: int, now: datetime | None = None
+) -> bool:
+    """Give a claimed revision back without a result, as if the attempt never happened.
+
+    For a worker that hit a transient local failure (the results directory full): the
+    study moves from ``triaging`` back to ``queued`` with ``dispatched_at = now``, so
+    that :func:`stalled_revisions` sends it again after the lease, and the claim's
+    attempt count is decremented, so that waiting for space never counts towards
+    giving the revision up. The caller commits.
+
+    Parameters
+    ----------
+    session : Session
+    study_id : int
+    revision : int
+    now : datetime, optional
+
+    Returns
+    -------
+    bool
+        True when the study was still at that revision and ``triaging``.
+    """
+    now = now or utcnow()
+    moved = session.execute(
+        update(Study)
+        .where(
+            Study.id == study_id,
+            Study.revision == revision,
+            Study.state == StudyState.TRIAGING,
+        )
+        .values(state=StudyState.QUEUED, dispatched_at=now)
+    ).rowcount
+    session.execute(
+        update(TriageClaim)
+        .where(
+            TriageClaim.study_id == study_id,
+            TriageClaim.revision == revision,
+            TriageClaim.attempts > 0,
+        )
+        .values(attempts=TriageClaim.attempts - 1)
+    )
+    return bool(moved)
 
 
 def save_result(session: Session, *, record: ResultRecord, now: datetime | None = None) -> int:

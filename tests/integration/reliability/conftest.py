@@ -375,7 +375,7 @@ def make_cluster(
     failed = getattr(request.node, "rep_call", None)
     for cluster in made:
         if failed is not None and failed.failed:
-            print(cluster.tails())  # noqa: T201 - the logs of a failed test
+            print(cluster.tails())
         cluster.stop()
         cluster.pacs.stop()
 

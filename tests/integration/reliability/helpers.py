@@ -148,8 +148,8 @@ def wait_exactly_once(
     """
     from worklist.db import make_engine
 
-    engine = make_engine(database_url) if "postgresql" in database_url else create_engine(
-        database_url
+    engine = (
+        make_engine(database_url) if "postgresql" in database_url else create_engine(database_url)
     )
     uids = [s.study_uid for s in sent]
     started = time.monotonic() if started is None else started

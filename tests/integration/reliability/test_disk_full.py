@@ -170,3 +170,57 @@ def test_watermark_emulated_over_the_network(
         wait_until(lambda: len(_spooled(settings.spool_dir)) == 2, timeout=10, what="2 files")
     finally:
         server.shutdown()
+
+
+def test_results_disk_full_while_triaging_waits_then_delivers(
+    tmp_path: Path,
+    shared_data: Path,
+    postgres_url: str,
+    private_redis: Any,
+    make_cluster: Any,
+    small_fs: Path,
+) -> None:
+    """The worker cannot write the SR (results directory on a full disk) for longer
+    than several leases: the revision is retried, not given up as ``failed``; once
+    space is freed, it is triaged and delivered exactly once."""
+    import re
+
+    from sqlalchemy import create_engine
+
+    from triage.pipeline import MAX_ATTEMPTS
+    from worklist.tables import TriageClaim, TriageResult
+
+    (study,) = make_studies(shared_data, tmp_path / "send", 1, 1)
+    cluster = make_cluster(postgres_url, private_redis.url, lease_seconds=2)
+    cluster.start_worker("delivery")
+    cluster.start_scp()
+    assert send(cluster.dicom_port, list(study.files)).returncode == 0
+    ballast = _fill_to(small_fs, 0)
+    worker = cluster.start_worker("inference")
+    engine = create_engine(postgres_url)
+    try:
+
+        def claims() -> int:
+            with engine.connect() as conn:
+                return int(conn.scalar(select(func.max(TriageClaim.attempts))) or 0)
+
+        # Several failed attempts, more leases than MAX_ATTEMPTS would allow.
+        received = re.compile(r"Task triage\.triage_study\[[^\]]+\] received")
+        wait_until(
+            lambda: len(received.findall(worker.log())) > MAX_ATTEMPTS + 1,
+            timeout=90,
+            what=f"more than {MAX_ATTEMPTS + 1} triage attempts on a full disk",
+        )
+        assert "No space left on device" in worker.log()
+        with engine.connect() as conn:
+            assert conn.scalar(select(func.count()).select_from(TriageResult)) == 0
+        ballast.unlink()
+        freed_at = time.monotonic()
+        outcome = wait_exactly_once(
+            postgres_url, cluster.pacs, [study], timeout=90, started=freed_at
+        )
+        assert outcome.revisions[study.study_uid] == [1]
+        assert claims() <= 2, "disk-full retries must not count as lost attempts"
+    finally:
+        engine.dispose()
+    assert not list((small_fs / "results").glob("*.tmp")), "a partial SR was left behind"

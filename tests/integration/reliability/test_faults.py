@@ -91,7 +91,7 @@ def test_redis_restarted_while_studies_are_queued(
     assert all(revs == [1] for revs in outcome.revisions.values())
     logs = cluster.procs["delivery"].log()
     assert "stalled; sending it to triage again" in logs
-    print(  # noqa: T201
+    print(
         f"\nredis restart: all {len(studies)} studies triaged and delivered "
         f"{outcome.seconds:.1f} s after Redis went down (lease {cluster.env()['TRIAGE_LEASE_SECONDS']} s)"
     )
@@ -126,8 +126,10 @@ def test_postgres_restarted(
     assert not [p for p in cluster.spool.rglob("*.partial")]
     # Down until the watcher (in the SCP) and the sweep (in the delivery worker) fail.
     wait_until(
-        lambda: "stability round failed" in cluster.procs["scp"].log()
-        and "sweep failed" in cluster.procs["delivery"].log(),
+        lambda: (
+            "stability round failed" in cluster.procs["scp"].log()
+            and "sweep failed" in cluster.procs["delivery"].log()
+        ),
         timeout=30,
         what="the watcher and the sweep to notice the outage",
     )
@@ -153,7 +155,7 @@ def test_postgres_restarted(
         engine.dispose()
     for proc in cluster.procs.values():
         assert proc.running(), f"{proc.name} died during the outage:\n{proc.tail()}"
-    print(  # noqa: T201
+    print(
         f"\npostgres restart: down {restarted_at - stopped_at:.1f} s; C-STORE accepted "
         f"{store_recovery:.1f} s after the restart; all studies triaged and delivered "
         f"{outcome.seconds:.1f} s after the restart"
@@ -192,7 +194,7 @@ def test_scp_killed_during_an_association(
     wait_until(lambda: len(_row_files(postgres_url)) >= 5, timeout=60, what="5 instances stored")
     os.killpg(scp.pid, signal.SIGKILL)
     scp.process.wait(timeout=10)  # type: ignore[union-attr]
-    _, err = sender.communicate(timeout=60)
+    sender.communicate(timeout=60)
     assert sender.returncode != 0, "the sender saw the association fail"
     stored_before = _row_files(postgres_url)
     assert 5 <= len(stored_before) < len(study.files)
@@ -215,7 +217,7 @@ def test_scp_killed_during_an_association(
     assert out.returncode == 0, out.stderr[-1500:]
     assert len(_row_files(postgres_url)) == len(study.files)
     outcome = wait_exactly_once(postgres_url, cluster.pacs, [study], timeout=120)
-    print(  # noqa: T201
+    print(
         f"\nscp killed after {len(stored_before)} of {len(study.files)} instances; "
         f"revisions triaged: {outcome.revisions[study.study_uid]}"
     )
@@ -248,7 +250,7 @@ def test_pacs_down_for_a_while(
     cluster.pacs.start()
     up_at = time.monotonic()
     outcome = wait_exactly_once(postgres_url, cluster.pacs, studies, timeout=60, started=up_at)
-    print(f"\npacs back: all SRs delivered {outcome.seconds:.1f} s later")  # noqa: T201
+    print(f"\npacs back: all SRs delivered {outcome.seconds:.1f} s later")
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -307,4 +309,4 @@ def test_inference_worker_killed_during_inference(
             assert conn.scalar(select(TriageClaim.attempts)) >= 2
     finally:
         engine.dispose()
-    print(f"\nworker killed: SR delivered {outcome.seconds:.1f} s later")  # noqa: T201
+    print(f"\nworker killed: SR delivered {outcome.seconds:.1f} s later")

@@ -46,9 +46,7 @@ def test_four_senders_2000_instances_all_triaged_once(
     with ThreadPoolExecutor(max_workers=SENDERS) as pool:
         outs = list(
             pool.map(
-                lambda share: send(
-                    cluster.dicom_port, [f for s in share for f in s.files]
-                ),
+                lambda share: send(cluster.dicom_port, [f for s in share for f in s.files]),
                 shares,
             )
         )
@@ -71,7 +69,7 @@ def test_four_senders_2000_instances_all_triaged_once(
     outcome = wait_exactly_once(postgres_url, cluster.pacs, studies, timeout=300, started=started)
     assert outcome.results == N_STUDIES
     assert all(revs == [1] for revs in outcome.revisions.values())
-    print(  # noqa: T201 - the figure this test reports
+    print(
         f"\nload: {n} instances in {N_STUDIES} studies over {SENDERS} associations: "
         f"stored in {ingest_s:.1f} s ({n / ingest_s:.0f} instances/s); all {N_STUDIES} "
         f"studies triaged and their SRs at the PACS {outcome.seconds:.1f} s after the "
