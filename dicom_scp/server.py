@@ -38,6 +38,8 @@ DIMSE_TIMEOUT_S = 120.0
 """Seconds to wait for the next DIMSE message on an association."""
 NETWORK_TIMEOUT_S = 300.0
 """Seconds an idle association is kept open."""
+MAX_PDU_BYTES = 1048576
+"""Largest P-DATA-TF PDU the node accepts: fewer, larger PDUs cost less per byte."""
 
 
 def build_ae(settings: Settings) -> AE:
@@ -63,6 +65,7 @@ def build_ae(settings: Settings) -> AE:
     ae.acse_timeout = ACSE_TIMEOUT_S
     ae.dimse_timeout = DIMSE_TIMEOUT_S
     ae.network_timeout = NETWORK_TIMEOUT_S
+    ae.maximum_pdu_size = MAX_PDU_BYTES
     return ae
 
 
