@@ -136,6 +136,7 @@ def wait_exactly_once(
     *,
     timeout: float = 120,
     started: float | None = None,
+    only: bool = True,
 ) -> Outcome:
     """Wait until every study in ``sent`` has a result for its current revision and
     every SR is delivered, hold :data:`QUIET_S`, then check exactly-once:
@@ -144,7 +145,7 @@ def wait_exactly_once(
       ``triaged``, whose images include every instance sent for the study;
     - one outbox row per SR, ``delivered``; each SR SOP Instance UID exactly once
       at the PACS (storescp ``+uf``: a duplicate C-STORE is a second file), and
-      nothing else there.
+      (``only``) nothing else there.
     """
     from worklist.db import make_engine
 
@@ -193,8 +194,43 @@ def wait_exactly_once(
     assert all(per_result[r.id] == 1 for r in snap["results"] if r.sr_sop_instance_uid)
     assert all(d.state == "delivered" for d in snap["deliveries"])
     at_pacs = Counter(pacs.sr_uids())
+    if not only:
+        at_pacs = Counter({uid: n for uid, n in at_pacs.items() if uid in set(srs)})
     assert at_pacs == Counter(srs), (
         f"SRs at the PACS {sum(at_pacs.values())} (distinct {len(at_pacs)}), expected "
         f"{len(srs)}; duplicates: {[u for u, n in at_pacs.items() if n > 1][:5]}"
     )
     return Outcome(seconds, len(snap["results"]), revisions)
+
+
+def wait_all_srs_once(database_url: str, pacs: Any, *, timeout: float = 60) -> int:
+    """Wait until every outbox row in the database is delivered and the PACS holds
+    as many files as there are SRs, hold :data:`QUIET_S`, then check that each SR
+    of the database is at the PACS exactly once and nothing else is. Returns the
+    number of SRs."""
+    from worklist.db import make_engine
+
+    engine = make_engine(database_url)
+    try:
+
+        def srs() -> list[str] | None:
+            with engine.connect() as conn:
+                states = conn.scalars(select(Delivery.state)).all()
+                uids = conn.scalars(
+                    select(TriageResult.sr_sop_instance_uid).where(
+                        TriageResult.sr_sop_instance_uid.is_not(None)
+                    )
+                ).all()
+            if any(s != "delivered" for s in states) or pacs.count() < len(uids):
+                return None
+            return list(uids)
+
+        wait_until(srs, timeout=timeout, interval=0.25, what="every SR delivered")
+        hold = time.monotonic() + QUIET_S
+        while time.monotonic() < hold:
+            time.sleep(0.25)
+        expected = srs() or []
+    finally:
+        engine.dispose()
+    assert Counter(pacs.sr_uids()) == Counter(expected)
+    return len(expected)

@@ -236,3 +236,25 @@ def test_ingest_survives_lying_image_descriptions(data: bytes) -> None:
             _ingest_parse(data, ExplicitVRLittleEndian)
         except StoreError:
             pass
+
+
+def test_rust_decoder_panic_is_a_skip_not_a_crash() -> None:
+    """Found by the reliability suite: random bytes in RLE segments make the Rust
+    decoder (pylibjpeg-rle) panic with pyo3's ``PanicException``, a
+    ``BaseException`` that ``except Exception`` let through and that killed the task.
+    It is a recorded reason now."""
+    ds = _chest(64, 64)
+    ds.compress(RLELossless)
+    data = bytearray(_encode(ds))
+    start = len(data) - (len(ds.PixelData) - 100)
+    noise = np.random.default_rng(1).integers(0, 256, len(data) - 16 - start, np.uint8)
+    data[start : len(data) - 16] = noise.tobytes()
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path = Path(tmp) / "rle.dcm"
+        path.write_bytes(bytes(data))
+        image = _read(1, "1.2.3", str(path))
+        assert isinstance(image.selection, Eligible)
+        _preprocess(image, SPEC)
+    assert isinstance(image.selection, Skipped)
+    assert image.selection.code.value == "cannot_decode"
