@@ -181,6 +181,18 @@ def _make_dirs(root: Path, target: Path) -> None:
         _fsync_dir(directory.parent)
 
 
+def _new_file_mode() -> int:
+    """The mode ``open()`` gives a new file under this process's umask (Linux)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        log.debug("umask not readable from /proc; spool files get mode 0644")
+    return 0o644
+
+
 def _free_bytes(path: Path) -> int:
     probe = path
     while not probe.exists() and probe.parent != probe:
@@ -251,6 +263,7 @@ class SpoolSink:
         self.min_free_mb = min_free_mb
         self._free_bytes = free_bytes
         self._locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
+        self._file_mode = _new_file_mode()
         self._low_space = False
 
     def store(self, instance: ReceivedInstance) -> StoreResult:
@@ -368,6 +381,9 @@ class SpoolSink:
                     received.unlink(missing_ok=True)
             fd = os.open(received, os.O_RDONLY)
             try:
+                # pynetdicom's temporary file is 0600: give it the mode of a file
+                # the sink writes itself.
+                os.fchmod(fd, self._file_mode)
                 os.fsync(fd)
             finally:
                 os.close(fd)

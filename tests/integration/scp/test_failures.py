@@ -267,6 +267,10 @@ def test_a_received_file_is_moved_into_place(
     assert result.path.read_bytes() == (shared_data / CHEST).read_bytes()
     assert _files(spool) == [result.path]
     assert count_instances(session_factory) == 1
+    # The same mode as a file the sink writes from bytes, not tempfile's 0600.
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(result.path.stat().st_mode) == 0o666 & ~umask
 
 
 def test_a_received_file_on_another_file_system_is_copied(
