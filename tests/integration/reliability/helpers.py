@@ -234,3 +234,9 @@ def wait_all_srs_once(database_url: str, pacs: Any, *, timeout: float = 60) -> i
         engine.dispose()
     assert Counter(pacs.sr_uids()) == Counter(expected)
     return len(expected)
+
+
+def assert_no_phi(logs: str) -> None:
+    """Neither the patient's name (whole or any component) nor the ID in ``logs``."""
+    for secret in (PATIENT_ID, PATIENT_NAME, *PATIENT_NAME.split("^")):
+        assert secret not in logs, f"{secret!r} written to a log"

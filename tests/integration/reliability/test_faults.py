@@ -19,7 +19,12 @@ import pytest
 from sqlalchemy import func, select, text
 
 from tests.conftest import wait_until
-from tests.integration.reliability.helpers import make_studies, send, wait_exactly_once
+from tests.integration.reliability.helpers import (
+    assert_no_phi,
+    make_studies,
+    send,
+    wait_exactly_once,
+)
 from worklist.db import make_engine
 from worklist.tables import Instance, Study, TriageClaim
 
@@ -91,6 +96,7 @@ def test_redis_restarted_while_studies_are_queued(
     assert all(revs == [1] for revs in outcome.revisions.values())
     logs = cluster.procs["delivery"].log()
     assert "stalled; sending it to triage again" in logs
+    assert_no_phi(cluster.all_logs())
     print(
         f"\nredis restart: all {len(studies)} studies triaged and delivered "
         f"{outcome.seconds:.1f} s after Redis went down (lease {cluster.env()['TRIAGE_LEASE_SECONDS']} s)"
@@ -155,6 +161,7 @@ def test_postgres_restarted(
         engine.dispose()
     for proc in cluster.procs.values():
         assert proc.running(), f"{proc.name} died during the outage:\n{proc.tail()}"
+    assert_no_phi(cluster.all_logs())
     print(
         f"\npostgres restart: down {restarted_at - stopped_at:.1f} s; C-STORE accepted "
         f"{store_recovery:.1f} s after the restart; all studies triaged and delivered "
@@ -217,6 +224,7 @@ def test_scp_killed_during_an_association(
     assert out.returncode == 0, out.stderr[-1500:]
     assert len(_row_files(postgres_url)) == len(study.files)
     outcome = wait_exactly_once(postgres_url, cluster.pacs, [study], timeout=120)
+    assert_no_phi(cluster.all_logs())
     print(
         f"\nscp killed after {len(stored_before)} of {len(study.files)} instances; "
         f"revisions triaged: {outcome.revisions[study.study_uid]}"
@@ -250,6 +258,7 @@ def test_pacs_down_for_a_while(
     cluster.pacs.start()
     up_at = time.monotonic()
     outcome = wait_exactly_once(postgres_url, cluster.pacs, studies, timeout=60, started=up_at)
+    assert_no_phi(cluster.all_logs())
     print(f"\npacs back: all SRs delivered {outcome.seconds:.1f} s later")
 
 
@@ -309,4 +318,5 @@ def test_inference_worker_killed_during_inference(
             assert conn.scalar(select(TriageClaim.attempts)) >= 2
     finally:
         engine.dispose()
+    assert_no_phi(cluster.all_logs())
     print(f"\nworker killed: SR delivered {outcome.seconds:.1f} s later")
