@@ -130,15 +130,19 @@ def test_postgres_restarted(
     spooled = {p.stem for p in cluster.spool.rglob("*") if p.is_file()}
     assert not uids & spooled, "a refused instance was left in the spool"
     assert not [p for p in cluster.spool.rglob("*.partial")]
-    # Down until the watcher (in the SCP) and the sweep (in the delivery worker) fail.
+    # Down for longer than the quiet period (the pending study comes due during the
+    # outage): until the watcher (in the SCP) failed 20 rounds (0.2 s apart) and the
+    # sweep (in the delivery worker) failed too.
     wait_until(
         lambda: (
-            "stability round failed" in cluster.procs["scp"].log()
+            cluster.procs["scp"].log().count("stability round failed") >= 20
             and "sweep failed" in cluster.procs["delivery"].log()
         ),
-        timeout=30,
-        what="the watcher and the sweep to notice the outage",
+        timeout=60,
+        what="the watcher and the sweep to fail during the outage",
     )
+    again = send(cluster.dicom_port, list(during.files), "-v")
+    assert "Refused: OutOfResources" in again.stderr, again.stderr[-1500:]
     private_postgres.start()
     restarted_at = time.monotonic()
 
