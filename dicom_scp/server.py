@@ -249,7 +249,12 @@ def start_node_scp(
     spool = settings.spool_dir.absolute()
     spool.mkdir(parents=True, exist_ok=True)
     clean_stale_temp_files(spool)
-    sink = SpoolSink(spool, session_factory, settings.min_free_mb)
+    sink = SpoolSink(
+        spool,
+        session_factory,
+        settings.min_free_mb,
+        abandoned_after_s=NETWORK_TIMEOUT_S + DIMSE_TIMEOUT_S,
+    )
     queue = queue if queue is not None else CeleryTriageQueue(settings)
     watcher = StabilityWatcher(
         session_factory,

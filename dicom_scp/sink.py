@@ -17,7 +17,10 @@ Write and commit order of :class:`SpoolSink` (why nothing acknowledged is lost)
 5. The transaction commits; only then is 0x0000 returned.
 
 A crash before 4 leaves only a ``.partial`` file or a file in the incoming
-directory, removed at start-up (:func:`clean_stale_temp_files`). A crash between 4 and 5 leaves a complete file
+directory, removed at start-up (:func:`clean_stale_temp_files`). A receive that
+pynetdicom abandons mid-dataset (the association aborted, a disk that is really
+full) leaves its file in the incoming directory; :meth:`SpoolSink.sweep_incoming`
+removes it once it is older than the network timeout. A crash between 4 and 5 leaves a complete file
 under its final name with no row: the sender got no success and re-sends, which
 overwrites it. A committed row therefore always points to a complete, durable
 file. When the commit fails, the new file is removed only if no earlier copy of
@@ -33,6 +36,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 import uuid
 import zlib
 from collections.abc import Callable
@@ -66,6 +70,9 @@ TEMP_SUFFIX = ".partial"
 
 INCOMING_DIR = ".incoming"
 """Directory under the spool root where the SCP receives datasets into files."""
+ABANDONED_AFTER_S = 600.0
+"""Default age after which a file in the incoming directory is an abandoned receive."""
+_SWEEP_EVERY_S = 60.0
 
 _LOCK_STRIPES = 64
 _COPY_CHUNK = 1024 * 1024
@@ -248,6 +255,11 @@ class SpoolSink:
         Refuse (0xA700) when the spool's file system would have less free space.
     free_bytes : callable, optional
         Returns the free bytes of a path (default: ``shutil.disk_usage``); for tests.
+    abandoned_after_s : float
+        A file in :func:`incoming_dir` not written to for this long is a receive
+        that was abandoned (the association aborted mid-dataset, for example on
+        ENOSPC); :meth:`sweep_incoming` removes it. Must exceed the longest time an
+        association may stay silent (the network timeout).
     """
 
     def __init__(
@@ -257,14 +269,48 @@ class SpoolSink:
         min_free_mb: int,
         *,
         free_bytes: Callable[[Path], int] = _free_bytes,
+        abandoned_after_s: float = ABANDONED_AFTER_S,
     ) -> None:
         self.spool_dir = Path(spool_dir).absolute()
         self.session_factory = session_factory
         self.min_free_mb = min_free_mb
+        self.abandoned_after_s = abandoned_after_s
         self._free_bytes = free_bytes
         self._locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
         self._file_mode = _new_file_mode()
         self._low_space = False
+        self._next_sweep = time.monotonic() + _SWEEP_EVERY_S
+
+    def sweep_incoming(self) -> int:
+        """Remove abandoned receives from the incoming directory.
+
+        The SCP calls it from time to time and whenever the spool is short of
+        space; a file that pynetdicom is still writing is touched at every
+        fragment and is left alone.
+
+        Returns
+        -------
+        int
+            How many files were removed.
+        """
+        self._next_sweep = time.monotonic() + _SWEEP_EVERY_S
+        incoming = incoming_dir(self.spool_dir)
+        cutoff = time.time() - self.abandoned_after_s
+        removed = 0
+        try:
+            entries = list(os.scandir(incoming))
+        except OSError:
+            return 0  # no incoming directory (yet): nothing received into files
+        for entry in entries:
+            try:
+                if entry.is_file() and entry.stat().st_mtime < cutoff:
+                    os.unlink(entry.path)
+                    removed += 1
+            except OSError as exc:
+                log.warning("could not remove abandoned receive %s: %s", entry.path, exc)
+        if removed:
+            log.warning("removed %d abandoned receive(s) from %s", removed, incoming)
+        return removed
 
     def store(self, instance: ReceivedInstance) -> StoreResult:
         """Persist and record ``instance``; see the module docstring for the order.
@@ -279,6 +325,8 @@ class SpoolSink:
             Success only once the file is durable and the row committed.
         """
         try:
+            if time.monotonic() >= self._next_sweep:
+                self.sweep_incoming()
             return self._store(instance)
         except StoreError as exc:
             log.warning(
@@ -302,11 +350,13 @@ class SpoolSink:
     # Steps ------------------------------------------------------------------------
 
     def _check_free_space(self, size: int) -> None:
+        needed = self.min_free_mb * 1024 * 1024 + size
         try:
             free = self._free_bytes(self.spool_dir)
+            if free < needed and self.sweep_incoming():
+                free = self._free_bytes(self.spool_dir)
         except OSError as exc:
             raise OutOfResources(f"spool not usable: {exc.strerror or exc}") from exc
-        needed = self.min_free_mb * 1024 * 1024 + size
         if free < needed:
             if not self._low_space:
                 log.warning(
@@ -396,7 +446,9 @@ class SpoolSink:
         received = instance.dataset_path
         source: bytes | Path = instance.encoded if received is None else Path(received)
         size = self._received_size(instance)
-        self._check_free_space(size)
+        # A dataset received into the spool already takes its space there.
+        on_spool = received is not None and Path(received).is_relative_to(self.spool_dir)
+        self._check_free_space(0 if on_spool else size)
         check_complete(source, instance.transfer_syntax_uid)
         header = read_header(source)
         info = instance_info_from_dataset(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -335,3 +336,37 @@ def test_crash_between_rename_and_commit_then_resend(
     assert result.ok and result.path == orphan
     assert count_instances(session_factory) == 1
     assert _files(spool) == [orphan]
+
+
+def test_abandoned_receives_are_swept(session_factory: Any, tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    incoming = incoming_dir(spool)
+    incoming.mkdir(parents=True)
+    old, fresh = incoming / "tmpold.dcm", incoming / "tmpnew.dcm"
+    old.write_bytes(b"abandoned mid-dataset")
+    fresh.write_bytes(b"still arriving")
+    os.utime(old, (time.time() - 700, time.time() - 700))
+    sink = SpoolSink(spool, session_factory, 0, abandoned_after_s=600)
+    assert sink.sweep_incoming() == 1
+    assert not old.exists() and fresh.exists()
+    assert SpoolSink(tmp_path / "no-spool", session_factory, 0).sweep_incoming() == 0
+
+
+def test_low_space_sweeps_abandoned_receives_first(
+    shared_data: Path, session_factory: Any, tmp_path: Path
+) -> None:
+    """The abandoned file's space counts: once it is gone the store is accepted."""
+    spool = tmp_path / "spool"
+    abandoned = incoming_dir(spool) / "tmpold.dcm"
+    abandoned.parent.mkdir(parents=True)
+    abandoned.write_bytes(b"\0" * 1024)
+    os.utime(abandoned, (time.time() - 700, time.time() - 700))
+    sink = SpoolSink(
+        spool,
+        session_factory,
+        1,
+        free_bytes=lambda _p: (1 << 20) if not abandoned.exists() else 0,
+        abandoned_after_s=600,
+    )
+    assert sink.store(_received_file(shared_data / CHEST, spool)).ok
+    assert not abandoned.exists()
