@@ -36,8 +36,10 @@ LIMITATIONS = (
     "(Guangzhou; Kermany et al. 2018), where 'abnormal' means pneumonia (viral or bacterial); "
     "other findings (nodules, effusion, pneumothorax, cardiomegaly, lines and tubes, fractures) "
     "were not in the training labels.",
-    "Not validated on adults: on 64 px NIH ChestX-ray14 adult thumbnails it is near chance "
-    "(see the card's metrics); a site must validate on its own data before use.",
+    "Does not transfer to adults as trained: on the 64 px NIH ChestX-ray14 adult thumbnails "
+    "(another population, resolution and label set: any finding) ROC-AUC falls to about 0.6 "
+    "(see the card's metrics); a site must validate, and usually fine-tune, on its own data "
+    "before use.",
     "Training images were 224 px 8-bit JPEGs; the model sees 128 px. Robustness to JPEG "
     "recompression, lower resolution and MONOCHROME1/12-16 bit DICOM is tested on degraded "
     "copies of the test split, not on images from other vendors with ground truth.",
