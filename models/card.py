@@ -88,7 +88,9 @@ class ModelCard(BaseModel):
         for name, point in value.items():
             thr = point.get("threshold")
             if not isinstance(thr, (int, float)) or not 0.0 <= float(thr) <= 1.0:
-                raise ValueError(f"operating point {name!r} needs a probability threshold in [0, 1]")
+                raise ValueError(
+                    f"operating point {name!r} needs a probability threshold in [0, 1]"
+                )
         return value
 
     # -- behaviour -------------------------------------------------------------
@@ -173,7 +175,9 @@ def weights_sha256(model: Any) -> str:
     for init in sorted(proto.graph.initializer, key=lambda t: t.name):
         arr = numpy_helper.to_array(init)
         h.update(init.name.encode())
-        h.update(b"\0" + str(arr.dtype.str).encode() + b"\0" + str(list(arr.shape)).encode() + b"\0")
+        h.update(
+            b"\0" + str(arr.dtype.str).encode() + b"\0" + str(list(arr.shape)).encode() + b"\0"
+        )
         h.update(np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<")).tobytes())
     return h.hexdigest()
 
@@ -197,8 +201,12 @@ def embed_card(onnx_path: str | Path, card: ModelCard, *, sidecar: bool = True) 
     keep = [p for p in proto.metadata_props if p.key not in (CARD_KEY, "name", "version", "sha256")]
     del proto.metadata_props[:]
     proto.metadata_props.extend(keep)
-    for key, value in ((CARD_KEY, card.to_json()), ("name", card.name), ("version", card.version),
-                       ("sha256", card.sha256)):
+    for key, value in (
+        (CARD_KEY, card.to_json()),
+        ("name", card.name),
+        ("version", card.version),
+        ("sha256", card.sha256),
+    ):
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     proto.producer_name = proto.producer_name or MANUFACTURER
@@ -243,14 +251,14 @@ def _embedded_card_text(onnx_path: Path) -> str | None:
         return sess.get_modelmeta().custom_metadata_map.get(CARD_KEY)
     except ImportError:
         pass
-    except Exception as exc:  # an unreadable model: let the sidecar speak
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types; fall back to the sidecar
         logger.warning("cannot read metadata of %s with onnxruntime: %s", onnx_path, exc)
         return None
     try:
         import onnx
 
         proto = onnx.load(str(onnx_path), load_external_data=False)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - protobuf decode errors; fall back to the sidecar
         logger.warning("cannot read metadata of %s: %s", onnx_path, exc)
         return None
     for prop in proto.metadata_props:

@@ -10,7 +10,6 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 __all__ = ["main"]
 
@@ -37,41 +36,81 @@ def _cmd_train(args: argparse.Namespace) -> int:
         ema_decay=None if args.ema_decay <= 0 else args.ema_decay,
     )
     summary = train(cfg, resume=args.resume)
-    print(json.dumps({k: summary[k] for k in ("best_val_auc", "best_epoch", "epochs_run",
-                                               "train_seconds", "stop_reason")}, indent=2))
+    print(
+        json.dumps(
+            {
+                k: summary[k]
+                for k in (
+                    "best_val_auc",
+                    "best_epoch",
+                    "epochs_run",
+                    "train_seconds",
+                    "stop_reason",
+                )
+            },
+            indent=2,
+        )
+    )
     return 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from models.export import export_checkpoint
 
-    result = export_checkpoint(args.checkpoint, args.out, opset=args.opset, atol=args.atol,
-                               name=args.name, version=args.version)
+    result = export_checkpoint(
+        args.checkpoint,
+        args.out,
+        opset=args.opset,
+        atol=args.atol,
+        name=args.name,
+        version=args.version,
+    )
     print(f"ONNX written to {result['path']}")
-    print(f"ONNX checker: ok; parity max abs difference: logits {result['max_abs_diff_logits']:.3e}, "
-          f"embedding {result['max_abs_diff_embedding']:.3e} (limit {args.atol:g})")
+    print(
+        f"ONNX checker: ok; parity max abs difference: logits {result['max_abs_diff_logits']:.3e}, "
+        f"embedding {result['max_abs_diff_embedding']:.3e} (limit {args.atol:g})"
+    )
     return 0
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     from models.evaluate import calibrate_model
 
-    card = calibrate_model(args.model, labels=args.labels, images_root=args.images_root,
-                           split=args.split, target_sensitivity=args.target_sensitivity)
-    print(json.dumps({"calibration": card.calibration, "operating_points": card.operating_points}, indent=2))
+    card = calibrate_model(
+        args.model,
+        labels=args.labels,
+        images_root=args.images_root,
+        split=args.split,
+        target_sensitivity=args.target_sensitivity,
+    )
+    print(
+        json.dumps(
+            {"calibration": card.calibration, "operating_points": card.operating_points}, indent=2
+        )
+    )
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from models.evaluate import evaluate_model
 
-    metrics = evaluate_model(args.model, labels=args.labels, images_root=args.images_root,
-                             out_dir=args.out, split=args.split, variants=args.variants,
-                             n_boot=args.n_boot, update_card=args.update_card, title=args.title)
+    metrics = evaluate_model(
+        args.model,
+        labels=args.labels,
+        images_root=args.images_root,
+        out_dir=args.out,
+        split=args.split,
+        variants=args.variants,
+        n_boot=args.n_boot,
+        update_card=args.update_card,
+        title=args.title,
+    )
     main_m = metrics["variants"][next(iter(metrics["variants"]))]["overall"]
-    print(f"n={metrics['n']} ROC-AUC {main_m['roc_auc']['value']:.4f} "
-          f"[{main_m['roc_auc']['ci_low']:.4f}, {main_m['roc_auc']['ci_high']:.4f}] "
-          f"Brier {main_m['brier']['value']:.4f}; report in {args.out}")
+    print(
+        f"n={metrics['n']} ROC-AUC {main_m['roc_auc']['value']:.4f} "
+        f"[{main_m['roc_auc']['ci_low']:.4f}, {main_m['roc_auc']['ci_high']:.4f}] "
+        f"Brier {main_m['brier']['value']:.4f}; report in {args.out}"
+    )
     return 0
 
 
@@ -92,7 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=2e-3)
     t.add_argument("--patience", type=int, default=8)
     t.add_argument("--seed", type=int, default=20261123)
-    t.add_argument("--threads", type=int, default=2)
+    t.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (1 + one augmentation worker suits 2 shared cores)",
+    )
     t.add_argument("--workers", type=int, default=1)
     t.add_argument("--max-minutes", type=float, default=None)
     t.add_argument("--max-train-images", type=int, default=None)
@@ -124,11 +168,17 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--images-root", required=True)
     v.add_argument("--out", required=True)
     v.add_argument("--split", default=None, help="only rows of this split (default: all rows)")
-    v.add_argument("--variants", default="original",
-                   help="comma list of: original, jpeg30_96px, mono1_dicom, j2k_mono1_dicom, lowres64")
+    v.add_argument(
+        "--variants",
+        default="original",
+        help="comma list of: original, jpeg30_96px, mono1_dicom, j2k_mono1_dicom, lowres64",
+    )
     v.add_argument("--n-boot", type=int, default=1000)
-    v.add_argument("--update-card", action="store_true",
-                   help="store the metrics in the model card (ONNX metadata and sidecar)")
+    v.add_argument(
+        "--update-card",
+        action="store_true",
+        help="store the metrics in the model card (ONNX metadata and sidecar)",
+    )
     v.add_argument("--title", default=None)
     v.set_defaults(func=_cmd_evaluate)
     return p
@@ -137,8 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``triage-model`` console script."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         return int(args.func(args))
     except (FileNotFoundError, ValueError, KeyError) as exc:

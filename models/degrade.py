@@ -19,7 +19,14 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from models.preprocess import PreprocessSpec, preprocess_dataset, preprocess_pil
 
-__all__ = ["VARIANTS", "VARIANT_DESCRIPTIONS", "make_dicom", "apply_variant", "jpeg_recompress", "down_up"]
+__all__ = [
+    "VARIANTS",
+    "VARIANT_DESCRIPTIONS",
+    "apply_variant",
+    "down_up",
+    "jpeg_recompress",
+    "make_dicom",
+]
 
 #: Secondary Capture Image Storage, used only for in-memory test datasets.
 _SC_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.7"
@@ -101,7 +108,9 @@ def down_up(img: Image.Image, side: int) -> Image.Image:
     """Shrink so the longer side is ``side`` pixels, then enlarge back (bilinear)."""
     w, h = img.size
     scale = side / max(w, h)
-    small = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BILINEAR)
+    small = img.resize(
+        (max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BILINEAR
+    )
     return small.resize((w, h), Image.Resampling.BILINEAR)
 
 
@@ -109,7 +118,9 @@ def _mono1_dataset(img: Image.Image) -> Dataset:
     """12-bit MONOCHROME1 with rescale: what a CR reader might send."""
     v = np.asarray(img.convert("L"), dtype=np.float64)
     stored = np.clip(np.round(4095.0 - v * (4095.0 / 255.0)), 0, 4095).astype(np.uint16)
-    return make_dicom(stored, photometric="MONOCHROME1", slope=0.5, intercept=-1024.0, bits_stored=12)
+    return make_dicom(
+        stored, photometric="MONOCHROME1", slope=0.5, intercept=-1024.0, bits_stored=12
+    )
 
 
 def _v_original(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from models.card import ModelCard, embed_card, read_card, sidecar_path, write_card_json
+from models.card import ModelCard, embed_card
 from models.data import LABELS, Record, read_labels
 from models.degrade import VARIANT_DESCRIPTIONS, apply_variant
 from models.metrics import (
@@ -57,7 +57,11 @@ logger = logging.getLogger(__name__)
 
 #: Age bands of the subgroup analysis (lower bound inclusive).
 AGE_BANDS: tuple[tuple[str, float, float], ...] = (
-    ("<18", 0, 18), ("18-40", 18, 40), ("40-60", 40, 60), ("60-75", 60, 75), ("75+", 75, math.inf),
+    ("<18", 0, 18),
+    ("18-40", 18, 40),
+    ("40-60", 40, 60),
+    ("60-75", 60, 75),
+    ("75+", 75, math.inf),
 )
 MISSING = "missing"
 
@@ -75,8 +79,11 @@ def age_band(age: float | None) -> str:
 def _attributes(rec: Record) -> dict[str, str]:
     sex = (rec.sex or "").strip().upper()
     sex = {"M": "M", "MALE": "M", "F": "F", "FEMALE": "F"}.get(sex, sex or MISSING)
-    return {"sex": sex, "age_band": age_band(rec.age), "view": (rec.view or MISSING).upper()
-            if rec.view else MISSING}
+    return {
+        "sex": sex,
+        "age_band": age_band(rec.age),
+        "view": (rec.view or MISSING).upper() if rec.view else MISSING,
+    }
 
 
 def _load_image_for_variant(path: Path) -> Image.Image:
@@ -86,8 +93,13 @@ def _load_image_for_variant(path: Path) -> Image.Image:
 
 
 def score_records(
-    clf: Classifier, records: Sequence[Record], images_root: str | Path, *, variant: str = "original",
-    batch_size: int = 64, progress: bool = True,
+    clf: Classifier,
+    records: Sequence[Record],
+    images_root: str | Path,
+    *,
+    variant: str = "original",
+    batch_size: int = 64,
+    progress: bool = True,
 ) -> tuple[np.ndarray, list[str]]:
     """Raw logits for the records (NaN where an image cannot be preprocessed).
 
@@ -144,16 +156,23 @@ def summarize_labels(records: Sequence[Record]) -> dict[str, Any]:
         "splits": by_split,
         "patients": len({r.patient_id for r in records if r.patient_id}),
         "sources": dict(Counter(r.source or MISSING for r in records)),
-        "age": {"known": len(ages), "min": min(ages) if ages else None,
-                "max": max(ages) if ages else None,
-                "median": float(np.median(ages)) if ages else None},
+        "age": {
+            "known": len(ages),
+            "min": min(ages) if ages else None,
+            "max": max(ages) if ages else None,
+            "median": float(np.median(ages)) if ages else None,
+        },
         "sex": dict(Counter((r.sex or MISSING) for r in records)),
         "view": dict(Counter((r.view or MISSING) for r in records)),
     }
 
 
 def calibrate_model(
-    model: str | Path, *, labels: str | Path, images_root: str | Path, split: str = "val",
+    model: str | Path,
+    *,
+    labels: str | Path,
+    images_root: str | Path,
+    split: str = "val",
     target_sensitivity: float = 0.98,
 ) -> ModelCard:
     """Fit temperature scaling and operating points on ``split`` and store them in the card.
@@ -187,7 +206,9 @@ def calibrate_model(
     if len(set(y.tolist())) < 2:
         raise ValueError(f"split {split!r} needs both normal and abnormal images")
     temperature = fit_temperature(z, y)
-    card = clf.card.model_copy(update={"calibration": {"method": "temperature", "temperature": temperature}})
+    card = clf.card.model_copy(
+        update={"calibration": {"method": "temperature", "temperature": temperature}}
+    )
     prob = card.calibrate(z)
     points = {}
     balanced = operating_point_balanced(y, prob)
@@ -195,23 +216,39 @@ def calibrate_model(
     high_sens = min(operating_point_for_sensitivity(y, prob, target_sensitivity), balanced)
     for name, thr in (("balanced", balanced), ("high_sensitivity", high_sens)):
         m = threshold_metrics(y, prob, thr)
-        points[name] = {"threshold": thr, "sensitivity": m["sensitivity"], "specificity": m["specificity"],
-                        "fitted_on": split, "n": int(len(y))}
+        points[name] = {
+            "threshold": thr,
+            "sensitivity": m["sensitivity"],
+            "specificity": m["specificity"],
+            "fitted_on": split,
+            "n": len(y),
+        }
     points["high_sensitivity"]["target_sensitivity"] = target_sensitivity
     points["balanced"]["rule"] = "maximum Youden J (sensitivity + specificity - 1)"
     points["high_sensitivity"]["rule"] = (
-        f"highest threshold with sensitivity >= {target_sensitivity}, capped at the balanced threshold")
+        f"highest threshold with sensitivity >= {target_sensitivity}, capped at the balanced threshold"
+    )
     uncal = 0.5 * (1 + np.tanh(0.5 * z))
-    card = card.model_copy(update={
-        "operating_points": points,
-        "calibration": {"method": "temperature", "temperature": temperature, "fitted_on": split,
-                        "n": int(len(y)), "val_brier_before": brier_score(y, uncal),
-                        "val_brier_after": brier_score(y, prob),
-                        "val_ece_before": expected_calibration_error(y, uncal),
-                        "val_ece_after": expected_calibration_error(y, prob),
-                        "val_roc_auc": roc_auc(y, z)},
-        "training_data": {**card.training_data, "counts": summarize_labels(read_labels(labels))},
-    })
+    card = card.model_copy(
+        update={
+            "operating_points": points,
+            "calibration": {
+                "method": "temperature",
+                "temperature": temperature,
+                "fitted_on": split,
+                "n": len(y),
+                "val_brier_before": brier_score(y, uncal),
+                "val_brier_after": brier_score(y, prob),
+                "val_ece_before": expected_calibration_error(y, uncal),
+                "val_ece_after": expected_calibration_error(y, prob),
+                "val_roc_auc": roc_auc(y, z),
+            },
+            "training_data": {
+                **card.training_data,
+                "counts": summarize_labels(read_labels(labels)),
+            },
+        }
+    )
     if errors:
         logger.warning("%d images could not be scored during calibration", len(errors))
     return embed_card(model, card)
@@ -219,14 +256,26 @@ def calibrate_model(
 
 def _gap(vals: dict[str, float], min_group: int) -> dict[str, Any]:
     if len(vals) < 2:
-        return {"gap": None, "note": f"fewer than two groups with >= {min_group} images of the class(es) needed"}
+        return {
+            "gap": None,
+            "note": f"fewer than two groups with >= {min_group} images of the class(es) needed",
+        }
     hi_g, lo_g = max(vals, key=vals.get), min(vals, key=vals.get)
-    return {"gap": vals[hi_g] - vals[lo_g], "highest": hi_g, "lowest": lo_g, "groups_compared": sorted(vals)}
+    return {
+        "gap": vals[hi_g] - vals[lo_g],
+        "highest": hi_g,
+        "lowest": lo_g,
+        "groups_compared": sorted(vals),
+    }
 
 
 def subgroup_metrics(
-    y: np.ndarray, prob: np.ndarray, records: Sequence[Record], thresholds: dict[str, float],
-    *, min_group: int = 5,
+    y: np.ndarray,
+    prob: np.ndarray,
+    records: Sequence[Record],
+    thresholds: dict[str, float],
+    *,
+    min_group: int = 5,
 ) -> dict[str, Any]:
     """ROC-AUC, TPR, FPR and underdiagnosis rate per sex, age band and view.
 
@@ -243,36 +292,59 @@ def subgroup_metrics(
         for g in sorted(set(values.tolist())):
             m = values == g
             yy, pp = y[m], prob[m]
-            entry: dict[str, Any] = {"n": int(m.sum()), "n_abnormal": int(yy.sum()),
-                                     "n_normal": int((1 - yy).sum()), "roc_auc": roc_auc(yy, pp)}
+            entry: dict[str, Any] = {
+                "n": int(m.sum()),
+                "n_abnormal": int(yy.sum()),
+                "n_normal": int((1 - yy).sum()),
+                "roc_auc": roc_auc(yy, pp),
+            }
             for op, thr in thresholds.items():
                 tm = threshold_metrics(yy, pp, thr)
-                entry[op] = {"tpr": tm["sensitivity"], "fpr": 1 - tm["specificity"]
-                             if np.isfinite(tm["specificity"]) else float("nan"),
-                             "underdiagnosis_rate": 1 - tm["sensitivity"]
-                             if np.isfinite(tm["sensitivity"]) else float("nan")}
+                entry[op] = {
+                    "tpr": tm["sensitivity"],
+                    "fpr": 1 - tm["specificity"]
+                    if np.isfinite(tm["specificity"])
+                    else float("nan"),
+                    "underdiagnosis_rate": 1 - tm["sensitivity"]
+                    if np.isfinite(tm["sensitivity"])
+                    else float("nan"),
+                }
             groups[g] = entry
         gaps: dict[str, Any] = {}
         for op in thresholds:
-            for key, need in (("tpr", "n_abnormal"), ("fpr", "n_normal"), ("underdiagnosis_rate", "n_abnormal")):
-                vals = {g: e[op][key] for g, e in groups.items()
-                        if e[need] >= min_group and np.isfinite(e[op][key])}
+            for key, need in (
+                ("tpr", "n_abnormal"),
+                ("fpr", "n_normal"),
+                ("underdiagnosis_rate", "n_abnormal"),
+            ):
+                vals = {
+                    g: e[op][key]
+                    for g, e in groups.items()
+                    if e[need] >= min_group and np.isfinite(e[op][key])
+                }
                 gaps[f"{op}.{key}"] = _gap(vals, min_group)
-        aucs = {g: e["roc_auc"] for g, e in groups.items()
-                if min(e["n_abnormal"], e["n_normal"]) >= min_group and np.isfinite(e["roc_auc"])}
+        aucs = {
+            g: e["roc_auc"]
+            for g, e in groups.items()
+            if min(e["n_abnormal"], e["n_normal"]) >= min_group and np.isfinite(e["roc_auc"])
+        }
         gaps["roc_auc"] = _gap(aucs, min_group)
         out[attr] = {"groups": groups, "largest_gaps": gaps}
     return out
 
 
-def _overall(y: np.ndarray, prob: np.ndarray, thresholds: dict[str, float], n_boot: int) -> dict[str, Any]:
+def _overall(
+    y: np.ndarray, prob: np.ndarray, thresholds: dict[str, float], n_boot: int
+) -> dict[str, Any]:
     bal = thresholds.get("balanced", 0.5)
 
     def at(key: str, thr: float):
         return lambda yy, pp: threshold_metrics(yy, pp, thr)[key]
 
     res: dict[str, Any] = {
-        "n": int(len(y)), "n_abnormal": int(y.sum()), "n_normal": int((1 - y).sum()),
+        "n": len(y),
+        "n_abnormal": int(y.sum()),
+        "n_normal": int((1 - y).sum()),
         "roc_auc": bootstrap_ci(roc_auc, y, prob, n_boot=n_boot),
         "brier": bootstrap_ci(brier_score, y, prob, n_boot=n_boot),
         "average_precision": average_precision(y, prob),
@@ -288,7 +360,8 @@ def _overall(y: np.ndarray, prob: np.ndarray, thresholds: dict[str, float], n_bo
             "threshold": thr,
             "sensitivity": bootstrap_ci(at("sensitivity", thr), y, prob, n_boot=n_boot),
             "specificity": bootstrap_ci(at("specificity", thr), y, prob, n_boot=n_boot),
-            "ppv": tm["precision"], "confusion": {k: int(tm[k]) for k in ("tp", "fp", "tn", "fn")},
+            "ppv": tm["precision"],
+            "confusion": {k: int(tm[k]) for k in ("tp", "fp", "tn", "fn")},
         }
     return res
 
@@ -315,8 +388,12 @@ def _plots(out: Path, curves: dict[str, tuple[np.ndarray, np.ndarray]], title: s
     fig, ax = plt.subplots(figsize=(5, 5))
     for name, (y, p) in curves.items():
         prec, rec, _ = precision_recall_curve(y, p)
-        ax.step(np.r_[0, rec], np.r_[prec[0], prec], where="post",
-                label=f"{name} (AP {average_precision(y, p):.3f})")
+        ax.step(
+            np.r_[0, rec],
+            np.r_[prec[0], prec],
+            where="post",
+            label=f"{name} (AP {average_precision(y, p):.3f})",
+        )
     ax.set(xlabel="recall", ylabel="precision", ylim=(0, 1.02), title=f"Precision-recall: {title}")
     ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
@@ -331,8 +408,11 @@ def _plots(out: Path, curves: dict[str, tuple[np.ndarray, np.ndarray]], title: s
         mp, fp = np.array(b["mean_predicted"]), np.array(b["fraction_positive"])
         ok = np.isfinite(mp)
         ax.plot(mp[ok], fp[ok], "o-", label=f"{name} (Brier {brier_score(y, p):.3f})")
-    ax.set(xlabel="mean calibrated probability", ylabel="observed abnormal fraction",
-           title=f"Calibration: {title}")
+    ax.set(
+        xlabel="mean calibrated probability",
+        ylabel="observed abnormal fraction",
+        title=f"Calibration: {title}",
+    )
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "calibration.png", dpi=110)
@@ -355,59 +435,116 @@ def _fmt(ci: dict[str, Any] | float | None, digits: int = 3) -> str:
 def _report(metrics: dict[str, Any], card: ModelCard) -> str:
     v = metrics["variants"]
     names = list(v)
-    lines = [f"# Evaluation: {metrics['title']}", "",
-             f"Model **{card.name} {card.version}** (weights sha256 `{card.sha256[:16]}…`), "
-             f"labels `{metrics['labels']}`"
-             + (f", split `{metrics['split']}`" if metrics["split"] else "")
-             + f", {metrics['n']} images ({metrics['n_abnormal']} abnormal, {metrics['n_normal']} normal).",
-             f"Calibration: temperature {card.temperature:.3f} (fitted on validation). "
-             f"Operating points fitted on validation: "
-             + ", ".join(f"{k} = {p['threshold']:.4f}" for k, p in card.operating_points.items()) + ".",
-             f"95 % intervals: percentile bootstrap over images, {metrics['n_boot']} resamples. "
-             "Point metrics (accuracy, precision, recall, F1) at the balanced operating point.", "",
-             "## Overall, side by side", "",
-             "| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-    rows = [("ROC-AUC", "roc_auc"), ("Brier", "brier"), ("accuracy", "accuracy"), ("precision", "precision"),
-            ("recall", "recall"), ("F1", "f1")]
+    split_text = f", split `{metrics['split']}`" if metrics["split"] else ""
+    points_text = ", ".join(f"{k} = {p['threshold']:.4f}" for k, p in card.operating_points.items())
+    lines = [
+        f"# Evaluation: {metrics['title']}",
+        "",
+        (
+            f"Model **{card.name} {card.version}** (weights sha256 `{card.sha256[:16]}…`), "
+            f"labels `{metrics['labels']}`{split_text}, {metrics['n']} images "
+            f"({metrics['n_abnormal']} abnormal, {metrics['n_normal']} normal)."
+        ),
+        (
+            f"Calibration: temperature {card.temperature:.3f} (fitted on validation). "
+            f"Operating points fitted on validation: {points_text}."
+        ),
+        (
+            f"95 % intervals: percentile bootstrap over images, {metrics['n_boot']} resamples. "
+            "Point metrics (accuracy, precision, recall, F1) at the balanced operating point."
+        ),
+        "",
+        "## Overall, side by side",
+        "",
+        "| metric | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    rows = [
+        ("ROC-AUC", "roc_auc"),
+        ("Brier", "brier"),
+        ("accuracy", "accuracy"),
+        ("precision", "precision"),
+        ("recall", "recall"),
+        ("F1", "f1"),
+    ]
     for label, key in rows:
         lines.append(f"| {label} | " + " | ".join(_fmt(v[n]["overall"][key]) for n in names) + " |")
-    lines.append("| average precision | " + " | ".join(_fmt(v[n]["overall"]["average_precision"]) for n in names) + " |")
-    lines.append("| ECE (10 bins) | " + " | ".join(_fmt(v[n]["overall"]["ece"]) for n in names) + " |")
+    lines.append(
+        "| average precision | "
+        + " | ".join(_fmt(v[n]["overall"]["average_precision"]) for n in names)
+        + " |"
+    )
+    lines.append(
+        "| ECE (10 bins) | " + " | ".join(_fmt(v[n]["overall"]["ece"]) for n in names) + " |"
+    )
     for op in card.operating_points:
         for key in ("sensitivity", "specificity"):
-            lines.append(f"| {key} @ {op} | " + " | ".join(
-                _fmt(v[n]["overall"]["operating_points"][op][key]) for n in names) + " |")
-    lines.append("| images not scored | " + " | ".join(str(len(v[n]["errors"])) for n in names) + " |")
+            lines.append(
+                f"| {key} @ {op} | "
+                + " | ".join(_fmt(v[n]["overall"]["operating_points"][op][key]) for n in names)
+                + " |"
+            )
+    lines.append(
+        "| images not scored | " + " | ".join(str(len(v[n]["errors"])) for n in names) + " |"
+    )
     lines += ["", "Variants:", ""] + [f"- `{n}`: {VARIANT_DESCRIPTIONS.get(n, n)}" for n in names]
     first = names[0]
-    lines += ["", f"## Subgroups ({first})", "",
-              "TPR, FPR and underdiagnosis rate (1 - TPR) at the balanced and high-sensitivity "
-              "operating points. Missing demographics form their own group.", ""]
+    lines += [
+        "",
+        f"## Subgroups ({first})",
+        "",
+        (
+            "TPR, FPR and underdiagnosis rate (1 - TPR) at the balanced and high-sensitivity "
+            "operating points. Missing demographics form their own group."
+        ),
+        "",
+    ]
     for attr, block in v[first]["subgroups"].items():
-        lines += [f"### {attr}", "", "| group | n | abnormal | ROC-AUC | TPR bal. | FPR bal. | underdiag. bal. "
-                  "| TPR high-sens. | FPR high-sens. | underdiag. high-sens. |", "|---|---|---|---|---|---|---|---|---|---|"]
+        header = (
+            "| group | n | abnormal | ROC-AUC | TPR bal. | FPR bal. | underdiag. bal. "
+            "| TPR high-sens. | FPR high-sens. | underdiag. high-sens. |"
+        )
+        lines += [f"### {attr}", "", header, "|---|---|---|---|---|---|---|---|---|---|"]
         for g, e in block["groups"].items():
             b, h = e.get("balanced", {}), e.get("high_sensitivity", {})
-            lines.append(f"| {g} | {e['n']} | {e['n_abnormal']} | {_fmt(e['roc_auc'])} | "
-                         f"{_fmt(b.get('tpr'))} | {_fmt(b.get('fpr'))} | {_fmt(b.get('underdiagnosis_rate'))} | "
-                         f"{_fmt(h.get('tpr'))} | {_fmt(h.get('fpr'))} | {_fmt(h.get('underdiagnosis_rate'))} |")
-        lines += ["", "Largest gap per metric (groups with at least 5 images of the class needed):", "",
-                  "| metric | gap | highest | lowest |", "|---|---|---|---|"]
+            lines.append(
+                f"| {g} | {e['n']} | {e['n_abnormal']} | {_fmt(e['roc_auc'])} | "
+                f"{_fmt(b.get('tpr'))} | {_fmt(b.get('fpr'))} | {_fmt(b.get('underdiagnosis_rate'))} | "
+                f"{_fmt(h.get('tpr'))} | {_fmt(h.get('fpr'))} | {_fmt(h.get('underdiagnosis_rate'))} |"
+            )
+        lines += [
+            "",
+            "Largest gap per metric (groups with at least 5 images of the class needed):",
+            "",
+            "| metric | gap | highest | lowest |",
+            "|---|---|---|---|",
+        ]
         for key, gp in block["largest_gaps"].items():
             if gp.get("gap") is None:
                 lines.append(f"| {key} | n/a | {gp.get('note')} | |")
             else:
                 lines.append(f"| {key} | {gp['gap']:.3f} | {gp['highest']} | {gp['lowest']} |")
         lines.append("")
-    lines += ["## Plots", "", "![ROC](roc.png) ![Precision-recall](precision_recall.png) "
-              "![Calibration](calibration.png)", ""]
+    lines += [
+        "## Plots",
+        "",
+        "![ROC](roc.png) ![Precision-recall](precision_recall.png) ![Calibration](calibration.png)",
+        "",
+    ]
     return "\n".join(lines)
 
 
 def evaluate_model(
-    model: str | Path, *, labels: str | Path, images_root: str | Path, out_dir: str | Path,
-    split: str | None = None, variants: str | Sequence[str] = "original", n_boot: int = 1000,
-    update_card: bool = False, title: str | None = None,
+    model: str | Path,
+    *,
+    labels: str | Path,
+    images_root: str | Path,
+    out_dir: str | Path,
+    split: str | None = None,
+    variants: str | Sequence[str] = "original",
+    n_boot: int = 1000,
+    update_card: bool = False,
+    title: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate an ONNX model on a labels file and write the report.
 
@@ -450,11 +587,21 @@ def evaluate_model(
     y_all = np.array([r.label for r in records])
     metrics: dict[str, Any] = {
         "title": title or f"{Path(labels).parent.name}{'/' + split if split else ''}",
-        "model": {"name": card.name, "version": card.version, "sha256": card.sha256,
-                  "path": str(Path(model).name)},
-        "labels": str(labels), "split": split, "n": len(records), "n_abnormal": int(y_all.sum()),
-        "n_normal": int((1 - y_all).sum()), "n_boot": n_boot, "thresholds": thresholds,
-        "providers": clf.active_providers, "variants": {},
+        "model": {
+            "name": card.name,
+            "version": card.version,
+            "sha256": card.sha256,
+            "path": str(Path(model).name),
+        },
+        "labels": str(labels),
+        "split": split,
+        "n": len(records),
+        "n_abnormal": int(y_all.sum()),
+        "n_normal": int((1 - y_all).sum()),
+        "n_boot": n_boot,
+        "thresholds": thresholds,
+        "providers": clf.active_providers,
+        "variants": {},
     }
     curves = {}
     for vi, variant in enumerate(variants):
@@ -475,23 +622,50 @@ def evaluate_model(
             "overall": _overall(y, p, thresholds, n_boot) if len(y) else {},
             "subgroups": subgroup_metrics(y, p, recs_ok, thresholds) if len(y) else {},
             "calibration_bins": calibration_bins(y, p) if len(y) else {},
-            "errors": errors, "seconds": round(time.time() - t0, 1),
+            "errors": errors,
+            "seconds": round(time.time() - t0, 1),
         }
         curves[variant] = (y, p)
-        logger.info("%s: ROC-AUC %.4f, Brier %.4f (%d errors)", variant, roc_auc(y, p), brier_score(y, p), len(errors))
+        logger.info(
+            "%s: ROC-AUC %.4f, Brier %.4f (%d errors)",
+            variant,
+            roc_auc(y, p),
+            brier_score(y, p),
+            len(errors),
+        )
     metrics["plots"] = _plots(out, curves, metrics["title"])
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=True))
     (out / "report.md").write_text(_report(metrics, card))
     if update_card:
         key = metrics["title"]
-        summary = {v: {k: m["overall"][k] for k in ("n", "roc_auc", "brier", "accuracy", "precision",
-                                                     "recall", "f1", "average_precision", "ece",
-                                                     "operating_points")}
-                   for v, m in metrics["variants"].items() if m["overall"]}
+        summary = {
+            v: {
+                k: m["overall"][k]
+                for k in (
+                    "n",
+                    "roc_auc",
+                    "brier",
+                    "accuracy",
+                    "precision",
+                    "recall",
+                    "f1",
+                    "average_precision",
+                    "ece",
+                    "operating_points",
+                )
+            }
+            for v, m in metrics["variants"].items()
+            if m["overall"]
+        }
         new_metrics = {**card.metrics, key: summary}
         first = variants[0]
-        new_sub = {**card.subgroups, key: {a: {"groups": b["groups"], "largest_gaps": b["largest_gaps"]}
-                                           for a, b in metrics["variants"][first]["subgroups"].items()}}
+        new_sub = {
+            **card.subgroups,
+            key: {
+                a: {"groups": b["groups"], "largest_gaps": b["largest_gaps"]}
+                for a, b in metrics["variants"][first]["subgroups"].items()
+            },
+        }
         updated = card.model_copy(update={"metrics": new_metrics, "subgroups": new_sub})
         embed_card(model, updated)
     return metrics

@@ -32,23 +32,35 @@ INTENDED_USE = (
 )
 
 LIMITATIONS = (
-    "Trained from scratch on 3,140 pediatric (age 1-5) chest radiographs from one hospital "
-    "(Guangzhou; Kermany et al. 2018), where 'abnormal' means pneumonia (viral or bacterial); "
-    "other findings (nodules, effusion, pneumothorax, cardiomegaly, lines and tubes, fractures) "
-    "were not in the training labels.",
-    "Does not transfer to adults as trained: on the 64 px NIH ChestX-ray14 adult thumbnails "
-    "(another population, resolution and label set: any finding) ROC-AUC falls to about 0.6 "
-    "(see the card's metrics); a site must validate, and usually fine-tune, on its own data "
-    "before use.",
-    "Training images were 224 px 8-bit JPEGs; the model sees 128 px. Robustness to JPEG "
-    "recompression, lower resolution and MONOCHROME1/12-16 bit DICOM is tested on degraded "
-    "copies of the test split, not on images from other vendors with ground truth.",
-    "No age or sex in the training labels: subgroup performance by sex and age is unknown on "
-    "this data; the report lists missing demographics as their own group.",
-    "Frontal views only; lateral views, other body parts and non-human images must be "
-    "filtered out before the model (the node's series selection does this).",
-    "Calibration (temperature) and operating points were fitted on the validation split of the "
-    "same hospital; prevalence at a new site changes the positive predictive value.",
+    (
+        "Trained from scratch on 3,140 pediatric (age 1-5) chest radiographs from one hospital "
+        "(Guangzhou; Kermany et al. 2018), where 'abnormal' means pneumonia (viral or bacterial); "
+        "other findings (nodules, effusion, pneumothorax, cardiomegaly, lines and tubes, fractures) "
+        "were not in the training labels."
+    ),
+    (
+        "Does not transfer to adults as trained: on the 64 px NIH ChestX-ray14 adult thumbnails "
+        "(another population, resolution and label set: any finding) ROC-AUC falls to about 0.6 "
+        "(see the card's metrics); a site must validate, and usually fine-tune, on its own data "
+        "before use."
+    ),
+    (
+        "Training images were 224 px 8-bit JPEGs; the default model sees 160 px. Robustness to JPEG "
+        "recompression, lower resolution and MONOCHROME1/12-16 bit DICOM is tested on degraded "
+        "copies of the test split, not on images from other vendors with ground truth."
+    ),
+    (
+        "No age or sex in the training labels: subgroup performance by sex and age is unknown on "
+        "this data; the report lists missing demographics as their own group."
+    ),
+    (
+        "Frontal views only; lateral views, other body parts and non-human images must be "
+        "filtered out before the model (the node's series selection does this)."
+    ),
+    (
+        "Calibration (temperature) and operating points were fitted on the validation split of the "
+        "same hospital; prevalence at a new site changes the positive predictive value."
+    ),
 )
 
 
@@ -65,7 +77,9 @@ class ParityError(Exception):
     """ONNX Runtime output differs from the torch model beyond tolerance."""
 
 
-def export_onnx(model: torch.nn.Module, spec: PreprocessSpec, path: str | Path, *, opset: int = 17) -> Path:
+def export_onnx(
+    model: torch.nn.Module, spec: PreprocessSpec, path: str | Path, *, opset: int = 17
+) -> Path:
     """Trace ``model`` to ONNX with a dynamic batch axis and run the ONNX checker.
 
     Parameters
@@ -108,8 +122,13 @@ def export_onnx(model: torch.nn.Module, spec: PreprocessSpec, path: str | Path, 
 
 
 def parity_check(
-    model: torch.nn.Module, onnx_path: str | Path, spec: PreprocessSpec, *, atol: float = 1e-4,
-    batch: int = 5, seed: int = 0,
+    model: torch.nn.Module,
+    onnx_path: str | Path,
+    spec: PreprocessSpec,
+    *,
+    atol: float = 1e-4,
+    batch: int = 5,
+    seed: int = 0,
 ) -> dict[str, float]:
     """Compare ONNX Runtime (CPU) and torch outputs on random inputs.
 
@@ -133,13 +152,20 @@ def parity_check(
     d_emb = float(np.max(np.abs(o_emb - t_emb.numpy())))
     logger.info("parity: max abs diff logits %.3e, embedding %.3e", d_logits, d_emb)
     if not (d_logits <= atol and d_emb <= atol):
-        raise ParityError(f"ONNX/torch parity failed: logits {d_logits:.3e}, embedding {d_emb:.3e} > {atol:g}")
+        raise ParityError(
+            f"ONNX/torch parity failed: logits {d_logits:.3e}, embedding {d_emb:.3e} > {atol:g}"
+        )
     return {"max_abs_diff_logits": d_logits, "max_abs_diff_embedding": d_emb}
 
 
 def export_checkpoint(
-    checkpoint: str | Path, out: str | Path, *, opset: int = 17, atol: float = 1e-4,
-    name: str = "cxr-triage-default", version: str = "0.1.0",
+    checkpoint: str | Path,
+    out: str | Path,
+    *,
+    opset: int = 17,
+    atol: float = 1e-4,
+    name: str = "cxr-triage-default",
+    version: str = "0.1.0",
     training_data_description: str = KERMANY_DESCRIPTION,
 ) -> dict[str, Any]:
     """Export a training checkpoint to ONNX with an initial (uncalibrated) model card.
@@ -168,25 +194,47 @@ def export_checkpoint(
         version=version,
         intended_use=INTENDED_USE,
         limitations=list(LIMITATIONS),
-        architecture={"backbone": cfg.backbone, "timm_name": bspec.timm_name,
-                      "description": bspec.description, "head": "linear (1 unit, abnormal logit)",
-                      "pretrained": False, "embedding_dim": emb_dim,
-                      "parameters": int(sum(p.numel() for p in model.parameters()))},
-        input={"name": "image", "shape": ["N", *spec.shape], "dtype": "float32",
-               "layout": "NCHW", "batch": "dynamic"},
-        outputs={"logits": {"shape": ["N"], "meaning": "abnormal logit (uncalibrated)"},
-                 "embedding": {"shape": ["N", emb_dim], "meaning": "pooled backbone features"}},
+        architecture={
+            "backbone": cfg.backbone,
+            "timm_name": bspec.timm_name,
+            "description": bspec.description,
+            "head": "linear (1 unit, abnormal logit)",
+            "pretrained": False,
+            "embedding_dim": emb_dim,
+            "parameters": int(sum(p.numel() for p in model.parameters())),
+        },
+        input={
+            "name": "image",
+            "shape": ["N", *spec.shape],
+            "dtype": "float32",
+            "layout": "NCHW",
+            "batch": "dynamic",
+        },
+        outputs={
+            "logits": {"shape": ["N"], "meaning": "abnormal logit (uncalibrated)"},
+            "embedding": {"shape": ["N", emb_dim], "meaning": "pooled backbone features"},
+        },
         preprocessing=spec.to_dict(),
-        training_data={"labels_file": Path(cfg.labels).name,
-                       "images_root": Path(cfg.images_root).name,
-                       "trained_on_split": "train", "calibrated_on_split": "val",
-                       "description": training_data_description},
-        training={"epochs_run": state["epoch"], "best_epoch": state["best_epoch"],
-                  "best_val_roc_auc": state["best_auc"], "seconds": round(state["elapsed_s"], 1),
-                  "stop_reason": summary.get("stop_reason"),
-                  "config": {k: v for k, v in ckpt["config"].items()
-                             if k not in ("labels", "images_root", "out_dir")},
-                  "export": {"opset": opset, **parity}},
+        training_data={
+            "labels_file": Path(cfg.labels).name,
+            "images_root": Path(cfg.images_root).name,
+            "trained_on_split": "train",
+            "calibrated_on_split": "val",
+            "description": training_data_description,
+        },
+        training={
+            "epochs_run": state["epoch"],
+            "best_epoch": state["best_epoch"],
+            "best_val_roc_auc": state["best_auc"],
+            "seconds": round(state["elapsed_s"], 1),
+            "stop_reason": summary.get("stop_reason"),
+            "config": {
+                k: v
+                for k, v in ckpt["config"].items()
+                if k not in ("labels", "images_root", "out_dir")
+            },
+            "export": {"opset": opset, **parity},
+        },
     )
     embed_card(path, card)
     return {"path": str(path), **parity}

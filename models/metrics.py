@@ -39,7 +39,9 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def _check(y: Sequence[int] | np.ndarray, s: Sequence[float] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _check(
+    y: Sequence[int] | np.ndarray, s: Sequence[float] | np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     y = np.asarray(y).astype(int).ravel()
     s = np.asarray(s, dtype=np.float64).ravel()
     if y.shape != s.shape:
@@ -102,7 +104,9 @@ def precision_recall_curve(
     return precision, recall, s_sorted[distinct]
 
 
-def average_precision(y_true: Sequence[int] | np.ndarray, score: Sequence[float] | np.ndarray) -> float:
+def average_precision(
+    y_true: Sequence[int] | np.ndarray, score: Sequence[float] | np.ndarray
+) -> float:
     """Average precision, ``sum_n (R_n - R_{n-1}) P_n`` (as scikit-learn)."""
     precision, recall, _ = precision_recall_curve(y_true, score)
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
@@ -114,7 +118,9 @@ def brier_score(y_true: Sequence[int] | np.ndarray, prob: Sequence[float] | np.n
     return float(np.mean((p - y) ** 2))
 
 
-def confusion(y_true: Sequence[int] | np.ndarray, pred: Sequence[int] | np.ndarray) -> dict[str, int]:
+def confusion(
+    y_true: Sequence[int] | np.ndarray, pred: Sequence[int] | np.ndarray
+) -> dict[str, int]:
     """Counts ``tp, fp, tn, fn`` for 0/1 predictions."""
     y, p = _check(y_true, pred)
     p = p.astype(int)
@@ -159,9 +165,11 @@ def operating_point_balanced(y_true: np.ndarray, prob: np.ndarray) -> float:
     return float(thr[int(np.argmax(j))])
 
 
-def operating_point_for_sensitivity(y_true: np.ndarray, prob: np.ndarray, target: float = 0.95) -> float:
+def operating_point_for_sensitivity(
+    y_true: np.ndarray, prob: np.ndarray, target: float = 0.95
+) -> float:
     """Highest threshold whose sensitivity is at least ``target``."""
-    fpr, tpr, thr = roc_curve(y_true, prob)
+    _, tpr, thr = roc_curve(y_true, prob)
     ok = np.nonzero(tpr >= target)[0]
     idx = int(ok[0]) if len(ok) else len(thr) - 1
     return float(thr[max(idx, 1)])
@@ -180,7 +188,12 @@ def calibration_bins(
         count.append(int(m.sum()))
         mean_p.append(float(p[m].mean()) if m.any() else float("nan"))
         frac.append(float(y[m].mean()) if m.any() else float("nan"))
-    return {"edges": edges.tolist(), "mean_predicted": mean_p, "fraction_positive": frac, "count": count}
+    return {
+        "edges": edges.tolist(),
+        "mean_predicted": mean_p,
+        "fraction_positive": frac,
+        "count": count,
+    }
 
 
 def expected_calibration_error(y_true: np.ndarray, prob: np.ndarray, n_bins: int = 10) -> float:

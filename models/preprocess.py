@@ -31,11 +31,11 @@ from PIL import Image
 __all__ = [
     "PreprocessError",
     "PreprocessSpec",
+    "dataset_to_display_array",
     "preprocess_array",
     "preprocess_dataset",
     "preprocess_file",
     "preprocess_pil",
-    "dataset_to_display_array",
 ]
 
 logger = logging.getLogger(__name__)
@@ -278,7 +278,7 @@ def dataset_to_display_array(ds: pydicom.Dataset, *, voi: bool = False) -> tuple
     if voi and ("WindowCenter" in ds or "VOILUTSequence" in ds):
         try:
             windowed_values = apply_voi_lut(values, ds, index=0)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - malformed VOI attributes: use percentiles
             logger.warning("ignoring an unusable VOI LUT/window: %s", exc)
         else:
             if np.ptp(windowed_values) > 0:
@@ -404,12 +404,12 @@ def preprocess_file(path: str | Path, spec: PreprocessSpec) -> np.ndarray:
             return preprocess_pil(img, spec)
     except PreprocessError:
         raise
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for non-images
         pil_error = exc
     # Not an image Pillow knows: maybe DICOM without preamble / File Meta.
     try:
         ds = pydicom.dcmread(path, force=True)
-    except Exception:
+    except Exception:  # noqa: BLE001 - neither an image nor DICOM: reported below
         ds = None
     if ds is not None and "PixelData" in ds:
         if not hasattr(ds, "file_meta") or "TransferSyntaxUID" not in ds.file_meta:

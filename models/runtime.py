@@ -19,7 +19,13 @@ import numpy as np
 
 from models.card import CARD_KEY, ModelCard, read_card, sidecar_path
 
-__all__ = ["Classifier", "ModelLoadError", "choose_providers", "default_model_path", "DEFAULT_MODEL_NAME"]
+__all__ = [
+    "DEFAULT_MODEL_NAME",
+    "Classifier",
+    "ModelLoadError",
+    "choose_providers",
+    "default_model_path",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -68,8 +74,9 @@ def choose_providers(requested: list[str] | None = None) -> list[str]:
                 if name not in chosen:
                     chosen.append(name)
             else:
-                logger.warning("ONNX Runtime provider %s is not available (have %s)", name,
-                               sorted(available))
+                logger.warning(
+                    "ONNX Runtime provider %s is not available (have %s)", name, sorted(available)
+                )
     if CPU not in chosen:
         chosen.append(CPU)
     return chosen
@@ -166,7 +173,11 @@ class Classifier:
             if name != CPU and name not in active:
                 logger.warning(
                     "requested ONNX Runtime provider %s is not active for %s (running on %s); "
-                    "inference falls back to CPU", name, path.name, active)
+                    "inference falls back to CPU",
+                    name,
+                    path.name,
+                    active,
+                )
         text = session.get_modelmeta().custom_metadata_map.get(CARD_KEY)
         try:
             card = ModelCard.from_json(text) if text else read_card(path)
@@ -177,8 +188,13 @@ class Classifier:
         if not text:
             logger.info("model card of %s read from %s", path.name, sidecar_path(path).name)
         clf = cls(session, card, path, max_batch=max_batch)
-        logger.info("loaded model %s %s (sha256 %s) on %s", card.name, card.version,
-                    card.sha256[:12], active)
+        logger.info(
+            "loaded model %s %s (sha256 %s) on %s",
+            card.name,
+            card.version,
+            card.sha256[:12],
+            active,
+        )
         return clf
 
     # ------------------------------------------------------------------------
@@ -188,14 +204,18 @@ class Classifier:
             x = x[None]
         expected = tuple(self.card.preprocess_spec.shape)
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
-            raise ValueError(f"batch must have shape (N, {', '.join(map(str, expected))}), got {x.shape}")
+            raise ValueError(
+                f"batch must have shape (N, {', '.join(map(str, expected))}), got {x.shape}"
+            )
         return np.ascontiguousarray(x)
 
     def _run(self, batch: np.ndarray, outputs: list[str]) -> list[np.ndarray]:
         x = self._check_batch(batch)
         if len(x) == 0:
-            return [np.zeros((0,), np.float32) if o == "logits" else np.zeros((0, 0), np.float32)
-                    for o in outputs]
+            return [
+                np.zeros((0,), np.float32) if o == "logits" else np.zeros((0, 0), np.float32)
+                for o in outputs
+            ]
         parts: list[list[np.ndarray]] = [[] for _ in outputs]
         for start in range(0, len(x), self.max_batch):
             res = self.session.run(outputs, {self.input_name: x[start : start + self.max_batch]})

@@ -37,7 +37,7 @@ from models.data import Record, read_labels
 from models.metrics import brier_score, roc_auc, sigmoid
 from models.preprocess import PreprocessSpec, pil_to_array, preprocess_pil
 
-__all__ = ["TrainConfig", "augment", "load_images", "train", "load_checkpoint_model"]
+__all__ = ["TrainConfig", "augment", "load_checkpoint_model", "load_images", "train"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     patience: int = 8
     seed: int = 20261123
-    threads: int = 2
+    threads: int = 1
     workers: int = 1
     max_minutes: float | None = None
     max_train_images: int | None = None
@@ -113,8 +113,8 @@ def augment(arr: np.ndarray, rng: np.random.Generator) -> Image.Image:
     if rng.random() < 0.8:
         scale = rng.uniform(0.7, 1.0)
         ratio = math.exp(rng.uniform(math.log(0.85), math.log(1.18)))
-        cw = min(w, int(round(math.sqrt(scale * w * h * ratio))))
-        ch = min(h, int(round(math.sqrt(scale * w * h / ratio))))
+        cw = min(w, round(math.sqrt(scale * w * h * ratio)))
+        ch = min(h, round(math.sqrt(scale * w * h / ratio)))
         x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
         img = img.crop((x0, y0, x0 + cw, y0 + ch))
     elif rng.random() < 0.5:
@@ -151,7 +151,14 @@ def augment(arr: np.ndarray, rng: np.random.Generator) -> Image.Image:
 
 
 class _TrainSet(Dataset):
-    def __init__(self, images: list[np.ndarray], labels: np.ndarray, spec: PreprocessSpec, seed: int, aug: bool):
+    def __init__(
+        self,
+        images: list[np.ndarray],
+        labels: np.ndarray,
+        spec: PreprocessSpec,
+        seed: int,
+        aug: bool,
+    ):
         self.images, self.labels, self.spec, self.seed, self.aug = images, labels, spec, seed, aug
         self.epoch = 0
 
@@ -250,12 +257,23 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     y_train = np.array([r.label for r in train_recs], dtype=np.float32)
     y_val = np.array([r.label for r in val_recs], dtype=int)
     x_val = preprocess_all(val_imgs, spec)
-    logger.info("decoded %d train / %d val images in %.1fs", len(train_imgs), len(val_imgs), time.time() - t0)
+    logger.info(
+        "decoded %d train / %d val images in %.1fs",
+        len(train_imgs),
+        len(val_imgs),
+        time.time() - t0,
+    )
 
     model = build_model(cfg.backbone, in_chans=spec.channels)
     ema = _Ema(model, cfg.ema_decay) if cfg.ema_decay else None
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    state: dict[str, Any] = {"epoch": 0, "best_auc": -1.0, "best_epoch": -1, "history": [], "elapsed_s": 0.0}
+    state: dict[str, Any] = {
+        "epoch": 0,
+        "best_auc": -1.0,
+        "best_epoch": -1,
+        "history": [],
+        "elapsed_s": 0.0,
+    }
     last = out / "last.pt"
     if resume and last.exists():
         ckpt = torch.load(last, map_location="cpu", weights_only=False)
@@ -295,7 +313,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
                 break
             step = epoch * steps_per_epoch + i
             for g in opt.param_groups:
-                frac = ((time.time() - started) / (60 * cfg.max_minutes)) if cfg.max_minutes else 0.0
+                frac = (
+                    ((time.time() - started) / (60 * cfg.max_minutes)) if cfg.max_minutes else 0.0
+                )
                 g["lr"] = _lr_at(step, total, warm, cfg.lr, frac)
             logits, _ = model(x)
             loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y)
@@ -311,8 +331,13 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         auc = roc_auc(y_val, val_logits)
         brier = brier_score(y_val, sigmoid(val_logits))
         elapsed = time.time() - started
-        rec = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"), "val_auc": auc,
-               "val_brier": brier, "elapsed_s": round(elapsed, 1)}
+        rec = {
+            "epoch": epoch + 1,
+            "train_loss": float(np.mean(losses)) if losses else float("nan"),
+            "val_auc": auc,
+            "val_brier": brier,
+            "elapsed_s": round(elapsed, 1),
+        }
         state["history"].append(rec)
         state["epoch"] = epoch + 1
         state["elapsed_s"] = elapsed
@@ -320,8 +345,13 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         if improved:
             state["best_auc"], state["best_epoch"] = auc, epoch + 1
         # "model" holds the weights that are evaluated and exported (the EMA when enabled)
-        ckpt = {"model": eval_model.state_dict(), "optimizer": opt.state_dict(), "state": state,
-                "config": asdict(cfg), "torch_rng": torch.get_rng_state()}
+        ckpt = {
+            "model": eval_model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "state": state,
+            "config": asdict(cfg),
+            "torch_rng": torch.get_rng_state(),
+        }
         if ema is not None:
             ckpt["train_model"] = model.state_dict()
             ckpt["ema_updates"] = ema.updates
@@ -329,8 +359,15 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         (out / "last.pt.tmp").replace(last)
         if improved:
             torch.save(ckpt, out / "best.pt")
-        logger.info("epoch %d: loss %.4f val AUC %.4f Brier %.4f (%.0fs)%s", epoch + 1,
-                    rec["train_loss"], auc, brier, elapsed, " *" if improved else "")
+        logger.info(
+            "epoch %d: loss %.4f val AUC %.4f Brier %.4f (%.0fs)%s",
+            epoch + 1,
+            rec["train_loss"],
+            auc,
+            brier,
+            elapsed,
+            " *" if improved else "",
+        )
         tqdm.write(json.dumps(rec))
         if epoch + 1 - state["best_epoch"] >= cfg.patience:
             stop_reason = f"early stop: no val AUC gain for {cfg.patience} epochs"
@@ -338,9 +375,17 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         if cfg.max_minutes and elapsed / 60 >= cfg.max_minutes:
             stop_reason = f"time budget of {cfg.max_minutes} min reached"
             break
-    summary = {"config": asdict(cfg), "best_val_auc": state["best_auc"], "best_epoch": state["best_epoch"],
-               "epochs_run": state["epoch"], "train_seconds": round(state["elapsed_s"], 1),
-               "stop_reason": stop_reason, "history": state["history"],
-               "n_train": len(train_recs), "n_val": len(val_recs), "torch_threads": cfg.threads}
+    summary = {
+        "config": asdict(cfg),
+        "best_val_auc": state["best_auc"],
+        "best_epoch": state["best_epoch"],
+        "epochs_run": state["epoch"],
+        "train_seconds": round(state["elapsed_s"], 1),
+        "stop_reason": stop_reason,
+        "history": state["history"],
+        "n_train": len(train_recs),
+        "n_val": len(val_recs),
+        "torch_threads": cfg.threads,
+    }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

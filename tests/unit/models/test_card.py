@@ -8,11 +8,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.card import ModelCard, embed_card, read_card, sidecar_path, weights_sha256, write_card_json
+from models.card import (
+    ModelCard,
+    embed_card,
+    read_card,
+    sidecar_path,
+    weights_sha256,
+    write_card_json,
+)
 from models.preprocess import PreprocessSpec
 
 onnx = pytest.importorskip("onnx")
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+from onnx import TensorProto, helper, numpy_helper
 
 
 def _tiny_onnx(path: Path, weight: float = 2.0) -> Path:
@@ -26,10 +33,13 @@ def _tiny_onnx(path: Path, weight: float = 2.0) -> Path:
         helper.make_node("Unsqueeze", ["m", "axes1"], ["embedding"]),
     ]
     graph = helper.make_graph(
-        nodes, "tiny",
+        nodes,
+        "tiny",
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, 8, 8])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N"]),
-         helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", 1])],
+        [
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N"]),
+            helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", 1]),
+        ],
         initializer=[w, axes, axes1],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
@@ -41,13 +51,19 @@ def _tiny_onnx(path: Path, weight: float = 2.0) -> Path:
 
 def _card() -> ModelCard:
     return ModelCard(
-        name="tiny", version="1.2.3", intended_use="tests only", limitations=["not a model"],
+        name="tiny",
+        version="1.2.3",
+        intended_use="tests only",
+        limitations=["not a model"],
         input={"name": "image", "shape": ["N", 1, 8, 8]},
         preprocessing=PreprocessSpec(input_size=8).to_dict(),
         calibration={"method": "temperature", "temperature": 2.0},
-        operating_points={"balanced": {"threshold": 0.6, "sensitivity": 0.9, "specificity": 0.8},
-                          "high_sensitivity": {"threshold": 0.3, "sensitivity": 0.96, "specificity": 0.5}},
-        metrics={"test": {"roc_auc": {"value": 0.9}}}, subgroups={"sex": {}},
+        operating_points={
+            "balanced": {"threshold": 0.6, "sensitivity": 0.9, "specificity": 0.8},
+            "high_sensitivity": {"threshold": 0.3, "sensitivity": 0.96, "specificity": 0.5},
+        },
+        metrics={"test": {"roc_auc": {"value": 0.9}}},
+        subgroups={"sex": {}},
         training_data={"n": 1},
     )
 
@@ -92,8 +108,9 @@ def test_sidecar_fallback_and_missing(tmp_path: Path) -> None:
 
 def test_calibrate_and_threshold() -> None:
     card = _card()
-    np.testing.assert_allclose(card.calibrate(np.array([0.0, 2.0, -2.0])),
-                               1 / (1 + np.exp(-np.array([0.0, 1.0, -1.0]))))
+    np.testing.assert_allclose(
+        card.calibrate(np.array([0.0, 2.0, -2.0])), 1 / (1 + np.exp(-np.array([0.0, 1.0, -1.0])))
+    )
     assert card.threshold("balanced") == 0.6
     assert card.threshold("high_sensitivity") == 0.3
     with pytest.raises(KeyError, match="no operating point"):

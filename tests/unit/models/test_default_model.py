@@ -31,8 +31,21 @@ def clf() -> Classifier:
 
 def test_card_is_complete(clf: Classifier) -> None:
     card = clf.card
-    for field in ("name", "version", "sha256", "intended_use", "limitations", "input", "preprocessing",
-                  "labels", "calibration", "operating_points", "metrics", "subgroups", "training_data"):
+    for field in (
+        "name",
+        "version",
+        "sha256",
+        "intended_use",
+        "limitations",
+        "input",
+        "preprocessing",
+        "labels",
+        "calibration",
+        "operating_points",
+        "metrics",
+        "subgroups",
+        "training_data",
+    ):
         assert getattr(card, field), field
     assert card.labels == ["normal", "abnormal"]
     assert card.calibration["method"] == "temperature" and card.calibration["fitted_on"] == "val"
@@ -68,7 +81,9 @@ def test_runs_on_cpu_with_dynamic_batch(clf: Classifier) -> None:
 def test_scores_fixed_real_test_images(clf: Classifier, cxr_dir: Path) -> None:
     with (cxr_dir / "labels.csv").open() as fh:
         rows = [r for r in csv.DictReader(fh) if r["split"] == "test"]
-    chosen = [r for r in rows if r["label"] == "normal"][:60] + [r for r in rows if r["label"] == "abnormal"][:60]
+    chosen = [r for r in rows if r["label"] == "normal"][:60] + [
+        r for r in rows if r["label"] == "abnormal"
+    ][:60]
     spec = clf.card.preprocess_spec
     x = np.stack([preprocess_file(cxr_dir / r["image"], spec) for r in chosen])
     y = np.array([r["label"] == "abnormal" for r in chosen], dtype=int)
@@ -79,8 +94,12 @@ def test_scores_fixed_real_test_images(clf: Classifier, cxr_dir: Path) -> None:
 
 def test_scores_real_dicom(clf: Classifier, dicom_dir: Path) -> None:
     spec = clf.card.preprocess_spec
-    names = ["RG1_J2KI.dcm", "konica_CR_chest_Monochrome1-Jpeg.dcm", "canon_DX_chest_966_fixed.dcm",
-             "fuji_CR_chest_from_fodicom_withmeta.dcm"]
+    names = [
+        "RG1_J2KI.dcm",
+        "konica_CR_chest_Monochrome1-Jpeg.dcm",
+        "canon_DX_chest_966_fixed.dcm",
+        "fuji_CR_chest_from_fodicom_withmeta.dcm",
+    ]
     x = np.stack([preprocess_file(dicom_dir / "real" / n, spec) for n in names])
     prob = clf.predict_proba(x)
     assert prob.shape == (4,) and np.isfinite(prob).all()

@@ -41,11 +41,11 @@ def test_roc_curve_matches_sklearn(seed: int) -> None:
 
 def test_precision_recall_and_average_precision_match_sklearn() -> None:
     y, s = _fixed(4, ties=True)
-    p, r, t = M.precision_recall_curve(y, s)
-    sp, sr, st = sk.precision_recall_curve(y, s)
+    p, r, _ = M.precision_recall_curve(y, s)
+    sp, sr, _ = sk.precision_recall_curve(y, s)
     # sklearn returns increasing thresholds and appends (1, 0)
-    np.testing.assert_allclose(p[::-1], sp[:-1][-len(p):])
-    np.testing.assert_allclose(r[::-1], sr[:-1][-len(r):])
+    np.testing.assert_allclose(p[::-1], sp[:-1][-len(p) :])
+    np.testing.assert_allclose(r[::-1], sr[:-1][-len(r) :])
     assert M.average_precision(y, s) == pytest.approx(sk.average_precision_score(y, s), abs=1e-12)
 
 
@@ -75,8 +75,13 @@ def test_operating_points() -> None:
     bal = M.operating_point_balanced(y, s)
     fpr, tpr, thrs = sk.roc_curve(y, s)
     best = thrs[np.argmax(tpr - fpr)]
-    assert M.threshold_metrics(y, s, bal)["sensitivity"] + M.threshold_metrics(y, s, bal)["specificity"] == (
-        pytest.approx(M.threshold_metrics(y, s, best)["sensitivity"] + M.threshold_metrics(y, s, best)["specificity"])
+    assert M.threshold_metrics(y, s, bal)["sensitivity"] + M.threshold_metrics(y, s, bal)[
+        "specificity"
+    ] == (
+        pytest.approx(
+            M.threshold_metrics(y, s, best)["sensitivity"]
+            + M.threshold_metrics(y, s, best)["specificity"]
+        )
     )
 
 

@@ -16,11 +16,11 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("timm")
 pytest.importorskip("onnx")
 
-from models.backbones import BACKBONES, build_model  # noqa: E402
-from models.cli import main  # noqa: E402
-from models.export import ParityError, export_onnx, parity_check  # noqa: E402
-from models.preprocess import PreprocessSpec  # noqa: E402
-from models.runtime import Classifier  # noqa: E402
+from models.backbones import BACKBONES, build_model
+from models.cli import main
+from models.export import ParityError, export_onnx, parity_check
+from models.preprocess import PreprocessSpec
+from models.runtime import Classifier
 
 
 @pytest.fixture(scope="module")
@@ -60,12 +60,28 @@ def test_backbone_registry() -> None:
         build_model("not-a-backbone")
 
 
-def test_train_resume_export_calibrate_evaluate(tiny_labels: Path, cxr_dir: Path, tmp_path: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_train_resume_export_calibrate_evaluate(
+    tiny_labels: Path, cxr_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     run = tmp_path / "run"
-    common = ["--labels", str(tiny_labels), "--images-root", str(cxr_dir), "--out", str(run),
-              "--backbone", "resnet10t", "--input-size", "32", "--batch-size", "8", "--workers", "0",
-              "--threads", "1"]
+    common = [
+        "--labels",
+        str(tiny_labels),
+        "--images-root",
+        str(cxr_dir),
+        "--out",
+        str(run),
+        "--backbone",
+        "resnet10t",
+        "--input-size",
+        "32",
+        "--batch-size",
+        "8",
+        "--workers",
+        "0",
+        "--threads",
+        "1",
+    ]
     assert main(["train", *common, "--epochs", "1"]) == 0
     assert (run / "last.pt").exists() and (run / "best.pt").exists()
     assert main(["train", *common, "--epochs", "2", "--resume"]) == 0
@@ -80,18 +96,56 @@ def test_train_resume_export_calibrate_evaluate(tiny_labels: Path, cxr_dir: Path
         from models.evaluate import calibrate_model
 
         calibrate_model(onnx_path, labels=tiny_labels, images_root=cxr_dir, split="test")
-    assert main(["calibrate", str(onnx_path), "--labels", str(tiny_labels), "--images-root", str(cxr_dir)]) == 0
+    assert (
+        main(
+            [
+                "calibrate",
+                str(onnx_path),
+                "--labels",
+                str(tiny_labels),
+                "--images-root",
+                str(cxr_dir),
+            ]
+        )
+        == 0
+    )
     clf = Classifier.load(onnx_path)
     assert {"balanced", "high_sensitivity"} <= set(clf.card.operating_points)
     assert clf.card.operating_points["high_sensitivity"]["sensitivity"] >= 0.95
     assert clf.card.calibration["fitted_on"] == "val"
 
     out = tmp_path / "eval"
-    assert main(["evaluate", str(onnx_path), "--labels", str(tiny_labels), "--images-root", str(cxr_dir),
-                 "--split", "test", "--out", str(out), "--variants", "original,jpeg30_96px",
-                 "--n-boot", "50", "--update-card"]) == 0
-    for name in ("metrics.json", "predictions.csv", "report.md", "roc.png", "precision_recall.png",
-                 "calibration.png", "predictions_jpeg30_96px.csv"):
+    assert (
+        main(
+            [
+                "evaluate",
+                str(onnx_path),
+                "--labels",
+                str(tiny_labels),
+                "--images-root",
+                str(cxr_dir),
+                "--split",
+                "test",
+                "--out",
+                str(out),
+                "--variants",
+                "original,jpeg30_96px",
+                "--n-boot",
+                "50",
+                "--update-card",
+            ]
+        )
+        == 0
+    )
+    for name in (
+        "metrics.json",
+        "predictions.csv",
+        "report.md",
+        "roc.png",
+        "precision_recall.png",
+        "calibration.png",
+        "predictions_jpeg30_96px.csv",
+    ):
         assert (out / name).exists(), name
     with (out / "predictions.csv").open() as fh:
         rows = list(csv.DictReader(fh))
@@ -102,7 +156,11 @@ def test_train_resume_export_calibrate_evaluate(tiny_labels: Path, cxr_dir: Path
         assert overall[key]["ci_low"] <= overall[key]["value"] <= overall[key]["ci_high"], key
     groups = metrics["variants"]["original"]["subgroups"]["sex"]["groups"]
     assert set(groups) == {"F", "M", "missing"}
-    assert set(metrics["variants"]["original"]["subgroups"]["age_band"]["groups"]) == {"18-40", "75+", "missing"}
+    assert set(metrics["variants"]["original"]["subgroups"]["age_band"]["groups"]) == {
+        "18-40",
+        "75+",
+        "missing",
+    }
     card = Classifier.load(onnx_path).card
     assert card.metrics and card.subgroups
     probs = np.array([float(r["probability"]) for r in rows])

@@ -69,7 +69,9 @@ def test_dicom_and_png_of_same_image_agree(sample_png: Path, tmp_path: Path) -> 
     ds = make_dicom(pixels, photometric="MONOCHROME2")
     path = tmp_path / "same.dcm"
     ds.save_as(path, enforce_file_format=True)
-    np.testing.assert_allclose(preprocess_file(path, SPEC), preprocess_file(sample_png, SPEC), atol=TOL)
+    np.testing.assert_allclose(
+        preprocess_file(path, SPEC), preprocess_file(sample_png, SPEC), atol=TOL
+    )
 
 
 def test_dicom_with_rescale_and_16_bit_agrees_with_png(sample_png: Path) -> None:
@@ -144,7 +146,9 @@ def test_colour_and_multiframe_are_refused(dicom_dir: Path) -> None:
         preprocess_file(dicom_dir / "other" / "SC_rgb_jpeg_dcmtk.dcm", SPEC)
     with pytest.raises(PreprocessError, match="NumberOfFrames"):
         preprocess_file(dicom_dir / "other" / "emri_small.dcm", SPEC)
-    colour = Image.fromarray(np.dstack([np.zeros((20, 20)), np.full((20, 20), 200), np.zeros((20, 20))]).astype(np.uint8))
+    colour = Image.fromarray(
+        np.dstack([np.zeros((20, 20)), np.full((20, 20), 200), np.zeros((20, 20))]).astype(np.uint8)
+    )
     with pytest.raises(PreprocessError, match="colour"):
         preprocess_pil(colour, SPEC)
 
@@ -152,7 +156,9 @@ def test_colour_and_multiframe_are_refused(dicom_dir: Path) -> None:
 def test_grey_rgb_png_is_accepted() -> None:
     grey = np.tile(np.arange(64, dtype=np.uint8), (64, 1))
     rgb = Image.fromarray(np.dstack([grey] * 3))
-    np.testing.assert_allclose(preprocess_pil(rgb, SPEC), preprocess_pil(Image.fromarray(grey), SPEC), atol=TOL)
+    np.testing.assert_allclose(
+        preprocess_pil(rgb, SPEC), preprocess_pil(Image.fromarray(grey), SPEC), atol=TOL
+    )
 
 
 def test_missing_pixel_data_and_garbage(tmp_path: Path) -> None:
@@ -175,14 +181,22 @@ def test_keep_aspect_pads_with_black() -> None:
 
 
 def test_channels_are_repeated() -> None:
-    x = preprocess_array(np.random.default_rng(0).integers(0, 255, (50, 60)), PreprocessSpec(input_size=32, channels=3))
+    x = preprocess_array(
+        np.random.default_rng(0).integers(0, 255, (50, 60)),
+        PreprocessSpec(input_size=32, channels=3),
+    )
     assert x.shape == (3, 32, 32)
     np.testing.assert_array_equal(x[0], x[2])
 
 
 @settings(max_examples=40, deadline=None)
-@given(arrays(np.float32, st.tuples(st.integers(1, 80), st.integers(1, 80)),
-              elements=st.floats(-1e4, 1e4, width=32)))
+@given(
+    arrays(
+        np.float32,
+        st.tuples(st.integers(1, 80), st.integers(1, 80)),
+        elements=st.floats(-1e4, 1e4, width=32),
+    )
+)
 def test_any_finite_image_gives_finite_bounded_output(arr: np.ndarray) -> None:
     spec = PreprocessSpec(input_size=16)
     x = preprocess_array(arr, spec)

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 pytest.importorskip("onnx")
-from models.card import embed_card  # noqa: E402
-from models.runtime import Classifier, ModelLoadError, choose_providers, default_model_path  # noqa: E402
+from models.card import embed_card
+from models.runtime import Classifier, ModelLoadError, choose_providers, default_model_path
 
-from .test_card import _card, _tiny_onnx  # noqa: E402
+from .test_card import _card, _tiny_onnx
 
 
 @pytest.fixture()
@@ -46,7 +46,8 @@ def test_choose_providers(caplog: pytest.LogCaptureFixture) -> None:
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         with caplog.at_level(logging.WARNING):
             assert choose_providers(["TensorrtExecutionProvider", "CUDAExecutionProvider"]) == [
-                "CPUExecutionProvider"]
+                "CPUExecutionProvider"
+            ]
         assert "not available" in caplog.text
 
 
@@ -67,6 +68,8 @@ def test_runtime_modules_do_not_import_torch() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, models.runtime, models.preprocess, models.card, models.metrics, models.evaluate, "
-            "models.degrade; assert 'torch' not in sys.modules, 'torch imported'")
+    code = (
+        "import sys, models.runtime, models.preprocess, models.card, models.metrics, models.evaluate, "
+        "models.degrade; assert 'torch' not in sys.modules, 'torch imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
