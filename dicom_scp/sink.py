@@ -20,9 +20,9 @@ A crash before 4 leaves only a ``.partial`` file or a file in the incoming
 directory, removed at start-up (:func:`clean_stale_temp_files`). A receive that
 pynetdicom abandons mid-dataset (the association aborted, a disk that is really
 full) leaves its file in the incoming directory; :meth:`SpoolSink.sweep_incoming`
-removes it once it is older than the network timeout. A crash between 4 and 5 leaves a complete file
-under its final name with no row: the sender got no success and re-sends, which
-overwrites it. A committed row therefore always points to a complete, durable
+removes it once it is older than the network timeout. A crash between 4 and 5
+leaves a complete file under its final name with no row: the sender got no
+success and re-sends, which overwrites it. A committed row therefore always points to a complete, durable
 file. When the commit fails, the new file is removed only if no earlier copy of
 the instance was there and the database confirms it has no row for it; a
 re-sent instance's previously acknowledged copy is never deleted. Instances with
@@ -306,6 +306,8 @@ class SpoolSink:
                 if entry.is_file() and entry.stat().st_mtime < cutoff:
                     os.unlink(entry.path)
                     removed += 1
+            except FileNotFoundError:
+                continue  # moved into place or removed meanwhile
             except OSError as exc:
                 log.warning("could not remove abandoned receive %s: %s", entry.path, exc)
         if removed:
