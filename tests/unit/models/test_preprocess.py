@@ -126,6 +126,7 @@ def test_large_jpeg2000_is_fast(dicom_dir: Path) -> None:
     assert time.perf_counter() - t0 < 1.0
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")
 def test_torture_files_raise_only_preprocess_error(dicom_dir: Path) -> None:
     failures = 0
     for path in sorted((dicom_dir / "torture").iterdir()) + sorted((dicom_dir / "other").iterdir()):
