@@ -593,7 +593,7 @@ def evaluate_model(
             "sha256": card.sha256,
             "path": str(Path(model).name),
         },
-        "labels": str(labels),
+        "labels": "/".join(Path(labels).resolve().parts[-2:]),
         "split": split,
         "n": len(records),
         "n_abnormal": int(y_all.sum()),
