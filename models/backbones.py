@@ -11,6 +11,7 @@ is added by registering another spec, optionally with a ``checkpoint`` loader.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,12 +36,40 @@ class BackboneSpec:
         Input size used when the caller does not choose one.
     description : str
         One line for the model card.
+    builder : callable, optional
+        ``builder(in_chans=..., drop=...)`` returning the whole classifier, for
+        backbones that are more than a timm trunk (MedImageInsight).
+    preprocess : dict
+        Preprocessing the backbone expects (``PreprocessSpec`` fields).
     """
 
     timm_name: str
     kwargs: dict[str, Any] = field(default_factory=dict)
     default_input_size: int = 128
     description: str = ""
+    builder: Callable[..., nn.Module] | None = None
+    preprocess: dict[str, Any] = field(default_factory=dict)
+
+
+def _mii_builder(variant: str) -> Callable[..., nn.Module]:
+    def build(*, in_chans: int = 3, drop: float = 0.0) -> nn.Module:
+        from models.mii import build_mii_model
+
+        return build_mii_model(variant, in_chans=in_chans, drop=drop)
+
+    return build
+
+
+#: MedImageInsight's preprocessing (see ``models.mii.mii_preprocess_spec``).
+_MII_PREPROCESS = {
+    "channels": 3,
+    "window": "percentile",
+    "low": 1.0,
+    "high": 99.0,
+    "mean": 0.0,
+    "std": 1.0,
+    "keep_aspect": False,
+}
 
 
 BACKBONES: dict[str, BackboneSpec] = {
@@ -55,6 +84,26 @@ BACKBONES: dict[str, BackboneSpec] = {
     "regnetx_004": BackboneSpec("regnetx_004", {}, 128, "RegNetX-400MF (timm), 4.8 M parameters"),
     "efficientnet_b0": BackboneSpec(
         "efficientnet_b0", {}, 128, "EfficientNet-B0 (timm), 4.0 M parameters"
+    ),
+    # the shipped default model's configuration
+    "default": BackboneSpec(
+        "mobilenetv3_small_100", {}, 160, "MobileNetV3-Small 1.0 (timm) at 160 px, the default"
+    ),
+    "medimageinsight": BackboneSpec(
+        "davit_huge_fl",
+        {},
+        480,
+        "MedImageInsight image encoder (DaViT davit_huge_fl + 2048->1024 projection), 360 M",
+        builder=_mii_builder("full"),
+        preprocess={**_MII_PREPROCESS, "input_size": 480},
+    ),
+    "medimageinsight_tiny": BackboneSpec(
+        "davit_huge_fl",
+        {},
+        96,
+        "MedImageInsight structure, width-reduced (tests and smoke runs), 0.75 M",
+        builder=_mii_builder("tiny"),
+        preprocess={**_MII_PREPROCESS, "input_size": 96},
     ),
 }
 
@@ -82,7 +131,7 @@ class TriageNet(nn.Module):
         return logits, emb
 
 
-def build_model(name: str, in_chans: int = 1, drop: float = 0.2) -> TriageNet:
+def build_model(name: str, in_chans: int = 1, drop: float = 0.2) -> nn.Module:
     """Create a randomly initialised classifier for a registered backbone.
 
     Parameters
@@ -96,11 +145,14 @@ def build_model(name: str, in_chans: int = 1, drop: float = 0.2) -> TriageNet:
 
     Returns
     -------
-    TriageNet
+    torch.nn.Module
+        A :class:`TriageNet`, or the spec's ``builder`` result (same ``forward`` contract).
     """
     if name not in BACKBONES:
         raise KeyError(f"unknown backbone {name!r}; known: {sorted(BACKBONES)}")
     spec = BACKBONES[name]
+    if spec.builder is not None:
+        return spec.builder(in_chans=in_chans, drop=drop)
     backbone = timm.create_model(
         spec.timm_name, pretrained=False, num_classes=0, in_chans=in_chans, **spec.kwargs
     )

@@ -76,8 +76,13 @@ MII_GFLOPS_PER_IMAGE = 625.0
 IMAGE_PREFIXES = ("image_encoder.", "visual.")
 PROJECTION_KEYS = ("image_projection", "vision_projection")
 #: Top-level prefixes of the other towers of the checkpoint: present, ignored.
-OTHER_PREFIXES = ("lang_encoder.", "text_encoder.", "lang_projection", "text_projection",
-                  "logit_scale")
+OTHER_PREFIXES = (
+    "lang_encoder.",
+    "text_encoder.",
+    "lang_projection",
+    "text_projection",
+    "logit_scale",
+)
 
 
 class MiiError(Exception):
@@ -176,9 +181,7 @@ class MiiTriageNet(nn.Module):
         self.backbone = MiiEncoder(variant)
         self.drop = nn.Dropout(drop)
         self.head: nn.Module = nn.Linear(variant.embed_dim, 1)
-        self.register_buffer(
-            "mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False
-        )
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     @property
@@ -220,7 +223,9 @@ def build_mii_model(variant: str = "full", *, in_chans: int = 3, drop: float = 0
         Dropout before the head.
     """
     if variant not in MII_VARIANTS:
-        raise KeyError(f"unknown MedImageInsight variant {variant!r}; known: {sorted(MII_VARIANTS)}")
+        raise KeyError(
+            f"unknown MedImageInsight variant {variant!r}; known: {sorted(MII_VARIANTS)}"
+        )
     if in_chans not in (1, 3):
         raise ValueError(f"MedImageInsight takes 1 or 3 input channels, got {in_chans}")
     return MiiTriageNet(MII_VARIANTS[variant], drop=drop)
@@ -279,7 +284,7 @@ def mii_to_timm_key(key: str) -> str:
         raise CheckpointFormatError(
             f"checkpoint key {key!r} has no MedImageInsight image prefix {IMAGE_PREFIXES}"
         )
-    rest = key[len(prefix):]
+    rest = key[len(prefix) :]
     if m := _CONV_KEY.match(rest):
         stage, part, leaf = m.groups()
         tpart = "conv" if part == "proj" else "norm"
@@ -292,12 +297,14 @@ def mii_to_timm_key(key: str) -> str:
             raise CheckpointFormatError(f"checkpoint key {key!r}: unknown {kind} tensor {inner!r}")
         for old, new in _BLOCK_RENAMES:
             if inner.startswith(old):
-                inner = new + inner[len(old):]
+                inner = new + inner[len(old) :]
                 break
         return f"backbone.trunk.stages.{stage}.blocks.{idx}.{kind}.{inner}"
     if m := _NORMS_KEY.match(rest):
         return f"backbone.trunk.head.norm.{m.group(1)}"
-    raise CheckpointFormatError(f"checkpoint key {key!r} is not a known MedImageInsight image tensor")
+    raise CheckpointFormatError(
+        f"checkpoint key {key!r} is not a known MedImageInsight image tensor"
+    )
 
 
 def timm_to_mii_key(name: str, *, prefix: str = "image_encoder.") -> str:
@@ -306,9 +313,9 @@ def timm_to_mii_key(name: str, *, prefix: str = "image_encoder.") -> str:
         return "image_projection" if prefix == "image_encoder." else "vision_projection"
     if not name.startswith("backbone.trunk."):
         raise KeyError(f"{name!r} is not an encoder tensor")
-    rest = name[len("backbone.trunk."):]
+    rest = name[len("backbone.trunk.") :]
     if rest.startswith("stem."):
-        part, leaf = rest[len("stem."):].split(".")
+        part, leaf = rest[len("stem.") :].split(".")
         return f"{prefix}convs.0.{'proj' if part == 'conv' else 'norm'}.{leaf}"
     if m := re.match(r"^stages\.(\d+)\.downsample\.(conv|norm)\.(weight|bias)$", rest):
         stage, part, leaf = m.groups()
@@ -325,7 +332,7 @@ def timm_to_mii_key(name: str, *, prefix: str = "image_encoder.") -> str:
             ("mlp.", "ffn.fn.net."),
         ):
             if inner.startswith(old):
-                inner = new + inner[len(old):]
+                inner = new + inner[len(old) :]
                 break
         return f"{prefix}blocks.{stage}.{idx}.{kind}.{inner}"
     if m := re.match(r"^head\.norm\.(weight|bias)$", rest):
@@ -483,12 +490,10 @@ def load_mii_checkpoint(model: MiiTriageNet, path: str | Path) -> LoadReport:
     """
     path = Path(path)
     tensors = _read_safetensors(path)
-    encoder_state = {
-        f"backbone.{k}": v for k, v in model.backbone.state_dict().items()
-    }
+    encoder_state = {f"backbone.{k}": v for k, v in model.backbone.state_dict().items()}
     converted, prefix, n_ignored = convert_mii_state_dict(tensors, encoder_state)
     result = model.backbone.load_state_dict(
-        {k[len("backbone."):]: v for k, v in converted.items()}, strict=True
+        {k[len("backbone.") :]: v for k, v in converted.items()}, strict=True
     )
     if result.missing_keys or result.unexpected_keys:  # strict=True raises first; belt and braces
         raise CheckpointMismatchError(f"strict load left {result}")
@@ -605,8 +610,14 @@ def export_mii_onnx(
 
 
 def fp16_parity_check(
-    model: nn.Module, onnx_path: str | Path, spec: PreprocessSpec, *, atol: float = 2e-2,
-    batch: int = 3, seed: int = 0, providers: list[str] | None = None,
+    model: nn.Module,
+    onnx_path: str | Path,
+    spec: PreprocessSpec,
+    *,
+    atol: float = 2e-2,
+    batch: int = 3,
+    seed: int = 0,
+    providers: list[str] | None = None,
 ) -> dict[str, Any]:
     """Compare an fp16 graph with the float32 torch model on random [0, 1] images.
 
@@ -628,10 +639,14 @@ def fp16_parity_check(
     except OrtNotImplemented as exc:
         logger.warning("fp16 parity not checked: %s", exc)
         return {"parity_skipped": str(exc).splitlines()[0][:200]}
-    d_logits = float(np.max(np.abs(o_logits - t_logits.numpy()) / np.maximum(1, np.abs(t_logits.numpy()))))
+    d_logits = float(
+        np.max(np.abs(o_logits - t_logits.numpy()) / np.maximum(1, np.abs(t_logits.numpy())))
+    )
     d_emb = float(np.max(np.abs(o_emb - t_emb.numpy())))
     if not (d_logits <= atol and d_emb <= atol):
-        raise ParityError(f"fp16 parity failed: logits {d_logits:.3e}, embedding {d_emb:.3e} > {atol:g}")
+        raise ParityError(
+            f"fp16 parity failed: logits {d_logits:.3e}, embedding {d_emb:.3e} > {atol:g}"
+        )
     return {"max_abs_diff_logits": d_logits, "max_abs_diff_embedding": d_emb}
 
 
@@ -666,10 +681,14 @@ def mii_card(
         }
     )
     limitations = [
-        "Encoder pretrained by Microsoft (MedImageInsight); its training data and licence terms "
-        "apply. Only the head (probe) or the later stages (finetune) were fitted here.",
-        "Preprocessing follows Microsoft's (1st-99th percentile, 480x480 stretched) but keeps float "
-        "values instead of 8-bit and clips after resizing rather than before.",
+        (
+            "Encoder pretrained by Microsoft (MedImageInsight); its training data and licence terms "
+            "apply. Only the head (probe) or the later stages (finetune) were fitted here."
+        ),
+        (
+            "Preprocessing follows Microsoft's (1st-99th percentile, 480x480 stretched) but keeps float "
+            "values instead of 8-bit and clips after resizing rather than before."
+        ),
     ]
     return ModelCard(
         name=name,
