@@ -72,6 +72,53 @@ _MII_PREPROCESS = {
 }
 
 
+class PlainCNN(nn.Module):
+    """Plain CNN: blocks of [conv3x3-BN-ReLU] x ``depth`` with max-pool between them.
+
+    With the defaults, 8 conv layers (widths 32/64/128/256); the first conv has
+    stride ``stem_stride`` (2: the 128 px input is seen at 64 px after it).
+    Global average pooling gives ``num_features`` = the last width.
+    """
+
+    def __init__(
+        self,
+        in_chans: int = 1,
+        widths: tuple[int, ...] = (32, 64, 128, 256),
+        depth: int = 2,
+        stem_stride: int = 2,
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c = in_chans
+        for b, w in enumerate(widths):
+            if b:
+                layers.append(nn.MaxPool2d(2))
+            for j in range(depth):
+                stride = stem_stride if (b == 0 and j == 0) else 1
+                layers += [
+                    nn.Conv2d(c, w, 3, stride=stride, padding=1, bias=False),
+                    nn.BatchNorm2d(w),
+                    nn.ReLU(inplace=True),
+                ]
+                c = w
+        self.features = nn.Sequential(*layers)
+        self.num_features = c
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x).mean(dim=(2, 3))
+
+
+def _plaincnn_builder(**cnn_kwargs: Any) -> Callable[..., nn.Module]:
+    def build(*, in_chans: int = 1, drop: float = 0.2) -> nn.Module:
+        trunk = PlainCNN(in_chans=in_chans, **cnn_kwargs)
+        return TriageNet(trunk, trunk.num_features, drop=drop)
+
+    return build
+
+
 BACKBONES: dict[str, BackboneSpec] = {
     "resnet10t": BackboneSpec("resnet10t", {}, 128, "ResNet-10-T (timm), 4.9 M parameters"),
     "resnet18": BackboneSpec("resnet18", {}, 128, "ResNet-18 (timm), 11 M parameters"),
@@ -88,6 +135,13 @@ BACKBONES: dict[str, BackboneSpec] = {
     # the shipped default model's configuration
     "default": BackboneSpec(
         "mobilenetv3_small_100", {}, 160, "MobileNetV3-Small 1.0 (timm) at 160 px, the default"
+    ),
+    "plaincnn8": BackboneSpec(
+        "plaincnn8",
+        {},
+        128,
+        "plain 8-layer CNN ([conv3x3-BN-ReLU]x2 x 4 blocks, 32/64/128/256, max-pool), 1.2 M",
+        builder=_plaincnn_builder(),
     ),
     "medimageinsight": BackboneSpec(
         "davit_huge_fl",
