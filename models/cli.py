@@ -17,6 +17,8 @@ __all__ = ["main"]
 def _cmd_train(args: argparse.Namespace) -> int:
     from models.train import TrainConfig, train
 
+    if args.backbone.startswith("medimageinsight"):
+        return _train_mii(args)
     cfg = TrainConfig(
         labels=args.labels,
         images_root=args.images_root,
@@ -52,6 +54,27 @@ def _cmd_train(args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+def _train_mii(args: argparse.Namespace) -> int:
+    """MedImageInsight: the finetune/probe recipe of :mod:`models.mii_train`.
+
+    Its learning rate, batch and input size are the recipe's; ``triage-model mii``
+    exposes every option.
+    """
+    from models.mii_train import mii_main
+
+    if not args.mii_checkpoint:
+        raise ValueError(f"--backbone {args.backbone} needs --mii-checkpoint (a .safetensors file)")
+    argv = [args.mii_mode, "--labels", args.labels, "--images-root", args.images_root]
+    argv += ["--out", args.out, "--checkpoint", args.mii_checkpoint, "--threads", str(args.threads)]
+    argv += ["--variant", "tiny" if args.backbone.endswith("_tiny") else "full"]
+    argv += ["--seed", str(args.seed)]
+    if args.max_train_images:
+        argv += ["--max-train-images", str(args.max_train_images)]
+    if args.mii_mode == "finetune":
+        argv += ["--epochs", str(args.epochs)]
+    return mii_main(argv)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -143,7 +166,22 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-augment", action="store_true")
     t.add_argument("--ema-decay", type=float, default=0.995, help="weight EMA decay (0 disables)")
     t.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    t.add_argument(
+        "--mii-checkpoint",
+        default=None,
+        help="MedImageInsight .safetensors (medimageinsight backbones)",
+    )
+    t.add_argument(
+        "--mii-mode",
+        choices=("finetune", "probe"),
+        default="finetune",
+        help="MedImageInsight: fine-tune the encoder or fit probes on frozen embeddings",
+    )
     t.set_defaults(func=_cmd_train)
+
+    sub.add_parser(
+        "mii", help="MedImageInsight: finetune, probe, export (all options: triage-model mii -h)"
+    )
 
     e = sub.add_parser("export", help="export a checkpoint to ONNX with checker and parity check")
     e.add_argument("checkpoint")
@@ -186,6 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``triage-model`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["mii"]:
+        from models.mii_train import mii_main
+
+        return mii_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
