@@ -55,8 +55,14 @@ def _render(path: str, size: int, _mtime: int) -> bytes:
     try:
         ds = pydicom.dcmread(path, force=True)
         arr = ds.pixel_array
-    except (OSError, ValueError, AttributeError, RuntimeError, NotImplementedError) as exc:
+    except Exception as exc:  # noqa: BLE001 - any decoder failure: a broken image
         raise ThumbnailError(f"cannot decode pixels: {type(exc).__name__}") from exc
+    except BaseException as exc:
+        # Rust (pyo3) decoders such as pylibjpeg-rle raise PanicException, a
+        # BaseException, on corrupt data; interpreter exits stay fatal.
+        if type(exc).__name__ != "PanicException":
+            raise
+        raise ThumbnailError("cannot decode pixels: decoder panic") from exc
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
     if frames > 1:
