@@ -25,21 +25,10 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
+from worklist.logs import configure_logging
 from worklist.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("triage.cli")
-
-
-def _configure_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # pynetdicom logs every PDU at DEBUG and element values in some INFO lines;
-    # highdicom logs a line per copied module for every SR.
-    quiet = max(logging.WARNING, logging.getLogger().getEffectiveLevel())
-    for name in ("pynetdicom", "highdicom"):
-        logging.getLogger(name).setLevel(quiet)
 
 
 def _stop_event() -> threading.Event:
@@ -200,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"triage-node: {exc}", file=sys.stderr)  # noqa: T201
         return 2
-    _configure_logging(settings)
+    configure_logging(settings.log_level)
     if args.command == "serve":
         return cmd_serve(settings)
     if args.command == "scp":

@@ -248,6 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     int
         Exit status.
     """
+    from worklist.logs import configure_logging
     from worklist.settings import load_settings
 
     parser = argparse.ArgumentParser(prog="python -m triage.worker")
@@ -255,10 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=1)
     args = parser.parse_args(argv)
     settings = load_settings()
-    logging.basicConfig(
-        level=getattr(logging, str(settings.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s",
-    )
+    configure_logging(settings.log_level, with_process=True)
     run_worker(settings, args.queues.split(","), args.concurrency)
     return 0
 

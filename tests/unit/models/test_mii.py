@@ -197,7 +197,7 @@ def test_finetune_one_step(dataset, ckpt: Path, tmp_path: Path, source: MiiTriag
     summary = finetune(_cfg(dataset, ckpt, tmp_path, "finetune", epochs=1, max_steps=1))
     assert summary["steps"] == 1 and summary["accumulation"] == 6  # 48 = 6 x 8
     assert summary["checkpoint_sha256"] == file_sha256(ckpt)
-    model, cfg, _, _ = load_run(tmp_path / "best.pt")
+    model, _, _, _ = load_run(tmp_path / "best.pt")
     before, after = source.state_dict(), model.state_dict()
     assert torch.equal(
         before["backbone.trunk.stem.conv.weight"], after["backbone.trunk.stem.conv.weight"]
