@@ -23,6 +23,7 @@ repeated to 3 channels, and the card records the in-graph normalisation.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import re
@@ -175,9 +176,12 @@ class MiiTriageNet(nn.Module):
     or ``(N,)``: a linear unit (finetune) or a fitted probe head.
     """
 
-    def __init__(self, variant: MiiVariant, drop: float = 0.0) -> None:
+    def __init__(self, variant: MiiVariant, drop: float = 0.0, in_chans: int = 3) -> None:
         super().__init__()
+        if in_chans not in (1, 3):
+            raise ValueError(f"MedImageInsight takes 1 or 3 input channels, got {in_chans}")
         self.variant = variant
+        self.in_chans = in_chans
         self.backbone = MiiEncoder(variant)
         self.drop = nn.Dropout(drop)
         self.head: nn.Module = nn.Linear(variant.embed_dim, 1)
@@ -191,7 +195,7 @@ class MiiTriageNet(nn.Module):
 
     def embed(self, image: torch.Tensor) -> torch.Tensor:
         """L2-normalised embedding of preprocessed images."""
-        if image.shape[1] == 1:
+        if self.in_chans == 1:
             image = image.expand(-1, 3, -1, -1)
         x = (image - self.mean.to(image.dtype)) / self.std.to(image.dtype)
         return self.backbone(x)
@@ -226,9 +230,7 @@ def build_mii_model(variant: str = "full", *, in_chans: int = 3, drop: float = 0
         raise KeyError(
             f"unknown MedImageInsight variant {variant!r}; known: {sorted(MII_VARIANTS)}"
         )
-    if in_chans not in (1, 3):
-        raise ValueError(f"MedImageInsight takes 1 or 3 input channels, got {in_chans}")
-    return MiiTriageNet(MII_VARIANTS[variant], drop=drop)
+    return MiiTriageNet(MII_VARIANTS[variant], drop=drop, in_chans=in_chans)
 
 
 # -- key mapping ------------------------------------------------------------------------------
@@ -553,15 +555,20 @@ def write_synthetic_mii_checkpoint(
 
 
 class _Fp16Graph(nn.Module):
-    """float32 in/out, float16 inside (keeps the node's float32 contract)."""
+    """Encoder in float16, head in float32; float32 input and outputs (the node's contract).
 
-    def __init__(self, model: nn.Module) -> None:
+    The head stays float32 because probe heads (tree thresholds, probability
+    clipping at 1 - 1e-4) lose their meaning in float16.
+    """
+
+    def __init__(self, model: MiiTriageNet) -> None:
         super().__init__()
-        self.model = model
+        self.model = copy.deepcopy(model).eval()
+        self.model.backbone.half()
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits, emb = self.model(image.half())
-        return logits.float(), emb.float()
+        emb = self.model.embed(image.half()).float()
+        return self.model.head(emb).reshape(-1), emb
 
 
 def export_mii_onnx(
@@ -594,8 +601,6 @@ def export_mii_onnx(
     dict
         ``path``, ``dtype``, ``max_abs_diff_logits``, ``max_abs_diff_embedding``.
     """
-    import copy
-
     from models.export import export_onnx, parity_check
 
     model = model.eval()
@@ -603,8 +608,7 @@ def export_mii_onnx(
         out = export_onnx(model, spec, path, opset=opset)
         parity = parity_check(model, out, spec, atol=atol)
         return {"path": str(out), "dtype": "float32", **parity}
-    half = _Fp16Graph(copy.deepcopy(model).half()).eval()
-    out = export_onnx(half, spec, path, opset=opset)
+    out = export_onnx(_Fp16Graph(model), spec, path, opset=opset)
     parity = fp16_parity_check(model, out, spec, atol=max(atol, 2e-2))
     return {"path": str(out), "dtype": "float16", **parity}
 

@@ -262,6 +262,41 @@ def test_finetune_export_fp32_and_fp16(dataset, ckpt: Path, tmp_path: Path) -> N
     np.testing.assert_allclose(a.embed(x), b.embed(x), atol=2e-2)
 
 
+@pytest.mark.parametrize("family", ["random_forest", "knn", "lightgbm", "svm"])
+def test_probe_heads_in_fp16_graph(source: MiiTriageNet, tmp_path: Path, family: str) -> None:
+    """Probe heads stay float32 inside the fp16 graph: finite logits close to the fp32 graph."""
+    import copy
+
+    import onnxruntime as ort
+    from lightgbm import LGBMClassifier
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.svm import SVC
+
+    from models.probe import head_from_estimator
+
+    est = {
+        "random_forest": RandomForestClassifier(n_estimators=5, random_state=0),
+        "knn": KNeighborsClassifier(3),
+        "lightgbm": LGBMClassifier(n_estimators=5, verbose=-1, min_child_samples=2),
+        "svm": SVC(kernel="rbf"),
+    }[family]
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (16, 3, 96, 96)).astype(np.float32)
+    with torch.no_grad():
+        emb = source(torch.from_numpy(x))[1].numpy()
+    y = np.arange(16) % 2
+    est.fit(emb, y)
+    model = copy.deepcopy(source)
+    model.head = head_from_estimator(est, emb, y)
+    spec = mii_preprocess_spec(96)
+    res = export_mii_onnx(model, spec, tmp_path / "h.fp16.onnx", fp16=True)
+    assert res["dtype"] == "float16"
+    sess = ort.InferenceSession(str(tmp_path / "h.fp16.onnx"), providers=["CPUExecutionProvider"])
+    logits, _ = sess.run(["logits", "embedding"], {"image": x[:4]})
+    assert np.all(np.isfinite(logits))
+
+
 def test_cli_train_routes_medimageinsight(dataset, ckpt: Path, tmp_path: Path) -> None:
     from models.cli import main
 
