@@ -79,7 +79,22 @@ def _train_mii(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from models.export import export_checkpoint
+    from models.mii_train import export_run, is_mii_run
 
+    if is_mii_run(args.checkpoint):
+        results = export_run(
+            args.checkpoint,
+            args.out,
+            fp16=args.fp16,
+            name=args.name if args.name != "cxr-triage-default" else "cxr-triage-mii",
+            version=args.version,
+            opset=args.opset,
+            atol=args.atol,
+        )
+        print(json.dumps(results, indent=2))
+        return 0
+    if args.fp16:
+        raise ValueError("--fp16 is available for MedImageInsight runs only")
     result = export_checkpoint(
         args.checkpoint,
         args.out,
@@ -190,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--version", default="0.1.0")
     e.add_argument("--opset", type=int, default=17)
     e.add_argument("--atol", type=float, default=1e-4)
+    e.add_argument(
+        "--fp16", action="store_true", help="MedImageInsight runs: also write <out>.fp16.onnx"
+    )
     e.set_defaults(func=_cmd_export)
 
     c = sub.add_parser("calibrate", help="fit temperature and operating points on a split (val)")

@@ -56,6 +56,7 @@ __all__ = [
     "embed_images",
     "export_run",
     "finetune",
+    "is_mii_run",
     "load_run",
     "mii_main",
     "probe",
@@ -375,6 +376,18 @@ def _save_run(
     tmp = path.with_name(path.name + ".tmp")
     torch.save(ckpt, tmp)
     tmp.replace(path)
+
+
+def is_mii_run(path: str | Path) -> bool:
+    """Whether ``path`` is the ``best.pt`` of a MedImageInsight run (from its ``summary.json``)."""
+    summary = Path(path).with_name("summary.json")
+    if not summary.exists():
+        return False
+    try:
+        data = json.loads(summary.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return data.get("mode") in MODES and "checkpoint_sha256" in data
 
 
 def load_run(path: str | Path) -> tuple[MiiTriageNet, MiiConfig, dict[str, Any], LoadReport]:

@@ -319,6 +319,9 @@ def test_cli_train_routes_medimageinsight(dataset, ckpt: Path, tmp_path: Path) -
         ]
     )
     assert rc == 0 and (tmp_path / "best.pt").exists()
+    out = tmp_path / "cli.onnx"
+    assert main(["export", str(tmp_path / "best.pt"), "--out", str(out), "--fp16"]) == 0
+    assert out.exists() and (tmp_path / "cli.fp16.onnx").exists()
 
 
 @pytest.mark.slow
@@ -333,3 +336,12 @@ def test_full_size_export(tmp_path: Path) -> None:
     del model
     res = export_mii_onnx(fresh, mii_preprocess_spec(480), tmp_path / "full.onnx", atol=1e-3)
     assert res["max_abs_diff_embedding"] <= 1e-3
+
+
+@pytest.mark.slow
+def test_full_size_fp16_export(tmp_path: Path) -> None:
+    """The real-size encoder exported as the fp16 GPU variant; parity against fp32 torch on CPU."""
+    model = build_mii_model("full")
+    res = export_mii_onnx(model, mii_preprocess_spec(480), tmp_path / "full.fp16.onnx", fp16=True)
+    assert res["dtype"] == "float16"
+    assert (tmp_path / "full.fp16.onnx").stat().st_size < 0.8e9  # ~725 MB of fp16 weights
