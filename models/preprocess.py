@@ -236,6 +236,37 @@ def _check_geometry(ds: pydicom.Dataset) -> None:
         raise PreprocessError(f"cannot decode pixel data: {rows}x{cols} exceeds the size limit")
 
 
+def decode_pixels(ds: pydicom.Dataset) -> np.ndarray:
+    """Decode a dataset's pixel data, any decoder failure raised as ``PreprocessError``.
+
+    Decoders raise many exception types, and the Rust (pyo3) ones such as
+    pylibjpeg-rle raise ``PanicException`` on corrupt data, which derives from
+    ``BaseException``: all of them mean "undecodable". Interpreter exits stay fatal.
+
+    Parameters
+    ----------
+    ds : pydicom.Dataset
+
+    Returns
+    -------
+    numpy.ndarray
+        ``ds.pixel_array``.
+
+    Raises
+    ------
+    PreprocessError
+        When the pixel data cannot be decoded.
+    """
+    try:
+        return ds.pixel_array
+    except Exception as exc:  # every decoder error means "undecodable"
+        raise PreprocessError(f"cannot decode pixel data: {type(exc).__name__}: {exc}") from exc
+    except BaseException as exc:
+        if type(exc).__name__ != "PanicException":
+            raise
+        raise PreprocessError(f"cannot decode pixel data: decoder panic: {exc}") from exc
+
+
 def dataset_to_display_array(ds: pydicom.Dataset, *, voi: bool = False) -> tuple[np.ndarray, bool]:
     """Decode a DICOM image and apply its modality LUT (and optionally VOI LUT).
 
@@ -264,10 +295,7 @@ def dataset_to_display_array(ds: pydicom.Dataset, *, voi: bool = False) -> tuple
         _check_geometry(ds)
     except (ValueError, TypeError, AttributeError) as exc:  # unparsable header values
         raise PreprocessError(f"cannot decode pixel data: bad image header: {exc}") from exc
-    try:
-        raw = ds.pixel_array
-    except Exception as exc:  # decoders raise many types; all mean "undecodable"
-        raise PreprocessError(f"cannot decode pixel data: {type(exc).__name__}: {exc}") from exc
+    raw = decode_pixels(ds)
     if raw.ndim != 2:
         raise PreprocessError(f"not a single-frame grayscale image: decoded shape {raw.shape}")
     try:

@@ -99,13 +99,6 @@ class _Image:
     tensor: np.ndarray | None = None
 
 
-def _not_fatal(exc: BaseException) -> bool:
-    """True for an error a broken image may raise in a decoder: any ``Exception``, and
-    the ``PanicException`` of Rust (pyo3) decoders such as pylibjpeg-rle, which
-    derives from ``BaseException``. Interpreter exits stay fatal."""
-    return isinstance(exc, Exception) or type(exc).__name__ == "PanicException"
-
-
 def _read(ref_id: int, uid: str, path: str) -> _Image:
     image = _Image(ref_id, uid)
     try:
@@ -130,9 +123,7 @@ def _preprocess(image: _Image, spec: Any) -> None:
         image.tensor = preprocess_dataset(image.header, spec)
     except PreprocessError as exc:
         image.selection = skipped_unreadable(image.sop_instance_uid, str(exc), decode=True)
-    except BaseException as exc:  # decoder crash on one image: skip it, keep the rest
-        if not _not_fatal(exc):
-            raise
+    except Exception as exc:  # noqa: BLE001 - one broken image: skip it, keep the rest
         image.selection = skipped_unreadable(
             image.sop_instance_uid, f"{type(exc).__name__}: {exc}", decode=True
         )

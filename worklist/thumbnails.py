@@ -12,6 +12,8 @@ import pydicom
 from PIL import Image
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+from models.preprocess import decode_pixels
+
 __all__ = ["ThumbnailError", "render_thumbnail"]
 
 
@@ -54,15 +56,9 @@ def render_thumbnail(path: str | Path, *, size: int = 256) -> bytes:
 def _render(path: str, size: int, _mtime: int) -> bytes:
     try:
         ds = pydicom.dcmread(path, force=True)
-        arr = ds.pixel_array
-    except Exception as exc:  # noqa: BLE001 - any decoder failure: a broken image
+        arr = decode_pixels(ds)
+    except Exception as exc:  # unreadable file or undecodable pixels
         raise ThumbnailError(f"cannot decode pixels: {type(exc).__name__}") from exc
-    except BaseException as exc:
-        # Rust (pyo3) decoders such as pylibjpeg-rle raise PanicException, a
-        # BaseException, on corrupt data; interpreter exits stay fatal.
-        if type(exc).__name__ != "PanicException":
-            raise
-        raise ThumbnailError("cannot decode pixels: decoder panic") from exc
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
     if frames > 1:
