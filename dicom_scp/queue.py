@@ -10,13 +10,11 @@ import threading
 from typing import Any
 
 from worklist.settings import Settings
+from worklist.stability import INFERENCE_QUEUE, TRIAGE_TASK_NAME
+
+__all__ = ["INFERENCE_QUEUE", "TRIAGE_TASK_NAME", "CeleryTriageQueue"]
 
 log = logging.getLogger(__name__)
-
-TRIAGE_TASK_NAME = "triage.triage_study"
-"""Name of the worker task that triages one study revision."""
-INFERENCE_QUEUE = "inference"
-"""Queue the triage task goes to."""
 
 
 class CeleryTriageQueue:

@@ -23,6 +23,7 @@ from celery import Celery
 from kombu import Queue
 
 from triage.options import TriageOptions, load_triage_options
+from worklist.stability import INFERENCE_QUEUE, TRIAGE_TASK_NAME
 
 __all__ = [
     "DELIVERY_QUEUE",
@@ -35,9 +36,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-INFERENCE_QUEUE = "inference"
+# The SCP side sends the triage task by these names (worklist.stability).
+TASK_TRIAGE = TRIAGE_TASK_NAME
 DELIVERY_QUEUE = "delivery"
-TASK_TRIAGE = "triage.triage_study"
 TASK_DELIVER = "triage.deliver"
 TASK_SWEEP = "triage.sweep"
 

@@ -136,21 +136,19 @@ def settings_to_env(settings: Any) -> dict[str, str]:
     dict of str
     """
     env: dict[str, str] = {}
-    for name, value in settings.model_dump().items():
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
         if value is None:
             continue
         if isinstance(value, SecretStr):
             text = value.get_secret_value()
         elif isinstance(value, list | tuple):
-            text = ",".join(str(v) if not isinstance(v, dict) else _dest(v) for v in value)
+            # Destination.__str__ is its AE@host:port form.
+            text = ",".join(str(v) for v in value)
         else:
             text = str(value)
         env[f"TRIAGE_{name.upper()}"] = text
     return env
-
-
-def _dest(value: dict[str, Any]) -> str:
-    return f"{value['ae_title']}@{value['host']}:{value['port']}"
 
 
 class EmbeddedWorker:

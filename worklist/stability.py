@@ -27,6 +27,11 @@ from worklist.tables import Study, StudyState
 
 log = logging.getLogger(__name__)
 
+TRIAGE_TASK_NAME = "triage.triage_study"
+"""Name of the worker task that triages one study revision: ``(study_id, revision)``."""
+INFERENCE_QUEUE = "inference"
+"""Queue the triage task goes to; the SCP sends by these names, never importing workers."""
+
 
 class TriageQueue(Protocol):
     """Where stable studies go: the SCP side knows only this interface."""
