@@ -46,6 +46,21 @@ def default_model_path() -> Path:
     return Path(__file__).resolve().parent / "default" / f"{DEFAULT_MODEL_NAME}.onnx"
 
 
+def resolve_model_path(path: str | Path | None) -> Path:
+    """The configured model file, or the shipped default when none is configured.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path, optional
+        The configured ``.onnx`` file (``TRIAGE_MODEL_PATH``).
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    return Path(path) if path else default_model_path()
+
+
 def choose_providers(requested: list[str] | None = None) -> list[str]:
     """ONNX Runtime execution providers to ask for, in order.
 
@@ -156,7 +171,7 @@ class Classifier:
         """
         import onnxruntime as ort
 
-        path = Path(path) if path is not None else default_model_path()
+        path = resolve_model_path(path)
         if not path.exists():
             raise ModelLoadError(f"model file not found: {path}")
         wanted = choose_providers(providers)

@@ -64,11 +64,9 @@ def model_path_for(settings: Any) -> Path:
     -------
     pathlib.Path
     """
-    if getattr(settings, "model_path", None):
-        return Path(settings.model_path)
-    from models.runtime import default_model_path
+    from models.runtime import resolve_model_path
 
-    return default_model_path()
+    return resolve_model_path(getattr(settings, "model_path", None))
 
 
 def get_classifier(settings: Any, *, batch_size: int = 8) -> Any:

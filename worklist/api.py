@@ -147,11 +147,9 @@ class ModelCardCache:
 
     def model_path(self) -> Path:
         """The configured model, or the shipped default."""
-        if self._settings.model_path is not None:
-            return Path(self._settings.model_path)
-        from models.runtime import default_model_path
+        from models.runtime import resolve_model_path
 
-        return default_model_path()
+        return resolve_model_path(self._settings.model_path)
 
     def get(self) -> tuple[dict[str, Any] | None, str | None]:
         """Return ``(card, None)`` or ``(None, error text)``."""
