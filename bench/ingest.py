@@ -55,7 +55,7 @@ DEFAULT_DATA = (REPO_ROOT / ".." / "shared" / "data" / "dicom").resolve()
 CHEST_CR = "real/RG1_from_J2KI_explicit.dcm"
 MAX_PDU = 131072
 HOST = "127.0.0.1"
-RECEIVERS = ("node", "dcmtk", "orthanc", "orthanc-nodelay")
+RECEIVERS = ("node", "dcmtk", "orthanc", "orthanc-nodelay", "pynetdicom")
 DEFAULT_RECEIVERS = ("node", "dcmtk", "orthanc")
 START_DEADLINE_S = 60.0
 DRAIN_DEADLINE_S = 60.0
@@ -270,6 +270,24 @@ def tree_cpu_seconds(pid: int) -> tuple[float, int]:
     return total / _CLK_TCK, alive
 
 
+def resident_children(pid: int, *, settle_s: float = 0.5, deadline_s: float = 30.0) -> int:
+    """How many descendants of ``pid`` live on while it is idle.
+
+    The node keeps its extra SCP processes (and multiprocessing's resource
+    tracker) for as long as it runs; storescp keeps none. Taken when two counts
+    ``settle_s`` apart agree, so that the process of a finished C-ECHO is not counted.
+    """
+    end = time.monotonic() + deadline_s
+    count = tree_cpu_seconds(pid)[1]
+    while time.monotonic() < end:
+        time.sleep(settle_s)
+        again = tree_cpu_seconds(pid)[1]
+        if again == count:
+            return count
+        count = again
+    return count
+
+
 def _is_alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text()
@@ -429,11 +447,38 @@ def start_node(work: Path, *, source: Path | None = None) -> Receiver:
     return Receiver("node", "TRIAGE", port, proc, count, log)
 
 
+def start_pynetdicom(work: Path) -> Receiver:
+    """``bench/pynetdicom_floor_scp.py``: pynetdicom answering Success, keeping nothing.
+
+    The floor for any pynetdicom-based receiver on this machine (see that script),
+    with as many processes on the port as the node runs by default.
+    """
+    port = free_port()
+    count_file = work / "count"
+    cmd = [sys.executable, str(REPO_ROOT / "bench" / "pynetdicom_floor_scp.py")]
+    cmd += [str(port), str(count_file), "--processes", str(_node_default_processes())]
+    env = _child_env({"PYTHONPATH": str(REPO_ROOT)})
+    log = work / "pynetdicom.log"
+    proc = _popen(cmd, env=env, log=log, cwd=work)
+
+    def count() -> int:
+        return sum(int(path.read_text() or 0) for path in work.glob("count.[0-9]*"))
+
+    return Receiver("pynetdicom", "FLOOR", port, proc, count, log)
+
+
+def _node_default_processes() -> int:
+    from worklist.settings import Settings
+
+    return int(Settings.model_fields["scp_processes"].default)
+
+
 STARTERS: dict[str, Callable[[Path], Receiver]] = {
     "node": start_node,
     "dcmtk": start_dcmtk,
     "orthanc": start_orthanc,
     "orthanc-nodelay": lambda work: start_orthanc(work, nodelay=True),
+    "pynetdicom": start_pynetdicom,
 }
 
 
@@ -507,6 +552,7 @@ def run_once(
     receiver = (start or STARTERS[name])(work)
     try:
         wait_until(receiver.echo, deadline_s=START_DEADLINE_S, what=f"{name} to answer C-ECHO")
+        resident = resident_children(receiver.proc.pid)
         cpu_before, _ = tree_cpu_seconds(receiver.proc.pid)
         wall = send(
             corpus.files, receiver=receiver, associations=associations, config=config, work=work
@@ -518,7 +564,7 @@ def run_once(
             what=f"{name} to hold {expected} instances",
         )
         wait_until(
-            lambda: tree_cpu_seconds(receiver.proc.pid)[1] == 0,
+            lambda: tree_cpu_seconds(receiver.proc.pid)[1] <= resident,
             deadline_s=DRAIN_DEADLINE_S,
             what=f"{name}'s association processes to exit",
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import ssl
 import tempfile
 import threading
@@ -24,6 +25,12 @@ from sqlalchemy.orm import sessionmaker
 
 from dicom_scp.contexts import supported_contexts
 from dicom_scp.handlers import handle_association_request, handle_echo, handle_store
+from dicom_scp.listeners import (
+    ListenerPool,
+    associations_per_process,
+    check_port_free,
+    scp_process_count,
+)
 from dicom_scp.queue import CeleryTriageQueue
 from dicom_scp.sink import InstanceSink, SpoolSink, clean_stale_temp_files, incoming_dir
 from dicom_scp.watcher import StabilityWatcher
@@ -42,17 +49,33 @@ MAX_PDU_BYTES = 1048576
 """Largest P-DATA-TF PDU the node accepts: fewer, larger PDUs cost less per byte."""
 
 
-def build_ae(settings: Settings) -> AE:
+class ReusePortAssociationServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server bound with ``SO_REUSEPORT``.
+
+    Several processes bind the same address and the kernel spreads new
+    connections over them (see :mod:`dicom_scp.listeners`).
+    """
+
+    def server_bind(self) -> None:
+        """Set ``SO_REUSEPORT``, then bind as pynetdicom does."""
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
+def build_ae(settings: Settings, *, processes: int = 1) -> AE:
     """Configure the node's Application Entity (not yet serving).
 
     Verification and every storage SOP class with the transfer syntaxes of
-    :mod:`dicom_scp.contexts`; only our own called AE title; at most
-    ``settings.max_associations`` concurrent associations; ACSE, DIMSE and network
-    timeouts.
+    :mod:`dicom_scp.contexts`; only our own called AE title; this process's share
+    of ``settings.max_associations`` concurrent associations; ACSE, DIMSE and
+    network timeouts.
 
     Parameters
     ----------
     settings : Settings
+    processes : int
+        How many processes share the DICOM port (each gets its share of the
+        association limit).
 
     Returns
     -------
@@ -61,7 +84,7 @@ def build_ae(settings: Settings) -> AE:
     ae = AE(ae_title=settings.ae_title)
     ae.supported_contexts = supported_contexts()
     ae.require_called_aet = True
-    ae.maximum_associations = settings.max_associations
+    ae.maximum_associations = associations_per_process(settings, processes)
     ae.acse_timeout = ACSE_TIMEOUT_S
     ae.dimse_timeout = DIMSE_TIMEOUT_S
     ae.network_timeout = NETWORK_TIMEOUT_S
@@ -116,7 +139,13 @@ def ssl_context(settings: Settings) -> ssl.SSLContext | None:
 
 
 def start_scp(
-    settings: Settings, sink: InstanceSink, *, block: bool = False
+    settings: Settings,
+    sink: InstanceSink,
+    *,
+    block: bool = False,
+    share_port: bool = False,
+    processes: int = 1,
+    announce: bool = True,
 ) -> ThreadedAssociationServer | None:
     """Serve C-ECHO and C-STORE on ``settings.dicom_host:dicom_port``.
 
@@ -128,28 +157,44 @@ def start_scp(
     block : bool
         Serve in this thread until interrupted (returns None) instead of in a
         background thread.
+    share_port : bool
+        Bind with ``SO_REUSEPORT``, so that other SCP processes of this node can
+        bind the same address (:mod:`dicom_scp.listeners`).
+    processes : int
+        How many processes share the port, for this one's association limit.
+    announce : bool
+        Log the listening address at INFO (the main process does; the extra
+        ones don't repeat it).
 
     Returns
     -------
     ThreadedAssociationServer or None
         The running server (call ``shutdown()`` to stop it); None when ``block``.
     """
-    ae = build_ae(settings)
+    ae = build_ae(settings, processes=processes)
     context = ssl_context(settings)
-    log.info(
-        "DICOM SCP %s listening on %s:%s%s (%d storage SOP classes)",
-        settings.ae_title,
-        settings.dicom_host,
-        settings.dicom_port,
-        " with TLS" if context else "",
-        len(ae.supported_contexts) - 1,
+    if announce:
+        log.info(
+            "DICOM SCP %s listening on %s:%s%s (%d storage SOP classes)",
+            settings.ae_title,
+            settings.dicom_host,
+            settings.dicom_port,
+            " with TLS" if context else "",
+            len(ae.supported_contexts) - 1,
+        )
+    address = (settings.dicom_host, settings.dicom_port)
+    handlers = event_handlers(settings, sink)
+    if not share_port:
+        return ae.start_server(address, block=block, evt_handlers=handlers, ssl_context=context)
+    server = ae.make_server(
+        address, evt_handlers=handlers, ssl_context=context, server_class=ReusePortAssociationServer
     )
-    return ae.start_server(
-        (settings.dicom_host, settings.dicom_port),
-        block=block,
-        evt_handlers=event_handlers(settings, sink),
-        ssl_context=context,
-    )
+    if block:
+        server.serve_forever()
+        return None
+    threading.Thread(target=server.serve_forever, name="AcceptorServer", daemon=True).start()
+    ae._servers.append(server)  # as ae.start_server does; server.shutdown() removes it
+    return server
 
 
 def chunked_receive(directory: Path) -> Callable[[], None]:
@@ -200,6 +245,8 @@ class NodeScp:
     watcher: StabilityWatcher
     queue: TriageQueue
     restore_receive: Callable[[], None] = field(default=_no_restore, repr=False)
+    listeners: ListenerPool | None = None
+    """The extra SCP processes on the same port, if any."""
     _stopped: bool = field(default=False, repr=False)
 
     def stop(self) -> None:
@@ -208,6 +255,8 @@ class NodeScp:
             return
         self._stopped = True
         try:
+            if self.listeners is not None:
+                self.listeners.stop()
             self.server.shutdown()
         finally:
             self.restore_receive()
@@ -224,12 +273,17 @@ def start_node_scp(
     *,
     queue: TriageQueue | None = None,
     receive_into_files: bool = True,
+    processes: int = 1,
 ) -> NodeScp:
     """Start the node's ingest side: spool sink, stability watcher and SCP.
 
     Stale temp files are removed from the spool first. The database must be
     migrated already. Datasets are received into files in the spool's incoming
     directory (:func:`chunked_receive`) until ``stop()``.
+
+    With ``processes`` above 1, ``processes - 1`` more SCP processes
+    (:class:`~dicom_scp.listeners.ListenerPool`) share the port with this one;
+    only this one cleans the spool and runs the watcher.
 
     Parameters
     ----------
@@ -240,6 +294,9 @@ def start_node_scp(
         Default: :class:`~dicom_scp.queue.CeleryTriageQueue` on the settings' broker.
     receive_into_files : bool
         Receive datasets into files in the spool (default) rather than in memory.
+    processes : int
+        How many processes serve the DICOM port (see
+        :func:`dicom_scp.listeners.scp_process_count`).
 
     Returns
     -------
@@ -263,20 +320,31 @@ def start_node_scp(
         poll_seconds=settings.stability_poll_seconds,
     ).start()
     restore_receive = chunked_receive(incoming_dir(spool)) if receive_into_files else _no_restore
+    shared = processes > 1
     try:
-        server = start_scp(settings, sink, block=False)
+        if shared:
+            check_port_free(settings.dicom_host, settings.dicom_port)
+        server = start_scp(settings, sink, block=False, share_port=shared, processes=processes)
     except BaseException:
         restore_receive()
         watcher.stop()
         raise
     if server is None:  # pragma: no cover - block=False always returns the server
         raise RuntimeError("the SCP did not start")
+    try:
+        listeners = ListenerPool(settings, processes).start() if shared else None
+    except BaseException:
+        server.shutdown()
+        restore_receive()
+        watcher.stop()
+        raise
     return NodeScp(
         server=server,
         sink=sink,
         watcher=watcher,
         queue=queue,
         restore_receive=restore_receive,
+        listeners=listeners,
     )
 
 
@@ -309,7 +377,9 @@ def run_scp(settings: Settings, *, stop: threading.Event | None = None) -> None:
     engine = make_engine(settings.effective_database_url)
     node: NodeScp | None = None
     try:
-        node = start_node_scp(settings, make_session_factory(engine))
+        node = start_node_scp(
+            settings, make_session_factory(engine), processes=scp_process_count(settings)
+        )
         while not stop.wait(1.0):
             pass
     except KeyboardInterrupt:

@@ -87,6 +87,7 @@ def cmd_serve(settings: Settings) -> int:
     """Run the whole node in one process (the embedded default)."""
     import uvicorn
 
+    from dicom_scp.listeners import scp_process_count
     from dicom_scp.server import start_node_scp
     from triage.worker import start_embedded_worker
     from worklist.api import create_app
@@ -100,7 +101,12 @@ def cmd_serve(settings: Settings) -> int:
     stop = _stop_event()
 
     worker = start_embedded_worker(settings)
-    scp = start_node_scp(settings, session_factory)
+    try:
+        scp = start_node_scp(settings, session_factory, processes=scp_process_count(settings))
+    except BaseException:
+        worker.stop()
+        engine.dispose()
+        raise
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(settings, session_factory),
@@ -190,10 +196,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"triage-node: {exc}", file=sys.stderr)  # noqa: T201
         return 2
     configure_logging(settings.log_level)
-    if args.command == "serve":
-        return cmd_serve(settings)
-    if args.command == "scp":
-        return cmd_scp(settings)
+    if args.command in ("serve", "scp"):
+        from dicom_scp.listeners import PortInUseError
+
+        try:
+            return cmd_serve(settings) if args.command == "serve" else cmd_scp(settings)
+        except PortInUseError as exc:
+            print(f"triage-node: {exc}", file=sys.stderr)  # noqa: T201
+            return 2
     if args.command == "worker":
         queues = [q.strip() for q in args.queues.split(",") if q.strip()]
         return cmd_worker(settings, queues, args.concurrency)

@@ -134,6 +134,13 @@ class Settings(BaseSettings):
         default_factory=list, description="Peer address/network allow-list; empty allows any."
     )
     max_associations: int = Field(16, ge=1, description="Concurrent associations limit.")
+    scp_processes: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="Processes sharing the DICOM port (SO_REUSEPORT), each with its share "
+        "of max_associations; more use more cores for concurrent associations.",
+    )
     tls_cert: Path | None = Field(None, description="PEM certificate; enables DICOM TLS.")
     tls_key: Path | None = Field(None, description="PEM private key for tls_cert.")
     tls_ca: Path | None = Field(None, description="PEM CA bundle; requires client certs.")

@@ -84,7 +84,12 @@ def test_serve_accepts_echo_and_store(node, shared_data: Path) -> None:
         timeout=60,
     )
     assert sent.returncode == 0, sent.stderr
-    assert _http_json(f"http://127.0.0.1:{http_port}/healthz") == {"status": "ok"}
+    # HTTP comes up after the DICOM port, once every SCP process listens.
+    wait_until(
+        lambda: _http_json(f"http://127.0.0.1:{http_port}/healthz") == {"status": "ok"},
+        timeout=30,
+        what="/healthz",
+    )
 
     import pydicom
 

@@ -1,0 +1,268 @@
+"""Extra SCP processes sharing the DICOM port, so concurrent associations use every core.
+
+One Python process serves its associations one bytecode at a time (the GIL), so
+four senders at once get little more than one. The node therefore runs
+``settings.scp_processes`` processes that listen on the same address with
+``SO_REUSEPORT``; the kernel hands each new connection to one of them. The main
+process keeps everything that must run once (stale-file clean-up at start-up, the
+stability watcher); the extra ones, started here, only receive: each has its own
+database engine, spool sink and pynetdicom AE, with the same settings.
+
+Each extra process dies with the main one (``PR_SET_PDEATHSIG`` on Linux, and a
+parent check every second elsewhere), so a killed node never leaves a listener
+behind on its port, and a listener that exits on its own is started again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from multiprocessing.process import BaseProcess
+from multiprocessing.synchronize import Event as EventType
+
+from worklist.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+_RESTART_CHECK_S = 1.0
+_STOP_TIMEOUT_S = 10.0
+_READY_TIMEOUT_S = 60.0
+
+
+class PortInUseError(RuntimeError):
+    """Another program already listens on the DICOM port."""
+
+
+def scp_process_count(settings: Settings) -> int:
+    """How many processes serve the DICOM port.
+
+    ``settings.scp_processes``, but never more than ``settings.max_associations``:
+    a process that may not hold one association is of no use.
+
+    Parameters
+    ----------
+    settings : Settings
+
+    Returns
+    -------
+    int
+        At least 1.
+    """
+    return max(1, min(settings.scp_processes, settings.max_associations))
+
+
+def associations_per_process(settings: Settings, processes: int) -> int:
+    """Each process's share of ``settings.max_associations`` (rounded up).
+
+    Parameters
+    ----------
+    settings : Settings
+    processes : int
+        How many processes share the port.
+
+    Returns
+    -------
+    int
+        ``ceil(max_associations / processes)``: the node as a whole never holds
+        more than ``max_associations`` plus ``processes - 1`` associations.
+    """
+    return -(-settings.max_associations // max(1, processes))
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Fail when something already listens on ``host:port``.
+
+    ``SO_REUSEPORT`` would let a second node on the same port (a forgotten one, or
+    one started twice by mistake) bind quietly and take half of the connections.
+    A plain bind, without ``SO_REUSEPORT``, fails against any listener, that one
+    included.
+
+    Parameters
+    ----------
+    host, port : str, int
+        The address the SCP is about to bind.
+
+    Raises
+    ------
+    PortInUseError
+        With the address, when the port is taken.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUseError(
+                    f"DICOM port {host}:{port} is already in use by another program "
+                    "(another node?); stop it or set TRIAGE_DICOM_PORT"
+                ) from exc
+            raise
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies (no-op elsewhere)."""
+    if not sys.platform.startswith("linux"):
+        return
+    name = ctypes.util.find_library("c")
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(name, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def serve_listener(
+    settings: Settings, processes: int, parent_pid: int, ready: EventType | None = None
+) -> None:
+    """Body of one extra SCP process: receive on the shared port until told to stop.
+
+    Parameters
+    ----------
+    settings : Settings
+    processes : int
+        How many processes share the port (for this one's association limit).
+    parent_pid : int
+        The main node process; this one stops when it is gone.
+    ready : multiprocessing.Event, optional
+        Set once this process listens.
+    """
+    _die_with_parent()
+    from dicom_scp.server import DIMSE_TIMEOUT_S, NETWORK_TIMEOUT_S, chunked_receive, start_scp
+    from dicom_scp.sink import SpoolSink, incoming_dir
+    from worklist.db import make_engine, make_session_factory
+    from worklist.logs import configure_logging
+
+    configure_logging(settings.log_level, with_process=True)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda _signum, _frame: stop.set())
+    engine = make_engine(settings.effective_database_url)
+    spool = settings.spool_dir.absolute()
+    sink = SpoolSink(
+        spool,
+        make_session_factory(engine),
+        settings.min_free_mb,
+        abandoned_after_s=NETWORK_TIMEOUT_S + DIMSE_TIMEOUT_S,
+    )
+    restore = chunked_receive(incoming_dir(spool))
+    server = start_scp(settings, sink, share_port=True, processes=processes, announce=False)
+    if ready is not None:
+        ready.set()
+    try:
+        while not stop.wait(_RESTART_CHECK_S):
+            if os.getppid() != parent_pid:
+                log.warning("the main node process is gone: stopping this SCP process")
+                break
+    finally:
+        if server is not None:
+            server.shutdown()
+        restore()
+        engine.dispose()
+
+
+@dataclass
+class ListenerPool:
+    """The extra SCP processes of a node, restarted when one exits on its own.
+
+    Parameters
+    ----------
+    settings : Settings
+    processes : int
+        How many processes share the port in all, the main one included; the pool
+        runs ``processes - 1``.
+    """
+
+    settings: Settings
+    processes: int
+    _children: list[BaseProcess] = field(default_factory=list, repr=False)
+    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+    _supervisor: threading.Thread | None = field(default=None, repr=False)
+
+    def start(self) -> ListenerPool:
+        """Start the processes, wait until they listen, start the thread that restarts them.
+
+        Raises
+        ------
+        RuntimeError
+            When one of them exits or is not listening after a minute; the others
+            are stopped.
+        """
+        context = multiprocessing.get_context("spawn")
+        readiness = [context.Event() for _ in range(1, self.processes)]
+        self._children = [
+            self._spawn(index, ready) for index, ready in enumerate(readiness, start=1)
+        ]
+        deadline = time.monotonic() + _READY_TIMEOUT_S
+        for child, ready in zip(self._children, readiness, strict=True):
+            while not ready.wait(0.1):
+                if not child.is_alive() or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(
+                        f"SCP process {child.name} did not start listening "
+                        f"(exit code {child.exitcode}); see its log lines above"
+                    )
+        if self._children:
+            self._supervisor = threading.Thread(
+                target=self._supervise, name="scp-listeners", daemon=True
+            )
+            self._supervisor.start()
+            log.info(
+                "DICOM port shared by %d SCP processes (SO_REUSEPORT), "
+                "at most %d associations each",
+                self.processes,
+                associations_per_process(self.settings, self.processes),
+            )
+        return self
+
+    def alive(self) -> int:
+        """How many extra processes are running now."""
+        return sum(1 for child in self._children if child.is_alive())
+
+    def stop(self) -> None:
+        """SIGTERM every process, wait for them, SIGKILL what is left."""
+        self._stop.set()
+        if self._supervisor is not None:
+            self._supervisor.join(timeout=_STOP_TIMEOUT_S)
+        for child in self._children:
+            if child.is_alive():
+                child.terminate()
+        for child in self._children:
+            child.join(timeout=_STOP_TIMEOUT_S)
+            if child.is_alive():
+                log.warning("SCP process %s did not stop: killing it", child.name)
+                child.kill()
+                child.join(timeout=_STOP_TIMEOUT_S)
+
+    def _spawn(self, index: int, ready: EventType | None = None) -> BaseProcess:
+        context = multiprocessing.get_context("spawn")
+        child = context.Process(
+            target=serve_listener,
+            args=(self.settings, self.processes, os.getpid(), ready),
+            name=f"scp-{index}",
+            daemon=True,
+        )
+        child.start()
+        return child
+
+    def _supervise(self) -> None:
+        while not self._stop.wait(_RESTART_CHECK_S):
+            for i, child in enumerate(self._children):
+                if child.is_alive() or self._stop.is_set():
+                    continue
+                log.error(
+                    "SCP process %s exited with %s: starting it again",
+                    child.name,
+                    child.exitcode,
+                )
+                self._children[i] = self._spawn(i + 1)

@@ -1,0 +1,222 @@
+"""``triage-node scp`` with several processes on one DICOM port (SO_REUSEPORT).
+
+The extra processes receive like the main one, record each instance once, die with
+the main process, are started again when one dies, and a second node cannot bind
+the same port by accident.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+
+from tests.conftest import free_port, wait_until
+from tests.integration.scp.helpers import count_instances, need_dcmtk, pyscu_echo, storescu_as_is
+
+SOURCE = Path("dicom") / "real" / "konica_CR_chest_Monochrome1-Jpeg.dcm"
+
+
+@dataclass
+class NodeProcess:
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def _cli() -> Path:
+    cli = Path(sys.executable).parent / "triage-node"
+    if not cli.exists():
+        pytest.skip("triage-node entry point not installed")
+    return cli
+
+
+def _start(tmp_path: Path, migrated_url: str, port: int, name: str) -> NodeProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRIAGE_")}
+    env.update(
+        TRIAGE_DATA_DIR=str(tmp_path / f"data-{name}"),
+        TRIAGE_DATABASE_URL=migrated_url,
+        TRIAGE_DICOM_HOST="127.0.0.1",
+        TRIAGE_DICOM_PORT=str(port),
+        TRIAGE_MIN_FREE_MB="0",
+        TRIAGE_STABLE_SECONDS="86400",
+        TRIAGE_SCP_PROCESSES="2",
+    )
+    log = tmp_path / f"{name}.log"
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(
+            [str(_cli()), "scp"], env=env, stdout=sink, stderr=subprocess.STDOUT
+        )
+    return NodeProcess(proc, port, log)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Live descendants of ``pid`` (from /proc)."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if fields[0] not in "ZX":
+            parents[int(entry)] = int(fields[1])
+    found, frontier = [], [pid]
+    while frontier:
+        current = frontier.pop()
+        children = [child for child, parent in parents.items() if parent == current]
+        found.extend(children)
+        frontier.extend(children)
+    return found
+
+
+def _listeners(pid: int) -> list[int]:
+    """The node's extra SCP processes (not multiprocessing's resource tracker)."""
+    found = []
+    for child in _descendants(pid):
+        try:
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"spawn_main" in cmdline:
+            found.append(child)
+    return found
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _stop(node: NodeProcess) -> None:
+    if node.proc.poll() is None:
+        node.proc.send_signal(signal.SIGTERM)
+        try:
+            node.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            node.proc.kill()
+            node.proc.wait()
+
+
+@pytest.fixture
+def node(tmp_path: Path, migrated_url: str) -> Iterator[NodeProcess]:
+    need_dcmtk()
+    started = _start(tmp_path, migrated_url, free_port(), "node")
+    try:
+        wait_until(
+            lambda: started.proc.poll() is None and pyscu_echo(started.port) == 0x0000,
+            timeout=60,
+            what="triage-node scp up",
+        )
+        wait_until(
+            lambda: "DICOM port shared by 2 SCP processes" in started.output(),
+            timeout=60,
+            what="the second SCP process to listen",
+        )
+        yield started
+    finally:
+        _stop(started)
+
+
+def _copies(shared_data: Path, out: Path, count: int) -> list[Path]:
+    """``count`` copies of a real chest CR, each its own study and instance."""
+    out.mkdir()
+    paths = []
+    for i in range(count):
+        ds = pydicom.dcmread(shared_data / SOURCE)
+        ds.StudyInstanceUID = generate_uid()
+        ds.SeriesInstanceUID = generate_uid()
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        path = out / f"{i:02d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def test_both_processes_receive_and_record_each_instance_once(
+    node: NodeProcess, shared_data: Path, session_factory: Any, tmp_path: Path
+) -> None:
+    files = _copies(shared_data, tmp_path / "copies", 16)
+    # At most 8 at once: each of the 2 processes takes up to 16 / 2 associations.
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda path: storescu_as_is(node.port, path), files))
+    assert [r.returncode for r in results] == [0] * 16, [r.stderr for r in results]
+    assert count_instances(session_factory) == 16
+    # The same files again, one association: still one row each.
+    assert all(storescu_as_is(node.port, path).returncode == 0 for path in files[:4])
+    assert count_instances(session_factory) == 16
+
+    lines = [line for line in node.output().splitlines() if "stored new instance" in line]
+    by_listener = [line for line in lines if " INFO scp-1 " in line]
+    assert len(lines) == 16
+    # 16 connections all hashed to one process: about 3 in 100 000.
+    assert 0 < len(by_listener) < 16, node.output()[-3000:]
+
+    _stop(node)
+    assert node.proc.returncode == 0, node.output()[-3000:]
+    assert _descendants(node.proc.pid) == []
+    assert _port_free(node.port)
+
+
+def test_killed_node_leaves_no_listener_on_its_port(node: NodeProcess) -> None:
+    listeners = _listeners(node.proc.pid)
+    node.proc.kill()
+    node.proc.wait()
+    wait_until(
+        lambda: not any(Path(f"/proc/{pid}").exists() for pid in listeners),
+        timeout=10,
+        what="the extra SCP process to die with the node",
+    )
+    assert _port_free(node.port)
+
+
+def test_a_listener_that_dies_is_started_again(node: NodeProcess) -> None:
+    (first,) = _listeners(node.proc.pid)
+    os.kill(first, signal.SIGKILL)
+    wait_until(
+        lambda: [pid for pid in _listeners(node.proc.pid) if pid != first] != [],
+        timeout=30,
+        what="a new SCP process",
+    )
+    assert "SCP process scp-1 exited with -9: starting it again" in node.output()
+    for _ in range(8):
+        assert pyscu_echo(node.port) == 0x0000
+
+
+def test_a_second_node_on_the_same_port_is_refused(
+    node: NodeProcess, tmp_path: Path, migrated_url: str
+) -> None:
+    second = _start(tmp_path, migrated_url, node.port, "second")
+    try:
+        assert second.proc.wait(timeout=60) == 2
+    finally:
+        _stop(second)
+    assert "is already in use by another program" in second.output()
+    assert _listeners(second.proc.pid) == []
+    # The first node goes on serving alone.
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:
+        assert pyscu_echo(node.port) == 0x0000
