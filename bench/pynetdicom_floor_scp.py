@@ -12,8 +12,8 @@ which is built on pynetdicom, can never be faster than this on the same machine.
 
 ``COUNT_FILE`` holds the number of C-STOREs answered so far, rewritten after each
 one, so the benchmark can check the count like it does for the other receivers
-``--processes N`` (default 1) serves from N processes sharing the port with
-``SO_REUSEPORT``, as the node's do; process ``i`` counts in ``COUNT_FILE.<i>``.
+``--processes N`` (default 1) serves from N processes accepting from one listening
+socket, as the node's do; process ``i`` counts in ``COUNT_FILE.<i>``.
 ``--chunked`` receives each dataset into a temporary file as the node does
 (pynetdicom's ``STORE_RECV_CHUNKED_DATASET``) and deletes it unread.
 """
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import socket
 import tempfile
 import threading
 from pathlib import Path
@@ -31,7 +32,8 @@ from typing import Any
 from pynetdicom import AE, _config, evt
 
 from dicom_scp.contexts import supported_contexts
-from dicom_scp.server import MAX_PDU_BYTES, ReusePortAssociationServer
+from dicom_scp.listeners import open_listening_socket
+from dicom_scp.server import MAX_PDU_BYTES, SharedSocketAssociationServer
 
 
 def main() -> None:
@@ -42,11 +44,12 @@ def main() -> None:
     parser.add_argument("--chunked", action="store_true")
     parser.add_argument("--processes", type=int, default=1)
     args = parser.parse_args()
+    listen_socket = open_listening_socket("127.0.0.1", args.port)
     context = multiprocessing.get_context("spawn")
     children = [
         context.Process(
             target=serve,
-            args=(args.port, args.count_file.with_name(f"{args.count_file.name}.{i}")),
+            args=(listen_socket, args.count_file.with_name(f"{args.count_file.name}.{i}")),
             kwargs={"chunked": args.chunked},
             daemon=True,
         )
@@ -58,7 +61,7 @@ def main() -> None:
         child.join()
 
 
-def serve(port: int, count_file: Path, *, chunked: bool) -> None:
+def serve(listen_socket: socket.socket, count_file: Path, *, chunked: bool) -> None:
     """One receiving process."""
     if chunked:
         _config.STORE_RECV_CHUNKED_DATASET = True
@@ -79,9 +82,10 @@ def serve(port: int, count_file: Path, *, chunked: bool) -> None:
     ae.maximum_pdu_size = MAX_PDU_BYTES
     ae.maximum_associations = 64
     server = ae.make_server(
-        ("127.0.0.1", port),
+        listen_socket.getsockname(),
         evt_handlers=[(evt.EVT_C_STORE, on_store)],
-        server_class=ReusePortAssociationServer,
+        server_class=SharedSocketAssociationServer,
+        listen_socket=listen_socket,
     )
     server.serve_forever()
 

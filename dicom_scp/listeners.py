@@ -2,11 +2,13 @@
 
 One Python process serves its associations one bytecode at a time (the GIL), so
 four senders at once get little more than one. The node therefore runs
-``settings.scp_processes`` processes that listen on the same address with
-``SO_REUSEPORT``; the kernel hands each new connection to one of them. The main
-process keeps everything that must run once (stale-file clean-up at start-up, the
-stability watcher); the extra ones, started here, only receive: each has its own
-database engine, spool sink and pynetdicom AE, with the same settings.
+``settings.scp_processes`` processes that accept from one listening socket, opened
+once by the main process (:func:`open_listening_socket`) and handed to the others,
+as pre-forking servers do. Every process waits on it; whichever gets to
+``accept()`` first takes the connection, which tends to be the least busy one. The
+main process keeps everything that must run once (stale-file clean-up at start-up,
+the stability watcher); the extra ones, started here, only receive: each has its
+own database engine, spool sink and pynetdicom AE, with the same settings.
 
 Each extra process dies with the main one (``PR_SET_PDEATHSIG`` on Linux, and a
 parent check every second elsewhere), so a killed node never leaves a listener
@@ -81,36 +83,45 @@ def associations_per_process(settings: Settings, processes: int) -> int:
     return -(-settings.max_associations // max(1, processes))
 
 
-def check_port_free(host: str, port: int) -> None:
-    """Fail when something already listens on ``host:port``.
+def open_listening_socket(host: str, port: int, *, backlog: int = 64) -> socket.socket:
+    """Bind and listen on ``host:port`` for every SCP process of the node.
 
-    ``SO_REUSEPORT`` would let a second node on the same port (a forgotten one, or
-    one started twice by mistake) bind quietly and take half of the connections.
-    A plain bind, without ``SO_REUSEPORT``, fails against any listener, that one
-    included.
+    The socket is non-blocking: all processes wait on it, one ``accept()`` wins and
+    the others get nothing and go back to waiting.
 
     Parameters
     ----------
     host, port : str, int
-        The address the SCP is about to bind.
+        The DICOM address (``settings.dicom_host``, ``settings.dicom_port``).
+    backlog : int
+        Connections the kernel queues before the processes take them.
+
+    Returns
+    -------
+    socket.socket
+        Listening; close it after the last process stopped using it.
 
     Raises
     ------
     PortInUseError
-        With the address, when the port is taken.
+        With the address, when another program (another node?) listens there.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise PortInUseError(
-                    f"DICOM port {host}:{port} is already in use by another program "
-                    "(another node?); stop it or set TRIAGE_DICOM_PORT"
-                ) from exc
-            raise
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise PortInUseError(
+                f"DICOM port {host}:{port} is already in use by another program "
+                "(another node?); stop it or set TRIAGE_DICOM_PORT"
+            ) from exc
+        raise
+    return sock
 
 
 def _die_with_parent() -> None:
@@ -123,19 +134,25 @@ def _die_with_parent() -> None:
 
 
 def serve_listener(
-    settings: Settings, processes: int, parent_pid: int, ready: EventType | None = None
+    settings: Settings,
+    listen_socket: socket.socket,
+    processes: int,
+    parent_pid: int,
+    ready: EventType | None = None,
 ) -> None:
     """Body of one extra SCP process: receive on the shared port until told to stop.
 
     Parameters
     ----------
     settings : Settings
+    listen_socket : socket.socket
+        The node's listening socket (:func:`open_listening_socket`).
     processes : int
         How many processes share the port (for this one's association limit).
     parent_pid : int
         The main node process; this one stops when it is gone.
     ready : multiprocessing.Event, optional
-        Set once this process listens.
+        Set once this process accepts associations.
     """
     _die_with_parent()
     from dicom_scp.server import DIMSE_TIMEOUT_S, NETWORK_TIMEOUT_S, chunked_receive, start_scp
@@ -156,7 +173,9 @@ def serve_listener(
         abandoned_after_s=NETWORK_TIMEOUT_S + DIMSE_TIMEOUT_S,
     )
     restore = chunked_receive(incoming_dir(spool))
-    server = start_scp(settings, sink, share_port=True, processes=processes, announce=False)
+    server = start_scp(
+        settings, sink, listen_socket=listen_socket, processes=processes, announce=False
+    )
     if ready is not None:
         ready.set()
     try:
@@ -178,12 +197,15 @@ class ListenerPool:
     Parameters
     ----------
     settings : Settings
+    listen_socket : socket.socket
+        The node's listening socket (:func:`open_listening_socket`).
     processes : int
         How many processes share the port in all, the main one included; the pool
         runs ``processes - 1``.
     """
 
     settings: Settings
+    listen_socket: socket.socket
     processes: int
     _children: list[BaseProcess] = field(default_factory=list, repr=False)
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
@@ -218,8 +240,7 @@ class ListenerPool:
             )
             self._supervisor.start()
             log.info(
-                "DICOM port shared by %d SCP processes (SO_REUSEPORT), "
-                "at most %d associations each",
+                "DICOM port shared by %d SCP processes, at most %d associations each",
                 self.processes,
                 associations_per_process(self.settings, self.processes),
             )
@@ -248,7 +269,7 @@ class ListenerPool:
         context = multiprocessing.get_context("spawn")
         child = context.Process(
             target=serve_listener,
-            args=(self.settings, self.processes, os.getpid(), ready),
+            args=(self.settings, self.listen_socket, self.processes, os.getpid(), ready),
             name=f"scp-{index}",
             daemon=True,
         )

@@ -28,7 +28,7 @@ from dicom_scp.handlers import handle_association_request, handle_echo, handle_s
 from dicom_scp.listeners import (
     ListenerPool,
     associations_per_process,
-    check_port_free,
+    open_listening_socket,
     scp_process_count,
 )
 from dicom_scp.queue import CeleryTriageQueue
@@ -49,17 +49,38 @@ MAX_PDU_BYTES = 1048576
 """Largest P-DATA-TF PDU the node accepts: fewer, larger PDUs cost less per byte."""
 
 
-class ReusePortAssociationServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server bound with ``SO_REUSEPORT``.
+class SharedSocketAssociationServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server on a listening socket that several processes share.
 
-    Several processes bind the same address and the kernel spreads new
-    connections over them (see :mod:`dicom_scp.listeners`).
+    The socket comes from :func:`dicom_scp.listeners.open_listening_socket`,
+    already bound, listening and non-blocking: this server neither binds it nor,
+    when it stops, shuts it down (that would stop the other processes too); it only
+    closes its own handle.
+
+    Parameters
+    ----------
+    *args, **kwargs
+        As for :class:`pynetdicom.transport.AssociationServer`.
+    listen_socket : socket.socket
+        The shared listening socket.
     """
 
+    def __init__(self, *args: Any, listen_socket: socket.socket, **kwargs: Any) -> None:
+        self._listen_socket = listen_socket
+        super().__init__(*args, **kwargs)
+
     def server_bind(self) -> None:
-        """Set ``SO_REUSEPORT``, then bind as pynetdicom does."""
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
+        """Use the shared socket instead of binding a new one."""
+        self.socket.close()
+        self.socket = self._listen_socket
+        self.server_address = self.socket.getsockname()
+
+    def server_activate(self) -> None:
+        """Nothing to do: the shared socket is listening already."""
+
+    def server_close(self) -> None:
+        """Close this process's handle only."""
+        self.socket.close()
 
 
 def build_ae(settings: Settings, *, processes: int = 1) -> AE:
@@ -143,7 +164,7 @@ def start_scp(
     sink: InstanceSink,
     *,
     block: bool = False,
-    share_port: bool = False,
+    listen_socket: socket.socket | None = None,
     processes: int = 1,
     announce: bool = True,
 ) -> ThreadedAssociationServer | None:
@@ -157,9 +178,9 @@ def start_scp(
     block : bool
         Serve in this thread until interrupted (returns None) instead of in a
         background thread.
-    share_port : bool
-        Bind with ``SO_REUSEPORT``, so that other SCP processes of this node can
-        bind the same address (:mod:`dicom_scp.listeners`).
+    listen_socket : socket.socket, optional
+        Accept from this socket, shared with the node's other SCP processes
+        (:mod:`dicom_scp.listeners`), instead of binding the address.
     processes : int
         How many processes share the port, for this one's association limit.
     announce : bool
@@ -184,10 +205,14 @@ def start_scp(
         )
     address = (settings.dicom_host, settings.dicom_port)
     handlers = event_handlers(settings, sink)
-    if not share_port:
+    if listen_socket is None:
         return ae.start_server(address, block=block, evt_handlers=handlers, ssl_context=context)
     server = ae.make_server(
-        address, evt_handlers=handlers, ssl_context=context, server_class=ReusePortAssociationServer
+        address,
+        evt_handlers=handlers,
+        ssl_context=context,
+        server_class=SharedSocketAssociationServer,
+        listen_socket=listen_socket,
     )
     if block:
         server.serve_forever()
@@ -320,19 +345,25 @@ def start_node_scp(
         poll_seconds=settings.stability_poll_seconds,
     ).start()
     restore_receive = chunked_receive(incoming_dir(spool)) if receive_into_files else _no_restore
-    shared = processes > 1
+    listen_socket = None
     try:
-        if shared:
-            check_port_free(settings.dicom_host, settings.dicom_port)
-        server = start_scp(settings, sink, block=False, share_port=shared, processes=processes)
+        if processes > 1:
+            listen_socket = open_listening_socket(settings.dicom_host, settings.dicom_port)
+        server = start_scp(
+            settings, sink, block=False, listen_socket=listen_socket, processes=processes
+        )
     except BaseException:
+        if listen_socket is not None:
+            listen_socket.close()
         restore_receive()
         watcher.stop()
         raise
     if server is None:  # pragma: no cover - block=False always returns the server
         raise RuntimeError("the SCP did not start")
     try:
-        listeners = ListenerPool(settings, processes).start() if shared else None
+        listeners = (
+            ListenerPool(settings, listen_socket, processes).start() if listen_socket else None
+        )
     except BaseException:
         server.shutdown()
         restore_receive()

@@ -77,7 +77,8 @@ class Destination:
         return cls(match["ae"].strip(), match["host"].strip("[]"), port)
 
     def __str__(self) -> str:
-        return f"{self.ae_title}@{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.ae_title}@{host}:{self.port}"
 
 
 def _split_list(value: Any) -> Any:

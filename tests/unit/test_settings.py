@@ -40,6 +40,9 @@ def test_environment_lists_and_destinations(monkeypatch: pytest.MonkeyPatch) -> 
         Destination("PACS", "127.0.0.1", 104),
         Destination("ARCH", "::1", 11112),
     ]
+    # Written back as parsed (the embedded worker gets them through its environment).
+    assert [str(d) for d in s.destinations] == ["PACS@127.0.0.1:104", "ARCH@[::1]:11112"]
+    assert [Destination.parse(str(d)) for d in s.destinations] == s.destinations
     assert s.calling_ae_allowed("CR1") and not s.calling_ae_allowed("EVIL")
     assert s.peer_allowed("10.9.8.7") and s.peer_allowed("127.0.0.1")
     assert not s.peer_allowed("192.168.1.1")

@@ -1,4 +1,4 @@
-"""``triage-node scp`` with several processes on one DICOM port (SO_REUSEPORT).
+"""``triage-node scp`` with several processes accepting on one DICOM port.
 
 The extra processes receive like the main one, record each instance once, die with
 the main process, are started again when one dies, and a second node cannot bind
@@ -7,7 +7,9 @@ the same port by accident.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -46,7 +48,9 @@ def _cli() -> Path:
     return cli
 
 
-def _start(tmp_path: Path, migrated_url: str, port: int, name: str) -> NodeProcess:
+def _start(
+    tmp_path: Path, migrated_url: str, port: int, name: str, **extra: str
+) -> NodeProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRIAGE_")}
     env.update(
         TRIAGE_DATA_DIR=str(tmp_path / f"data-{name}"),
@@ -56,6 +60,7 @@ def _start(tmp_path: Path, migrated_url: str, port: int, name: str) -> NodeProce
         TRIAGE_MIN_FREE_MB="0",
         TRIAGE_STABLE_SECONDS="86400",
         TRIAGE_SCP_PROCESSES="2",
+        **extra,
     )
     log = tmp_path / f"{name}.log"
     with log.open("wb") as sink:
@@ -120,13 +125,15 @@ def _stop(node: NodeProcess) -> None:
             node.proc.wait()
 
 
-@pytest.fixture
-def node(tmp_path: Path, migrated_url: str) -> Iterator[NodeProcess]:
+@contextlib.contextmanager
+def _running(
+    tmp_path: Path, migrated_url: str, **extra: str
+) -> Iterator[NodeProcess]:
     need_dcmtk()
-    started = _start(tmp_path, migrated_url, free_port(), "node")
+    started = _start(tmp_path, migrated_url, free_port(), "node", **extra)
     try:
         wait_until(
-            lambda: started.proc.poll() is None and pyscu_echo(started.port) == 0x0000,
+            lambda: "DICOM SCP TRIAGE listening" in started.output(),
             timeout=60,
             what="triage-node scp up",
         )
@@ -138,6 +145,12 @@ def node(tmp_path: Path, migrated_url: str) -> Iterator[NodeProcess]:
         yield started
     finally:
         _stop(started)
+
+
+@pytest.fixture
+def node(tmp_path: Path, migrated_url: str) -> Iterator[NodeProcess]:
+    with _running(tmp_path, migrated_url) as started:
+        yield started
 
 
 def _copies(shared_data: Path, out: Path, count: int) -> list[Path]:
@@ -156,24 +169,33 @@ def _copies(shared_data: Path, out: Path, count: int) -> list[Path]:
     return paths
 
 
+def _store_concurrently(port: int, files: list[Path], **kwargs: Any) -> None:
+    """One storescu association per file, 8 at a time (each of the 2 processes
+    takes up to 16 / 2 associations)."""
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda path: storescu_as_is(port, path, **kwargs), files))
+    assert [r.returncode for r in results] == [0] * len(files), [r.stderr for r in results]
+
+
+def _stores_by_process(node: NodeProcess) -> tuple[int, int]:
+    """New instances stored by (all processes, the extra process)."""
+    lines = [line for line in node.output().splitlines() if "stored new instance" in line]
+    return len(lines), sum(1 for line in lines if " INFO scp-1 " in line)
+
+
 def test_both_processes_receive_and_record_each_instance_once(
     node: NodeProcess, shared_data: Path, session_factory: Any, tmp_path: Path
 ) -> None:
     files = _copies(shared_data, tmp_path / "copies", 16)
-    # At most 8 at once: each of the 2 processes takes up to 16 / 2 associations.
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        results = list(pool.map(lambda path: storescu_as_is(node.port, path), files))
-    assert [r.returncode for r in results] == [0] * 16, [r.stderr for r in results]
+    _store_concurrently(node.port, files)
     assert count_instances(session_factory) == 16
     # The same files again, one association: still one row each.
     assert all(storescu_as_is(node.port, path).returncode == 0 for path in files[:4])
     assert count_instances(session_factory) == 16
 
-    lines = [line for line in node.output().splitlines() if "stored new instance" in line]
-    by_listener = [line for line in lines if " INFO scp-1 " in line]
-    assert len(lines) == 16
-    # 16 connections all hashed to one process: about 3 in 100 000.
-    assert 0 < len(by_listener) < 16, node.output()[-3000:]
+    stored, by_extra = _stores_by_process(node)
+    assert stored == 16
+    assert 0 < by_extra < 16, node.output()[-3000:]
 
     _stop(node)
     assert node.proc.returncode == 0, node.output()[-3000:]
@@ -220,3 +242,29 @@ def test_a_second_node_on_the_same_port_is_refused(
     deadline = time.monotonic() + 2
     while time.monotonic() < deadline:
         assert pyscu_echo(node.port) == 0x0000
+
+
+def test_tls_on_every_process(
+    tmp_path: Path, migrated_url: str, shared_data: Path, session_factory: Any
+) -> None:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed")
+    key, cert = tmp_path / "server.key", tmp_path / "server.crt"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256",
+            "-days", "2", "-subj", "/CN=node", "-keyout", str(key), "-out", str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )  # fmt: skip
+    tls = {"TRIAGE_TLS_CERT": str(cert), "TRIAGE_TLS_KEY": str(key)}
+    with _running(tmp_path, migrated_url, **tls) as node:
+        files = _copies(shared_data, tmp_path / "copies", 16)
+        _store_concurrently(node.port, files, tls=["+tla", "+cf", cert])
+        assert count_instances(session_factory) == 16
+        stored, by_extra = _stores_by_process(node)
+        assert stored == 16
+        assert 0 < by_extra < 16, node.output()[-3000:]
+        assert storescu_as_is(node.port, files[0]).returncode != 0  # no TLS: refused

@@ -9,7 +9,7 @@ import pytest
 from dicom_scp.listeners import (
     PortInUseError,
     associations_per_process,
-    check_port_free,
+    open_listening_socket,
     scp_process_count,
 )
 from dicom_scp.server import build_ae
@@ -47,21 +47,32 @@ def test_scp_processes_out_of_range_is_a_settings_error() -> None:
         load_settings(scp_processes=0)
 
 
-def test_port_check_refuses_a_port_with_a_listener() -> None:
+def test_listening_socket_refuses_a_port_in_use() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         with pytest.raises(PortInUseError, match=f"127.0.0.1:{port} is already in use"):
-            check_port_free("127.0.0.1", port)
-    check_port_free("127.0.0.1", port)  # closed: free again
+            open_listening_socket("127.0.0.1", port)
+    open_listening_socket("127.0.0.1", port).close()  # closed: free again
 
 
-def test_port_check_refuses_a_port_shared_with_so_reuseport() -> None:
-    """Another node's shared socket must not let this one join it."""
+def test_listening_socket_refuses_a_port_shared_with_so_reuseport() -> None:
+    """A program that shares its port must not let the node join it by accident."""
     with socket.socket() as taken:
         taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         with pytest.raises(PortInUseError):
-            check_port_free("127.0.0.1", taken.getsockname()[1])
+            open_listening_socket("127.0.0.1", taken.getsockname()[1])
+
+
+def test_listening_socket_is_non_blocking() -> None:
+    """Every process waits on it; those that lose the race to accept() go on waiting."""
+    sock = open_listening_socket("127.0.0.1", 0)
+    try:
+        assert sock.getblocking() is False
+        with pytest.raises(BlockingIOError):
+            sock.accept()
+    finally:
+        sock.close()
