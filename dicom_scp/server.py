@@ -32,6 +32,7 @@ from dicom_scp.listeners import (
     scp_process_count,
 )
 from dicom_scp.queue import CeleryTriageQueue
+from dicom_scp.socket_reads import read_pdus_in_full
 from dicom_scp.sink import InstanceSink, SpoolSink, clean_stale_temp_files, incoming_dir
 from dicom_scp.watcher import StabilityWatcher
 from worklist.settings import Settings
@@ -192,6 +193,7 @@ def start_scp(
     ThreadedAssociationServer or None
         The running server (call ``shutdown()`` to stop it); None when ``block``.
     """
+    read_pdus_in_full()
     ae = build_ae(settings, processes=processes)
     context = ssl_context(settings)
     if announce:

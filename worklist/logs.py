@@ -12,8 +12,11 @@ def configure_logging(level: str, *, with_process: bool = False) -> None:
     """Configure the root logger once for a node process.
 
     pynetdicom logs every PDU at DEBUG and element values in some INFO lines, and
-    highdicom logs a line per copied module for every SR: both are kept at WARNING
-    unless the node itself runs at DEBUG.
+    highdicom logs a line per copied module for every SR: both are kept at WARNING.
+    pynetdicom's standard event handlers, which decode every PDU and DIMSE message
+    only to log them at INFO and DEBUG, are therefore not bound at all
+    (``_config.LOG_HANDLER_LEVEL = "none"``): they cost CPU on every PDU and could
+    never print anything.
 
     Parameters
     ----------
@@ -30,3 +33,6 @@ def configure_logging(level: str, *, with_process: bool = False) -> None:
     quiet = max(logging.WARNING, logging.getLogger().getEffectiveLevel())
     for name in QUIET_LIBRARIES:
         logging.getLogger(name).setLevel(quiet)
+    from pynetdicom import _config
+
+    _config.LOG_HANDLER_LEVEL = "none"
