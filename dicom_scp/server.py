@@ -348,13 +348,19 @@ def start_node_scp(
     ).start()
     restore_receive = chunked_receive(incoming_dir(spool)) if receive_into_files else _no_restore
     listen_socket = None
+    listeners = None
     try:
         if processes > 1:
+            # The extra processes first, ready before this one answers: from the
+            # first association on, every process takes its share.
             listen_socket = open_listening_socket(settings.dicom_host, settings.dicom_port)
+            listeners = ListenerPool(settings, listen_socket, processes).start()
         server = start_scp(
             settings, sink, block=False, listen_socket=listen_socket, processes=processes
         )
     except BaseException:
+        if listeners is not None:
+            listeners.stop()
         if listen_socket is not None:
             listen_socket.close()
         restore_receive()
@@ -362,15 +368,6 @@ def start_node_scp(
         raise
     if server is None:  # pragma: no cover - block=False always returns the server
         raise RuntimeError("the SCP did not start")
-    try:
-        listeners = (
-            ListenerPool(settings, listen_socket, processes).start() if listen_socket else None
-        )
-    except BaseException:
-        server.shutdown()
-        restore_receive()
-        watcher.stop()
-        raise
     return NodeScp(
         server=server,
         sink=sink,

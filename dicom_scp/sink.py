@@ -26,12 +26,15 @@ success and re-sends, which overwrites it. A committed row therefore always poin
 file. When the commit fails, the new file is removed only if no earlier copy of
 the instance was there and the database confirms it has no row for it; a
 re-sent instance's previously acknowledged copy is never deleted. Instances with
-the same SOP Instance UID are serialised by a lock so that this check is exact
-within the process.
+the same SOP Instance UID are serialised (:class:`UidLocks`: a thread lock, and a
+byte-range lock on :data:`UID_LOCK_FILE` in the spool for the other SCP processes
+of the node) so that this check is exact.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import shutil
@@ -39,7 +42,7 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -75,6 +78,8 @@ ABANDONED_AFTER_S = 600.0
 _SWEEP_EVERY_S = 60.0
 
 _LOCK_STRIPES = 64
+UID_LOCK_FILE = ".uid-locks"
+"""File in the spool whose bytes are locked, one per stripe of SOP Instance UIDs."""
 _COPY_CHUNK = 1024 * 1024
 
 
@@ -242,6 +247,66 @@ def clean_stale_temp_files(spool_dir: Path) -> int:
     return removed
 
 
+class UidLocks:
+    """Serialise the stores of one SOP Instance UID across threads and processes.
+
+    UIDs are hashed to one of a fixed number of stripes. A stripe is a thread lock
+    (the threads of this process) and, taken inside it, a POSIX byte-range lock on
+    byte ``stripe`` of :data:`UID_LOCK_FILE` in the spool (the other processes
+    that store into the same spool; the kernel drops it if the process dies).
+
+    Parameters
+    ----------
+    spool_dir : Path
+        The spool root; the lock file is created there on first use.
+    """
+
+    def __init__(self, spool_dir: Path) -> None:
+        self.path = Path(spool_dir) / UID_LOCK_FILE
+        self._threads = [threading.Lock() for _ in range(_LOCK_STRIPES)]
+        self._fd: int | None = None
+        self._opening = threading.Lock()
+
+    @contextlib.contextmanager
+    def hold(self, sop_uid: str) -> Iterator[None]:
+        """Hold the lock of ``sop_uid``'s stripe for the ``with`` block.
+
+        Raises
+        ------
+        OutOfResources
+            When the lock file cannot be opened or locked (0xA700: retry later).
+        """
+        stripe = zlib.crc32(sop_uid.encode()) % _LOCK_STRIPES
+        with self._threads[stripe]:
+            fd = self.open()
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX, 1, stripe)
+            except OSError as exc:
+                raise OutOfResources(f"spool lock failed: {exc.strerror or exc}") from exc
+            try:
+                yield
+            finally:
+                fcntl.lockf(fd, fcntl.LOCK_UN, 1, stripe)
+
+    def open(self) -> int:
+        """Open the lock file (once) and return its descriptor.
+
+        Raises
+        ------
+        OutOfResources
+            When it cannot be created or opened (a spool that cannot be written).
+        """
+        with self._opening:
+            if self._fd is None:
+                try:
+                    self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                except OSError as exc:
+                    raise OutOfResources(
+                        f"spool lock file {self.path}: {exc.strerror or exc}"
+                    ) from exc
+            return self._fd
+
+
 class SpoolSink:
     """Stores instances in the spool and records them in the database.
 
@@ -276,7 +341,7 @@ class SpoolSink:
         self.min_free_mb = min_free_mb
         self.abandoned_after_s = abandoned_after_s
         self._free_bytes = free_bytes
-        self._locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
+        self._uid_locks = UidLocks(self.spool_dir)
         self._file_mode = _new_file_mode()
         self._low_space = False
         self._next_sweep = time.monotonic() + _SWEEP_EVERY_S
@@ -393,9 +458,6 @@ class SpoolSink:
             raise OutOfResources(f"spool write failed: {exc.strerror or exc}") from exc
         return temp
 
-    def _lock_for(self, sop_uid: str) -> threading.Lock:
-        return self._locks[zlib.crc32(sop_uid.encode()) % _LOCK_STRIPES]
-
     def _row_exists(self, sop_uid: str) -> bool | None:
         """True/False when the database answers, None when it cannot be asked."""
         try:
@@ -471,7 +533,12 @@ class SpoolSink:
             temp = self._adopt_received_file(final, source)
         else:
             temp = self._write_temp(final, source)
-        with self._lock_for(sop_uid):
+        try:
+            self._uid_locks.open()
+        except OutOfResources:
+            temp.unlink(missing_ok=True)
+            raise
+        with self._uid_locks.hold(sop_uid):
             had_copy = final.exists()
             session = self.session_factory()
             try:

@@ -60,6 +60,15 @@ def wait_until(
         time.sleep(interval)
 
 
+def spool_files(spool: Path) -> list[Path]:
+    """Every file under ``spool`` except the sink's UID lock file, sorted; [] if absent."""
+    from dicom_scp.sink import UID_LOCK_FILE
+
+    if not spool.is_dir():
+        return []
+    return sorted(p for p in spool.rglob("*") if p.is_file() and p.name != UID_LOCK_FILE)
+
+
 def _postgres_available() -> bool:
     try:
         with socket.create_connection(("127.0.0.1", 5432), timeout=1):

@@ -417,10 +417,11 @@ def _add_private_coding_scheme(sr: Dataset) -> None:
 
 
 def write_sr(sr: Dataset, results_dir: Path) -> Path:
-    """Write an SR to ``results_dir/<SOP Instance UID>.dcm`` atomically.
+    """Write an SR to ``results_dir/<SOP Instance UID>.dcm`` atomically and durably.
 
-    The name depends only on the SR's UID, so writing the same revision twice
-    replaces the file with the same object.
+    Temporary file, fsync, rename, fsync of the directory. The name depends only
+    on the SR's UID, so writing the same revision twice replaces the file with the
+    same object.
 
     Parameters
     ----------
@@ -441,6 +442,11 @@ def write_sr(sr: Dataset, results_dir: Path) -> Path:
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+        directory = os.open(results_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(directory)  # the new name survives a power cut too
+        finally:
+            os.close(directory)
     except BaseException:
         tmp.unlink(missing_ok=True)  # a full disk leaves no partial SR behind
         raise

@@ -25,7 +25,7 @@ from sqlalchemy import func, select
 
 from dicom_scp.sink import TEMP_SUFFIX, ReceivedInstance, SpoolSink
 from dicom_scp.status import StoreStatus
-from tests.conftest import free_port, wait_until
+from tests.conftest import free_port, spool_files, wait_until
 from tests.integration.reliability.helpers import make_studies, send, wait_exactly_once
 from worklist.tables import Instance
 
@@ -72,7 +72,7 @@ def _fill_to(fs: Path, free_bytes: int) -> Path:
 
 
 def _spooled(spool: Path) -> list[Path]:
-    return [p for p in spool.rglob("*") if p.is_file()] if spool.is_dir() else []
+    return spool_files(spool)
 
 
 def test_watermark_refuses_before_full_and_resumes_by_itself(
@@ -84,7 +84,11 @@ def test_watermark_refuses_before_full_and_resumes_by_itself(
     small_fs: Path,
 ) -> None:
     first, refused = make_studies(shared_data, tmp_path / "send", 2, 2)
-    cluster = make_cluster(postgres_url, private_redis.url, min_free_mb=WATERMARK_MB)
+    # One SCP process: each process keeps its own watermark state, and the log
+    # lines checked below come from the one that refused.
+    cluster = make_cluster(
+        postgres_url, private_redis.url, min_free_mb=WATERMARK_MB, scp_processes=1
+    )
     assert cluster.data_dir == small_fs
     cluster.start_worker("inference")
     cluster.start_worker("delivery", concurrency=2)

@@ -18,7 +18,7 @@ import pydicom
 import pytest
 from sqlalchemy import func, select, text
 
-from tests.conftest import wait_until
+from tests.conftest import spool_files, wait_until
 from tests.integration.reliability.helpers import (
     assert_no_phi,
     make_studies,
@@ -127,7 +127,7 @@ def test_postgres_restarted(
     assert out.returncode != 0
     assert "Refused: OutOfResources" in out.stdout + out.stderr, out.stderr[-1500:]
     uids = set(during.sop_uids)
-    spooled = {p.stem for p in cluster.spool.rglob("*") if p.is_file()}
+    spooled = {p.stem for p in spool_files(cluster.spool)}
     assert not uids & spooled, "a refused instance was left in the spool"
     assert not [p for p in cluster.spool.rglob("*.partial")]
     # Down for longer than the quiet period (the pending study comes due during the

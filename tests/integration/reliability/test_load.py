@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from tests.conftest import free_port, wait_until
+from tests.conftest import free_port, spool_files, wait_until
 from tests.integration.deploy.helpers import TRIAGE_NODE, http_ok
 from tests.integration.reliability.helpers import (
     PATIENT_ID,
@@ -99,7 +99,7 @@ def test_four_senders_2000_instances_all_triaged_once(
         engine.dispose()
     n = N_STUDIES * PER_STUDY
     assert stored == n and received == n
-    spooled = [p for p in cluster.spool.rglob("*") if p.is_file()]
+    spooled = spool_files(cluster.spool)
     assert len(spooled) == n
 
     outcome = wait_exactly_once(postgres_url, cluster.pacs, studies, timeout=300, started=started)

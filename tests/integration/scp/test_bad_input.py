@@ -16,6 +16,7 @@ from sqlalchemy import select
 
 from dicom_scp.sink import TEMP_SUFFIX, ReceivedInstance, SpoolSink
 from dicom_scp.status import StoreStatus
+from tests.conftest import spool_files
 from tests.integration.scp.helpers import (
     STORESCU_TS_OPTION,
     count_instances,
@@ -132,7 +133,7 @@ def test_broken_structure_cannot_be_understood(
     result = SpoolSink(spool, session_factory, 0).store(received)
     assert result.status == StoreStatus.CANNOT_UNDERSTAND
     assert count_instances(session_factory) == 0
-    assert not spool.exists() or not any(p.is_file() for p in spool.rglob("*"))
+    assert spool_files(spool) == []
 
 
 def _instance_bytes(ds: Dataset) -> bytes:
@@ -225,7 +226,7 @@ def test_bad_instances_refused_without_trace(
         assert result.status == expected
     assert result.comment
     assert count_instances(session_factory) == 0
-    assert not spool.exists() or not any(p.is_file() for p in spool.rglob("*"))
+    assert spool_files(spool) == []
     assert "SECRET-ID-123" not in caplog.text and "Doe^Jane" not in caplog.text
 
 

@@ -11,7 +11,7 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE
 from sqlalchemy import select
 
-from tests.conftest import wait_until
+from tests.conftest import spool_files, wait_until
 from tests.integration.scp.helpers import count_instances, need_dcmtk, pyscu_echo, storescu_as_is
 from worklist.tables import Study
 
@@ -41,7 +41,7 @@ def test_parallel_storescu_one_study(
     with session_factory() as session:
         study = session.scalars(select(Study)).one()
         assert study.instance_count == 12
-    spooled = [p for p in settings.spool_dir.rglob("*") if p.is_file()]
+    spooled = spool_files(settings.spool_dir)
     assert len(spooled) == 12
 
 

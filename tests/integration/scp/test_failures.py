@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import shutil
 import stat
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -21,10 +23,12 @@ from dicom_scp.sink import (
     TEMP_SUFFIX,
     ReceivedInstance,
     SpoolSink,
+    UidLocks,
     clean_stale_temp_files,
     incoming_dir,
 )
 from dicom_scp.status import StoreStatus
+from tests.conftest import spool_files
 from tests.integration.scp.helpers import count_instances, pyscu_echo, pyscu_store
 from worklist.db import make_engine, make_session_factory
 
@@ -41,10 +45,6 @@ def _received(path: Path) -> ReceivedInstance:
         calling_ae="TEST",
         peer_address="127.0.0.1",
     )
-
-
-def _files(root: Path) -> list[Path]:
-    return [p for p in root.rglob("*") if p.is_file()] if root.is_dir() else []
 
 
 def test_spool_that_is_a_file_gives_a700_over_the_network(
@@ -72,7 +72,7 @@ def test_database_failure_gives_a700_and_leaves_no_file(shared_data: Path, tmp_p
             _received(shared_data / CHEST)
         )
         assert result.status == StoreStatus.OUT_OF_RESOURCES
-        assert _files(spool) == []
+        assert spool_files(spool) == []
     finally:
         engine.dispose()
 
@@ -91,7 +91,7 @@ def test_write_failure_gives_a700_and_leaves_no_partial_file(
     spool = tmp_path / "spool"
     result = SpoolSink(spool, session_factory, 0).store(_received(shared_data / CHEST))
     assert result.status == StoreStatus.OUT_OF_RESOURCES
-    assert _files(spool) == []
+    assert spool_files(spool) == []
     assert count_instances(session_factory) == 0
 
 
@@ -105,7 +105,7 @@ def test_rename_failure_gives_a700_and_no_row(
     spool = tmp_path / "spool"
     result = SpoolSink(spool, session_factory, 0).store(_received(shared_data / CHEST))
     assert result.status == StoreStatus.OUT_OF_RESOURCES
-    assert _files(spool) == []
+    assert spool_files(spool) == []
     assert count_instances(session_factory) == 0
 
 
@@ -125,7 +125,7 @@ def test_commit_failure_removes_the_new_file(
     sink = SpoolSink(spool, _failing_commit_factory(session_factory), 0)
     result = sink.store(_received(shared_data / CHEST))
     assert result.status == StoreStatus.OUT_OF_RESOURCES
-    assert _files(spool) == []
+    assert spool_files(spool) == []
     assert count_instances(session_factory) == 0
 
 
@@ -139,7 +139,7 @@ def test_commit_failure_on_resend_keeps_the_acknowledged_copy(
     again = SpoolSink(spool, _failing_commit_factory(session_factory), 0).store(received)
     assert again.status == StoreStatus.OUT_OF_RESOURCES
     assert first.path.read_bytes() == received.encoded
-    assert _files(spool) == [first.path]
+    assert spool_files(spool) == [first.path]
     assert count_instances(session_factory) == 1
 
 
@@ -151,7 +151,7 @@ def test_free_space_watermark_refuses_then_resumes(
     sink = SpoolSink(spool, session_factory, 100, free_bytes=lambda _path: free["bytes"])
     received = _received(shared_data / CHEST)
     assert sink.store(received).status == StoreStatus.OUT_OF_RESOURCES
-    assert _files(spool) == [] and count_instances(session_factory) == 0
+    assert spool_files(spool) == [] and count_instances(session_factory) == 0
     free["bytes"] = 10 * 1024**3
     assert sink.store(received).ok
     assert count_instances(session_factory) == 1
@@ -183,7 +183,7 @@ def test_store_records_and_spools(shared_data: Path, session_factory: Any, tmp_p
         spool.absolute() / ds.StudyInstanceUID / ds.SeriesInstanceUID / f"{ds.SOPInstanceUID}.dcm"
     )
     assert result.path.read_bytes() == received.encoded
-    assert _files(spool) == [result.path]
+    assert spool_files(spool) == [result.path]
 
 
 def _received_file(path: Path, spool: Path) -> ReceivedInstance:
@@ -245,7 +245,7 @@ def test_a_failure_at_any_step_keeps_row_and_file_consistent(
 
     result = SpoolSink(spool, factory, 0).store(received)
     assert result.status == StoreStatus.OUT_OF_RESOURCES
-    files = _files(spool)
+    files = spool_files(spool)
     assert not [p for p in files if p.name.endswith(TEMP_SUFFIX)]
     rows = count_instances(session_factory)
     assert rows == (1 if resend else 0)
@@ -266,7 +266,7 @@ def test_a_received_file_is_moved_into_place(
     assert result.ok and result.path is not None
     assert not received.dataset_path.exists()
     assert result.path.read_bytes() == (shared_data / CHEST).read_bytes()
-    assert _files(spool) == [result.path]
+    assert spool_files(spool) == [result.path]
     assert count_instances(session_factory) == 1
     # The same mode as a file the sink writes from bytes, not tempfile's 0600.
     umask = os.umask(0)
@@ -294,7 +294,7 @@ def test_a_received_file_on_another_file_system_is_copied(
     assert result.ok and result.path is not None
     assert received.dataset_path is not None and not received.dataset_path.exists()
     assert result.path.read_bytes() == (shared_data / CHEST).read_bytes()
-    assert _files(spool) == [result.path]
+    assert spool_files(spool) == [result.path]
 
 
 def test_a_refused_received_file_is_left_to_its_owner(
@@ -327,7 +327,7 @@ def test_crash_between_rename_and_commit_then_resend(
     with pytest.raises(_Crash):
         SpoolSink(spool, crashing, 0).store(received)
     # A complete file under its final name, no row: the sender saw no success.
-    (orphan,) = _files(spool)
+    (orphan,) = spool_files(spool)
     assert orphan.read_bytes() == received.encoded
     assert count_instances(session_factory) == 0
     # Start-up cleaning keeps it (it is complete); the re-send records it.
@@ -335,7 +335,7 @@ def test_crash_between_rename_and_commit_then_resend(
     result = SpoolSink(spool, session_factory, 0).store(received)
     assert result.ok and result.path == orphan
     assert count_instances(session_factory) == 1
-    assert _files(spool) == [orphan]
+    assert spool_files(spool) == [orphan]
 
 
 def test_abandoned_receives_are_swept(session_factory: Any, tmp_path: Path) -> None:
@@ -370,3 +370,43 @@ def test_low_space_sweeps_abandoned_receives_first(
     )
     assert sink.store(_received_file(shared_data / CHEST, spool)).ok
     assert not abandoned.exists()
+
+
+def _hold_uid_lock(spool: str, sop_uid: str, locked: Any, release: Any) -> None:
+    """In another process: hold ``sop_uid``'s lock until ``release`` is set."""
+    with UidLocks(Path(spool)).hold(sop_uid):
+        locked.set()
+        release.wait(60)
+
+
+def test_a_store_waits_while_another_process_stores_the_same_uid(
+    shared_data: Path, session_factory: Any, tmp_path: Path
+) -> None:
+    """The check that decides whether a failed commit may remove the file is exact
+    across the node's SCP processes, not only across threads."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    received = _received(shared_data / CHEST)
+    context = multiprocessing.get_context("spawn")
+    locked, release = context.Event(), context.Event()
+    holder = context.Process(
+        target=_hold_uid_lock, args=(str(spool), received.sop_instance_uid, locked, release)
+    )
+    holder.start()
+    try:
+        assert locked.wait(60)
+        results: list[Any] = []
+        store = threading.Thread(
+            target=lambda: results.append(SpoolSink(spool, session_factory, 0).store(received))
+        )
+        store.start()
+        store.join(0.5)
+        assert store.is_alive(), "the store did not wait for the other process's lock"
+        assert count_instances(session_factory) == 0
+        release.set()
+        store.join(30)
+        assert results and results[0].ok
+        assert count_instances(session_factory) == 1
+    finally:
+        release.set()
+        holder.join(10)

@@ -48,9 +48,7 @@ def _cli() -> Path:
     return cli
 
 
-def _start(
-    tmp_path: Path, migrated_url: str, port: int, name: str, **extra: str
-) -> NodeProcess:
+def _start(tmp_path: Path, migrated_url: str, port: int, name: str, **extra: str) -> NodeProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRIAGE_")}
     env.update(
         TRIAGE_DATA_DIR=str(tmp_path / f"data-{name}"),
@@ -126,9 +124,7 @@ def _stop(node: NodeProcess) -> None:
 
 
 @contextlib.contextmanager
-def _running(
-    tmp_path: Path, migrated_url: str, **extra: str
-) -> Iterator[NodeProcess]:
+def _running(tmp_path: Path, migrated_url: str, **extra: str) -> Iterator[NodeProcess]:
     need_dcmtk()
     started = _start(tmp_path, migrated_url, free_port(), "node", **extra)
     try:

@@ -10,6 +10,7 @@ import pytest
 from pydicom import dcmread
 from sqlalchemy import select
 
+from tests.conftest import spool_files
 from tests.integration.scp.helpers import (
     count_instances,
     echoscu,
@@ -110,7 +111,7 @@ def test_storescu_real_files_arrive_unchanged_once(
             assert row.calling_ae in {"STORESCU", "PYSCU"}
             _same_elements(sent, stored)
     # Nothing but the instances in the spool: no temp file left behind.
-    spooled = [p for p in settings.spool_dir.rglob("*") if p.is_file()]
+    spooled = spool_files(settings.spool_dir)
     assert len(spooled) == len(expected)
 
 
@@ -187,7 +188,7 @@ def test_resend_does_not_duplicate(
         assert {s.study_instance_uid: s.instance_count for s in studies} == {
             uid: len(sops) for uid, sops in per_study.items()
         }
-    spooled = [p for p in settings.spool_dir.rglob("*") if p.is_file()]
+    spooled = spool_files(settings.spool_dir)
     assert len(spooled) == len(files)
 
 
@@ -203,7 +204,7 @@ def test_unknown_calling_ae_rejected(
     assert refused.returncode != 0
     assert "Calling AE Title Not Recognized" in refused.stdout + refused.stderr
     assert count_instances(session_factory) == 0
-    assert not any(p.is_file() for p in settings.spool_dir.rglob("*"))
+    assert spool_files(settings.spool_dir) == []
     assert echoscu(settings.dicom_port, calling="INTRUDER").returncode != 0
 
     allowed = storescu_as_is(settings.dicom_port, path, calling="MODALITY1")
@@ -240,7 +241,7 @@ def test_below_free_space_watermark_refused(
     path = shared_data / "dicom" / "real" / "fuji_CR_chest_from_fodicom_withmeta.dcm"
     assert pyscu_store(settings.dicom_port, path) == 0xA700
     assert count_instances(session_factory) == 0
-    assert not any(p.is_file() for p in settings.spool_dir.rglob("*"))
+    assert spool_files(settings.spool_dir) == []
     if shutil.which("storescu"):
         result = storescu_as_is(settings.dicom_port, path)
         assert "Refused: OutOfResources" in result.stderr
