@@ -32,8 +32,8 @@ from dicom_scp.listeners import (
     scp_process_count,
 )
 from dicom_scp.queue import CeleryTriageQueue
-from dicom_scp.socket_reads import read_pdus_in_full
 from dicom_scp.sink import InstanceSink, SpoolSink, clean_stale_temp_files, incoming_dir
+from dicom_scp.socket_reads import read_pdus_in_full
 from dicom_scp.watcher import StabilityWatcher
 from worklist.settings import Settings
 from worklist.stability import TriageQueue
@@ -72,7 +72,8 @@ class SharedSocketAssociationServer(ThreadedAssociationServer):
 
     def server_bind(self) -> None:
         """Use the shared socket instead of binding a new one."""
-        self.socket.close()
+        if self.socket is not None:
+            self.socket.close()  # the one socketserver made for us, unused
         self.socket = self._listen_socket
         self.server_address = self.socket.getsockname()
 
@@ -81,7 +82,8 @@ class SharedSocketAssociationServer(ThreadedAssociationServer):
 
     def server_close(self) -> None:
         """Close this process's handle only."""
-        self.socket.close()
+        if self.socket is not None:
+            self.socket.close()
 
 
 def build_ae(settings: Settings, *, processes: int = 1) -> AE:

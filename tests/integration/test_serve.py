@@ -52,8 +52,11 @@ def node(tmp_path: Path):
         [str(BIN / "triage-node"), "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
     )
     try:
-        wait_until(lambda: proc.poll() is not None or _echo(dicom_port), timeout=60,
-                   what="the node to answer C-ECHO")
+        wait_until(
+            lambda: proc.poll() is not None or _echo(dicom_port),
+            timeout=60,
+            what="the node to answer C-ECHO",
+        )
         assert proc.poll() is None, (tmp_path / "node.log").read_text()
         yield proc, dicom_port, http_port, data_dir
     finally:
