@@ -310,9 +310,11 @@ def start_node_scp(
     migrated already. Datasets are received into files in the spool's incoming
     directory (:func:`chunked_receive`) until ``stop()``.
 
-    With ``processes`` above 1, ``processes - 1`` more SCP processes
-    (:class:`~dicom_scp.listeners.ListenerPool`) share the port with this one;
-    only this one cleans the spool and runs the watcher.
+    The listening socket is opened here (:func:`~dicom_scp.listeners.open_listening_socket`:
+    a port in use is a :class:`~dicom_scp.listeners.PortInUseError`). With
+    ``processes`` above 1, ``processes - 1`` more SCP processes
+    (:class:`~dicom_scp.listeners.ListenerPool`) accept from it too; only this one
+    cleans the spool and runs the watcher.
 
     Parameters
     ----------
@@ -352,10 +354,10 @@ def start_node_scp(
     listen_socket = None
     listeners = None
     try:
+        listen_socket = open_listening_socket(settings.dicom_host, settings.dicom_port)
         if processes > 1:
             # The extra processes first, ready before this one answers: from the
             # first association on, every process takes its share.
-            listen_socket = open_listening_socket(settings.dicom_host, settings.dicom_port)
             listeners = ListenerPool(settings, listen_socket, processes).start()
         server = start_scp(
             settings, sink, block=False, listen_socket=listen_socket, processes=processes

@@ -25,6 +25,7 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
+from dicom_scp.listeners import PortInUseError
 from tests.conftest import free_port, wait_until
 from tests.integration.scp.helpers import count_instances, need_dcmtk, pyscu_echo, storescu_as_is
 
@@ -264,3 +265,13 @@ def test_tls_on_every_process(
         assert stored == 16
         assert 0 < by_extra < 16, node.output()[-3000:]
         assert storescu_as_is(node.port, files[0]).returncode != 0  # no TLS: refused
+
+
+def test_a_port_in_use_is_a_clear_error_with_one_process_too(
+    make_settings: Any, start_node: Any
+) -> None:
+    settings = make_settings()
+    start_node(settings)
+    with pytest.raises(PortInUseError, match=f":{settings.dicom_port} is already in use"):
+        start_node(settings)
+    assert pyscu_echo(settings.dicom_port) == 0x0000  # the first one goes on serving
