@@ -22,8 +22,8 @@ pynetdicom abandons mid-dataset (the association aborted, a disk that is really
 full) leaves its file in the incoming directory; :meth:`SpoolSink.sweep_incoming`
 removes it once it is older than the network timeout. A crash between 4 and 5
 leaves a complete file under its final name with no row: the sender got no
-success and re-sends, which overwrites it. A committed row therefore always points to a complete, durable
-file. When the commit fails, the new file is removed only if no earlier copy of
+success and re-sends, which overwrites it. A committed row therefore always
+points to a complete, durable file. When the commit fails, the new file is removed only if no earlier copy of
 the instance was there and the database confirms it has no row for it; a
 re-sent instance's previously acknowledged copy is never deleted. Instances with
 the same SOP Instance UID are serialised (:class:`UidLocks`: a thread lock, and a
@@ -63,6 +63,7 @@ from dicom_scp.status import (
     StoreStatus,
     status_for_exception,
 )
+from worklist.files import fsync_directory
 from worklist.ingest import RecordOutcome, record_instance
 from worklist.tables import Instance
 
@@ -171,14 +172,6 @@ class InstanceSink(Protocol):
         """Persist ``instance`` durably and return the status; never raise."""
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _make_dirs(root: Path, target: Path) -> None:
     """Create ``target`` (under ``root``), fsync-ing the parent of each new directory."""
     missing: list[Path] = []
@@ -190,7 +183,7 @@ def _make_dirs(root: Path, target: Path) -> None:
         current = current.parent
     for directory in reversed(missing):
         directory.mkdir(exist_ok=True)
-        _fsync_dir(directory.parent)
+        fsync_directory(directory.parent)
 
 
 def _new_file_mode() -> int:
@@ -548,7 +541,7 @@ class SpoolSink:
                     raise OutOfResources(f"database error: {type(exc).__name__}") from exc
                 try:
                     os.replace(temp, final)
-                    _fsync_dir(final.parent)
+                    fsync_directory(final.parent)
                 except OSError as exc:
                     if not had_copy and not temp.exists():
                         self._remove_final(final)
@@ -591,6 +584,6 @@ class SpoolSink:
         """Remove a renamed file that no row points to (a failed commit or fsync)."""
         try:
             final.unlink(missing_ok=True)
-            _fsync_dir(final.parent)
+            fsync_directory(final.parent)
         except OSError:
             log.exception("could not remove %s after a failed store", final)

@@ -50,6 +50,8 @@ from highdicom.sr import (
 from pydicom import Dataset, dcmread
 from pydicom.sr.coding import Code
 
+from worklist.files import fsync_directory
+
 __all__ = [
     "CODES",
     "SRContent",
@@ -311,20 +313,7 @@ def _clean_evidence(ds: Dataset) -> Dataset:
     """
     copy = Dataset()
     for keyword in _EVIDENCE_KEYWORDS:
-        value = ds.get(keyword)
-        setattr(copy, keyword, value if value is not None else None)
-    for keyword in (
-        "PatientID",
-        "PatientName",
-        "PatientBirthDate",
-        "PatientSex",
-        "AccessionNumber",
-        "StudyID",
-        "StudyDate",
-        "StudyTime",
-    ):
-        if copy.get(keyword) is None:
-            setattr(copy, keyword, None)
+        setattr(copy, keyword, ds.get(keyword))  # present, empty when the source lacks it
     for keyword, pattern in (("PatientBirthDate", _DA), ("StudyDate", _DA), ("StudyTime", _TM)):
         value = str(copy.get(keyword) or "")
         if value and not pattern.match(value):
@@ -442,11 +431,7 @@ def write_sr(sr: Dataset, results_dir: Path) -> Path:
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-        directory = os.open(results_dir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(directory)  # the new name survives a power cut too
-        finally:
-            os.close(directory)
+        fsync_directory(results_dir)  # the new name survives a power cut too
     except BaseException:
         tmp.unlink(missing_ok=True)  # a full disk leaves no partial SR behind
         raise
