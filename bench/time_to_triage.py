@@ -1,9 +1,10 @@
 """Time to triage: from the end of ``storescu`` to the SR stored at a dcmtk ``storescp``.
 
 The node runs as in production: the SCP and stability watcher in this process (as
-``triage-node serve`` does), the Celery workers as subprocesses (embedded mode:
-:func:`triage.worker.start_embedded_worker`; Redis mode: one inference and one
-delivery worker with ``redis://`` as broker). A dcmtk ``storescp`` acts as the PACS.
+``triage-node serve`` does), the Celery workers as subprocesses
+(:func:`triage.worker.start_embedded_worker`: one inference worker and one delivery
+worker, concurrency 4 in embedded mode and 2 in Redis mode, where ``redis://`` is the
+broker). A dcmtk ``storescp`` acts as the PACS.
 
 Each study is a copy of the real chest radiograph ``RG1_J2KI.dcm`` (CR, 1955x1841,
 JPEG 2000, so decoding is included) with new UIDs, sent alone with ``storescu``;
@@ -160,7 +161,7 @@ def run_mode(
 
     from dicom_scp.server import start_node_scp
     from triage.sr import sr_uids
-    from triage.worker import settings_to_env, start_embedded_worker
+    from triage.worker import start_embedded_worker
     from worklist.db import make_engine, make_session_factory
     from worklist.migrate import upgrade
     from worklist.settings import load_settings
@@ -192,30 +193,10 @@ def run_mode(
     engine = make_engine(settings.effective_database_url)
     session_factory = make_session_factory(engine)
     scp = start_node_scp(settings, session_factory)
-    workers: list[subprocess.Popen[bytes]] = []
-    embedded = None
     fast = {"TRIAGE_BROKER_POLL_SECONDS": "0.02", "TRIAGE_SWEEP_SECONDS": "1"}
-    if mode == "embedded":
-        embedded = start_embedded_worker(settings, extra_env=fast)
-    else:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TRIAGE_")}
-        env.update(settings_to_env(settings))
-        env.update(fast)
-        for queue, n in (("inference", 1), ("delivery", 2)):
-            workers.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "triage.worker",
-                        "--queues",
-                        queue,
-                        "--concurrency",
-                        str(n),
-                    ],
-                    env=env,
-                )
-            )
+    # The same two worker processes in both modes; only the broker differs.
+    delivery = {"embedded": 4, "redis": 2}[mode]
+    workers = start_embedded_worker(settings, delivery_concurrency=delivery, extra_env=fast)
     rows: list[dict[str, Any]] = []
     try:
         for i in range(studies + 1):  # study 0 warms up (model load, imports)
@@ -280,12 +261,7 @@ def run_mode(
                 {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()},
             )
     finally:
-        if embedded is not None:
-            embedded.stop()
-        for proc in workers:
-            proc.terminate()
-        for proc in workers:
-            proc.wait(timeout=30)
+        workers.stop()
         scp.stop()
         pacs.stop()
         engine.dispose()

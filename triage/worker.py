@@ -208,7 +208,6 @@ def start_embedded_worker(
     EmbeddedWorker
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRIAGE_")}
-    env.pop("TRIAGE_CONFIG", None)
     env.update(settings_to_env(settings))
     env.update(extra_env or {})
     processes: dict[str, subprocess.Popen[bytes]] = {}
