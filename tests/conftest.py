@@ -60,6 +60,14 @@ def wait_until(
         time.sleep(interval)
 
 
+def environment_without_settings() -> dict[str, str]:
+    """This process's environment without any ``TRIAGE_`` variable.
+
+    For a node process a test starts: it gets only the settings the test adds.
+    """
+    return {k: v for k, v in os.environ.items() if not k.startswith("TRIAGE_")}
+
+
 def spool_files(spool: Path) -> list[Path]:
     """Every file under ``spool`` except the sink's UID lock file, sorted; [] if absent."""
     from dicom_scp.sink import UID_LOCK_FILE

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
 import subprocess
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port, wait_until
+from tests.conftest import environment_without_settings, free_port, wait_until
 from tests.integration.scp.helpers import STORESCU_TS_OPTION, transfer_syntax_of
 
 BIN = Path(sys.executable).parent
@@ -39,7 +38,7 @@ def node(tmp_path: Path):
     """A `triage-node serve` process with no configuration but ports and data dir."""
     dicom_port, http_port = free_port(), free_port()
     data_dir = tmp_path / "data"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRIAGE_")}
+    env = environment_without_settings()
     env.update(
         TRIAGE_DATA_DIR=str(data_dir),
         TRIAGE_DICOM_PORT=str(dicom_port),

@@ -20,6 +20,8 @@ import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from tests.conftest import environment_without_settings
+
 BIN = Path(sys.executable).parent
 TRIAGE_NODE = BIN / "triage-node"
 
@@ -47,7 +49,7 @@ def node_env(**settings: Any) -> dict[str, str]:
 
     ``node_env(stable_seconds=1)`` sets ``TRIAGE_STABLE_SECONDS=1``.
     """
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRIAGE_")}
+    env = environment_without_settings()
     env.update(FAST_OPTIONS)
     env.update({f"TRIAGE_{k.upper()}": str(v) for k, v in settings.items()})
     return env

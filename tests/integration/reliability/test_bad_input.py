@@ -29,7 +29,7 @@ from tests.integration.reliability.helpers import (
     wait_all_srs_once,
     wait_exactly_once,
 )
-from tests.integration.scp.helpers import pyscu_echo, pyscu_store
+from tests.integration.scp.helpers import pyscu_echo, pyscu_store, sendable_torture_files
 from worklist.db import make_engine
 from worklist.tables import Instance, Study, TriageClaim, TriageImage, TriageResult
 
@@ -141,18 +141,6 @@ CASES: dict[str, tuple[Callable[[Dataset], bytes], str | None, str]] = {
 }
 
 
-def _sendable_torture(shared_data: Path) -> list[Path]:
-    out = []
-    for path in sorted((shared_data / "dicom" / "torture").iterdir()):
-        try:
-            meta = read_file_meta_info(path)
-        except Exception:  # noqa: BLE001, S112 - no File Meta: no SCU can send it as is
-            continue
-        if "MediaStorageSOPClassUID" in meta and "TransferSyntaxUID" in meta:
-            out.append(path)
-    return out
-
-
 def _study_uid(path: Path) -> str | None:
     try:
         with warnings.catch_warnings():
@@ -210,7 +198,7 @@ def test_bad_input_end_to_end(
     statuses["duplicate_sop_uid"] = pyscu_store(port, first)
     assert pyscu_store(port, second) == 0x0000
     files["duplicate_sop_uid"] = first
-    for path in _sendable_torture(shared_data):
+    for path in sendable_torture_files(shared_data):
         try:
             statuses[f"torture/{path.name}"] = pyscu_store(port, path)
         except Exception:  # noqa: BLE001, S112 - pynetdicom as SCU refuses some files itself

@@ -19,14 +19,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pydicom
 import pytest
 from sqlalchemy import func, select
 
-from dicom_scp.sink import TEMP_SUFFIX, ReceivedInstance, SpoolSink
+from dicom_scp.sink import TEMP_SUFFIX, SpoolSink
 from dicom_scp.status import StoreStatus
 from tests.conftest import free_port, spool_files, wait_until
 from tests.integration.reliability.helpers import make_studies, send, wait_exactly_once
+from tests.integration.scp.helpers import received_instance
 from worklist.tables import Instance
 
 pytestmark = [pytest.mark.postgres]
@@ -116,18 +116,6 @@ def test_watermark_refuses_before_full_and_resumes_by_itself(
     assert all(revs == [1] for revs in outcome.revisions.values())
 
 
-def _received(path: Path) -> ReceivedInstance:
-    ds = pydicom.dcmread(path, stop_before_pixels=True)
-    return ReceivedInstance(
-        encoded=path.read_bytes(),
-        sop_class_uid=str(ds.SOPClassUID),
-        sop_instance_uid=str(ds.SOPInstanceUID),
-        transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
-        calling_ae="MODALITY",
-        peer_address="127.0.0.1",
-    )
-
-
 def test_disk_really_full_write_fails_cleanly(
     tmp_path: Path, shared_data: Path, small_fs: Path, session_factory: Any
 ) -> None:
@@ -136,14 +124,14 @@ def test_disk_really_full_write_fails_cleanly(
     spool = small_fs / "spool"
     sink = SpoolSink(spool, session_factory, 0, free_bytes=lambda _p: 1 << 50)
     ballast = _fill_to(small_fs, 64 * 1024)  # less than one instance
-    result = sink.store(_received(study.files[0]))
+    result = sink.store(received_instance(study.files[0], "MODALITY"))
     assert result.status == StoreStatus.OUT_OF_RESOURCES
     assert "spool write failed" in (result.comment or "")
     assert _spooled(spool) == []
     with session_factory() as session:
         assert session.scalar(select(func.count()).select_from(Instance)) == 0
     ballast.unlink()
-    assert sink.store(_received(study.files[0])).ok
+    assert sink.store(received_instance(study.files[0], "MODALITY")).ok
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)

@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE
 from sqlalchemy import func, select
 
+from dicom_scp.sink import ReceivedInstance
 from worklist.tables import Instance
 
 # storescu option that proposes exactly a file's own transfer syntax (plus the
@@ -147,3 +149,29 @@ def count_instances(session_factory: Any, sop_uid: str | None = None) -> int:
         if sop_uid is not None:
             query = query.where(Instance.sop_instance_uid == sop_uid)
         return int(session.scalar(query) or 0)
+
+
+def received_instance(path: Path, calling_ae: str = "TEST") -> ReceivedInstance:
+    """``path`` as the SCP hands it to the sink (in memory), from ``calling_ae``."""
+    ds = dcmread(path, stop_before_pixels=True)
+    return ReceivedInstance(
+        encoded=path.read_bytes(),
+        sop_class_uid=str(ds.SOPClassUID),
+        sop_instance_uid=str(ds.SOPInstanceUID),
+        transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
+        calling_ae=calling_ae,
+        peer_address="127.0.0.1",
+    )
+
+
+def sendable_torture_files(shared_data: Path) -> list[Path]:
+    """Torture files that carry File Meta, so an SCU can propose a context for them."""
+    files = []
+    for path in sorted((shared_data / "dicom" / "torture").iterdir()):
+        try:
+            meta = read_file_meta_info(path)
+        except Exception:  # noqa: BLE001, S112 - no File Meta: no SCU can send it as is
+            continue
+        if "MediaStorageSOPClassUID" in meta and "TransferSyntaxUID" in meta:
+            files.append(path)
+    return files

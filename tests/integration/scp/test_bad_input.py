@@ -24,6 +24,7 @@ from tests.integration.scp.helpers import (
     need_dcmtk,
     pyscu_echo,
     pyscu_store,
+    sendable_torture_files,
     storescu_as_is,
 )
 from worklist.tables import Instance
@@ -40,25 +41,12 @@ def _sop_uid(path: Path) -> str | None:
         return None
 
 
-def _sendable_torture(shared_data: Path) -> list[Path]:
-    """Torture files that carry File Meta, so an SCU can propose a context for them."""
-    files = []
-    for path in sorted((shared_data / "dicom" / "torture").iterdir()):
-        try:
-            meta = read_file_meta_info(path)
-        except Exception:  # noqa: BLE001, S112 - no File Meta: no SCU can send it as is
-            continue
-        if "MediaStorageSOPClassUID" in meta and "TransferSyntaxUID" in meta:
-            files.append(path)
-    return files
-
-
 def test_torture_files_get_clear_statuses_and_server_keeps_serving(
     shared_data: Path, make_settings: Any, start_node: Any, session_factory: Any
 ) -> None:
     settings = make_settings()
     start_node(settings)
-    files = _sendable_torture(shared_data)
+    files = sendable_torture_files(shared_data)
     assert len(files) >= 20
     outcomes: dict[str, int | None] = {}
     for path in files:
@@ -96,7 +84,7 @@ def test_torture_files_with_storescu(
     need_dcmtk()
     settings = make_settings()
     start_node(settings)
-    for path in _sendable_torture(shared_data):
+    for path in sendable_torture_files(shared_data):
         ts = str(read_file_meta_info(path).TransferSyntaxUID)
         if ts not in STORESCU_TS_OPTION:
             continue

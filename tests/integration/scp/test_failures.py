@@ -29,22 +29,15 @@ from dicom_scp.sink import (
 )
 from dicom_scp.status import StoreStatus
 from tests.conftest import spool_files
-from tests.integration.scp.helpers import count_instances, pyscu_echo, pyscu_store
+from tests.integration.scp.helpers import (
+    count_instances,
+    pyscu_echo,
+    pyscu_store,
+    received_instance,
+)
 from worklist.db import make_engine, make_session_factory
 
 CHEST = "dicom/real/fuji_CR_chest_from_fodicom_withmeta.dcm"
-
-
-def _received(path: Path) -> ReceivedInstance:
-    ds = dcmread(path, stop_before_pixels=True)
-    return ReceivedInstance(
-        encoded=path.read_bytes(),
-        sop_class_uid=str(ds.SOPClassUID),
-        sop_instance_uid=str(ds.SOPInstanceUID),
-        transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
-        calling_ae="TEST",
-        peer_address="127.0.0.1",
-    )
 
 
 def test_spool_that_is_a_file_gives_a700_over_the_network(
@@ -69,7 +62,7 @@ def test_database_failure_gives_a700_and_leaves_no_file(shared_data: Path, tmp_p
     try:
         spool = tmp_path / "spool"
         result = SpoolSink(spool, make_session_factory(engine), 0).store(
-            _received(shared_data / CHEST)
+            received_instance(shared_data / CHEST)
         )
         assert result.status == StoreStatus.OUT_OF_RESOURCES
         assert spool_files(spool) == []
@@ -89,7 +82,7 @@ def test_write_failure_gives_a700_and_leaves_no_partial_file(
 
     monkeypatch.setattr(sink_module.os, "fsync", failing_fsync)
     spool = tmp_path / "spool"
-    result = SpoolSink(spool, session_factory, 0).store(_received(shared_data / CHEST))
+    result = SpoolSink(spool, session_factory, 0).store(received_instance(shared_data / CHEST))
     assert result.status == StoreStatus.OUT_OF_RESOURCES
     assert spool_files(spool) == []
     assert count_instances(session_factory) == 0
@@ -103,7 +96,7 @@ def test_rename_failure_gives_a700_and_no_row(
 
     monkeypatch.setattr(sink_module.os, "replace", failing_replace)
     spool = tmp_path / "spool"
-    result = SpoolSink(spool, session_factory, 0).store(_received(shared_data / CHEST))
+    result = SpoolSink(spool, session_factory, 0).store(received_instance(shared_data / CHEST))
     assert result.status == StoreStatus.OUT_OF_RESOURCES
     assert spool_files(spool) == []
     assert count_instances(session_factory) == 0
@@ -123,7 +116,7 @@ def test_commit_failure_removes_the_new_file(
 ) -> None:
     spool = tmp_path / "spool"
     sink = SpoolSink(spool, _failing_commit_factory(session_factory), 0)
-    result = sink.store(_received(shared_data / CHEST))
+    result = sink.store(received_instance(shared_data / CHEST))
     assert result.status == StoreStatus.OUT_OF_RESOURCES
     assert spool_files(spool) == []
     assert count_instances(session_factory) == 0
@@ -133,7 +126,7 @@ def test_commit_failure_on_resend_keeps_the_acknowledged_copy(
     shared_data: Path, session_factory: Any, tmp_path: Path
 ) -> None:
     spool = tmp_path / "spool"
-    received = _received(shared_data / CHEST)
+    received = received_instance(shared_data / CHEST)
     first = SpoolSink(spool, session_factory, 0).store(received)
     assert first.ok and first.path is not None
     again = SpoolSink(spool, _failing_commit_factory(session_factory), 0).store(received)
@@ -149,7 +142,7 @@ def test_free_space_watermark_refuses_then_resumes(
     free = {"bytes": 10 * 1024 * 1024}
     spool = tmp_path / "spool"
     sink = SpoolSink(spool, session_factory, 100, free_bytes=lambda _path: free["bytes"])
-    received = _received(shared_data / CHEST)
+    received = received_instance(shared_data / CHEST)
     assert sink.store(received).status == StoreStatus.OUT_OF_RESOURCES
     assert spool_files(spool) == [] and count_instances(session_factory) == 0
     free["bytes"] = 10 * 1024**3
@@ -175,7 +168,7 @@ def test_stale_temp_files_are_cleaned(tmp_path: Path) -> None:
 
 def test_store_records_and_spools(shared_data: Path, session_factory: Any, tmp_path: Path) -> None:
     spool = tmp_path / "spool"
-    received = _received(shared_data / CHEST)
+    received = received_instance(shared_data / CHEST)
     result = SpoolSink(spool, session_factory, 0).store(received)
     assert result.ok and result.path is not None
     ds = dcmread(shared_data / CHEST, stop_before_pixels=True)
@@ -192,7 +185,7 @@ def _received_file(path: Path, spool: Path) -> ReceivedInstance:
     incoming.mkdir(parents=True, exist_ok=True)
     copy = incoming / f"tmp{os.urandom(4).hex()}.dcm"
     shutil.copyfile(path, copy)
-    return replace(_received(path), encoded=b"", dataset_path=copy)
+    return replace(received_instance(path), encoded=b"", dataset_path=copy)
 
 
 @pytest.mark.parametrize("step", ["fsync_file", "record", "replace", "fsync_dir", "commit"])
@@ -209,7 +202,7 @@ def test_a_failure_at_any_step_keeps_row_and_file_consistent(
 ) -> None:
     """Whatever step fails: no temp file, and a row exists iff a complete file does."""
     spool = tmp_path / "spool"
-    received = _received(shared_data / CHEST)
+    received = received_instance(shared_data / CHEST)
     if resend:
         assert SpoolSink(spool, session_factory, 0).store(received).ok
     if via_file:
@@ -322,7 +315,7 @@ def test_crash_between_rename_and_commit_then_resend(
     shared_data: Path, session_factory: Any, tmp_path: Path
 ) -> None:
     spool = tmp_path / "spool"
-    received = _received(shared_data / CHEST)
+    received = received_instance(shared_data / CHEST)
     crashing = sessionmaker(bind=session_factory.kw["bind"], class_=_CrashingCommitSession)
     with pytest.raises(_Crash):
         SpoolSink(spool, crashing, 0).store(received)
@@ -386,7 +379,7 @@ def test_a_store_waits_while_another_process_stores_the_same_uid(
     across the node's SCP processes, not only across threads."""
     spool = tmp_path / "spool"
     spool.mkdir()
-    received = _received(shared_data / CHEST)
+    received = received_instance(shared_data / CHEST)
     context = multiprocessing.get_context("spawn")
     locked, release = context.Event(), context.Event()
     holder = context.Process(

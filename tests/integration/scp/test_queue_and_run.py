@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -19,7 +18,7 @@ from sqlalchemy import select
 
 from dicom_scp.queue import INFERENCE_QUEUE, TRIAGE_TASK_NAME, CeleryTriageQueue
 from dicom_scp.server import run_scp
-from tests.conftest import REDIS_URL, free_port, wait_until
+from tests.conftest import REDIS_URL, environment_without_settings, free_port, wait_until
 from tests.integration.scp.helpers import (
     count_instances,
     need_dcmtk,
@@ -129,7 +128,7 @@ def test_cli_scp_process_stores_hands_off_and_stops_on_sigterm(
         pytest.skip("triage-node entry point not installed")
     port = free_port()
     data_dir = tmp_path / "data"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRIAGE_")}
+    env = environment_without_settings()
     env.update(
         TRIAGE_DATA_DIR=str(data_dir),
         TRIAGE_DATABASE_URL=migrated_url,

@@ -26,7 +26,7 @@ import pytest
 from pydicom.uid import generate_uid
 
 from dicom_scp.listeners import PortInUseError
-from tests.conftest import free_port, wait_until
+from tests.conftest import environment_without_settings, free_port, wait_until
 from tests.integration.scp.helpers import count_instances, need_dcmtk, pyscu_echo, storescu_as_is
 
 SOURCE = Path("dicom") / "real" / "konica_CR_chest_Monochrome1-Jpeg.dcm"
@@ -50,7 +50,7 @@ def _cli() -> Path:
 
 
 def _start(tmp_path: Path, migrated_url: str, port: int, name: str, **extra: str) -> NodeProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRIAGE_")}
+    env = environment_without_settings()
     env.update(
         TRIAGE_DATA_DIR=str(tmp_path / f"data-{name}"),
         TRIAGE_DATABASE_URL=migrated_url,

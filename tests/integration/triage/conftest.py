@@ -4,7 +4,6 @@ the node (SCP + workers), labelled PNGs wrapped as DX DICOM."""
 from __future__ import annotations
 
 import csv
-import os
 import shutil
 import signal
 import subprocess
@@ -16,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import free_port, wait_until
+from tests.conftest import environment_without_settings, free_port, wait_until
 from triage.testing import build_tiny_model, wrap_image_as_dx
 
 #: Fast retries and sweeps for tests (TRIAGE_* are the triage options).
@@ -157,7 +156,7 @@ def start_worker_process(
     """``python -m triage.worker`` as a separate process with the node's settings."""
     from triage.worker import settings_to_env
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRIAGE_")}
+    env = environment_without_settings()
     env.update(settings_to_env(settings))
     env.update(FAST_OPTIONS)
     env.update(extra_env or {})

@@ -179,14 +179,7 @@ def test_mismatches_are_refused() -> None:
 
 
 def test_read_header_round_trip_and_garbage() -> None:
-    ds = _dx()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = DX
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    buffer = BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    header = read_header(buffer.getvalue())
+    header = read_header(_encoded(_dx()))
     assert header.StudyInstanceUID == "1.2.3"
     with pytest.raises(CannotUnderstand):
         read_header(b"not dicom at all")
