@@ -78,6 +78,28 @@ class ParityError(Exception):
     """ONNX Runtime output differs from the torch model beyond tolerance."""
 
 
+def card_input(spec: PreprocessSpec) -> dict[str, Any]:
+    """The model card's ``input`` entry for a graph written by :func:`export_onnx`.
+
+    Parameters
+    ----------
+    spec : PreprocessSpec
+        Gives the input shape.
+
+    Returns
+    -------
+    dict
+        Name, shape with the dynamic batch axis, dtype and layout of the input.
+    """
+    return {
+        "name": "image",
+        "shape": ["N", *spec.shape],
+        "dtype": "float32",
+        "layout": "NCHW",
+        "batch": "dynamic",
+    }
+
+
 def export_onnx(
     model: torch.nn.Module, spec: PreprocessSpec, path: str | Path, *, opset: int = 17
 ) -> Path:
@@ -207,13 +229,7 @@ def export_checkpoint(
             "embedding_dim": emb_dim,
             "parameters": int(sum(p.numel() for p in model.parameters())),
         },
-        input={
-            "name": "image",
-            "shape": ["N", *spec.shape],
-            "dtype": "float32",
-            "layout": "NCHW",
-            "batch": "dynamic",
-        },
+        input=card_input(spec),
         outputs={
             "logits": {"shape": ["N"], "meaning": "abnormal logit (uncalibrated)"},
             "embedding": {"shape": ["N", emb_dim], "meaning": "pooled backbone features"},

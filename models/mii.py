@@ -670,7 +670,7 @@ def mii_card(
 ) -> Any:
     """The model card of an exported MedImageInsight classifier."""
     from models.card import ModelCard
-    from models.export import INTENDED_USE
+    from models.export import INTENDED_USE, card_input
 
     preprocessing = spec.to_dict()
     preprocessing.update(
@@ -715,13 +715,7 @@ def mii_card(
             "parameters": int(sum(p.numel() for p in model.parameters())),
             "gflops_per_image": MII_GFLOPS_PER_IMAGE if variant == "full" else None,
         },
-        input={
-            "name": "image",
-            "shape": ["N", *spec.shape],
-            "dtype": "float32",
-            "layout": "NCHW",
-            "batch": "dynamic",
-        },
+        input=card_input(spec),
         outputs={
             "logits": {"shape": ["N"], "meaning": "abnormal logit (uncalibrated)"},
             "embedding": {
