@@ -23,12 +23,12 @@ full) leaves its file in the incoming directory; :meth:`SpoolSink.sweep_incoming
 removes it once it is older than the network timeout. A crash between 4 and 5
 leaves a complete file under its final name with no row: the sender got no
 success and re-sends, which overwrites it. A committed row therefore always
-points to a complete, durable file. When the commit fails, the new file is removed only if no earlier copy of
-the instance was there and the database confirms it has no row for it; a
-re-sent instance's previously acknowledged copy is never deleted. Instances with
-the same SOP Instance UID are serialised (:class:`UidLocks`: a thread lock, and a
-byte-range lock on :data:`UID_LOCK_FILE` in the spool for the other SCP processes
-of the node) so that this check is exact.
+points to a complete, durable file. When the commit fails, the new file is
+removed only if no earlier copy of the instance was there and the database
+confirms it has no row for it; a re-sent instance's previously acknowledged copy
+is never deleted. Instances with the same SOP Instance UID are serialised
+(:class:`UidLocks`: a thread lock, and a byte-range lock on :data:`UID_LOCK_FILE`
+in the spool for the other SCP processes of the node) so that this check is exact.
 """
 
 from __future__ import annotations

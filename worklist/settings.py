@@ -186,7 +186,9 @@ class Settings(BaseSettings):
     )
 
     # Triage tuning (read by the workers through triage.options.load_triage_options)
-    aggregation: Literal["max", "mean"] = Field("max", description="Study score from image scores: max or mean.")
+    aggregation: Literal["max", "mean"] = Field(
+        "max", description="Study score from image scores: max or mean."
+    )
     high_confidence: float = Field(
         0.9, gt=0, le=1, description="Probability from which an abnormal study is 'high'."
     )
