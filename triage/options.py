@@ -1,44 +1,52 @@
 """Triage tuning, taken from the node's one :class:`~worklist.settings.Settings`.
 
 The workers read these once at start-up (never at import time) and pass them down as
-one frozen object. Each field has a ``TRIAGE_<NAME>`` setting of the same name:
+one frozen object. Each field is the ``TRIAGE_<NAME>`` setting of the same name, with
+that setting's default:
 
-- ``aggregation`` (default max): study score: ``max`` or ``mean``
-- ``high_confidence`` (default 0.9): probability of "abnormal, high"
-- ``wait_cap_minutes`` (default 60): no study waits longer on the list
-- ``batch_size`` (default 8): images per ONNX batch
-- ``delivery_max_attempts`` (default 8): then the outbox row is ``failed``
-- ``delivery_backoff_seconds`` (default 2): first retry delay, doubled each time
-- ``delivery_backoff_max_seconds`` (default 300): longest retry delay
-- ``sweep_seconds`` (default 5): outbox / stalled-triage sweep period
-- ``lease_seconds`` (default 120): a claim older than this is re-sent
-- ``broker_poll_seconds`` (default 0.1): embedded broker polling interval
+- ``aggregation``: study score: ``max`` or ``mean``
+- ``high_confidence``: probability of "abnormal, high"
+- ``wait_cap_minutes``: no study waits longer on the list
+- ``batch_size``: images per ONNX batch
+- ``delivery_max_attempts``: then the outbox row is ``failed``
+- ``delivery_backoff_seconds``: first retry delay, doubled each time
+- ``delivery_backoff_max_seconds``: longest retry delay
+- ``sweep_seconds``: outbox / stalled-triage sweep period
+- ``lease_seconds``: a claim older than this is re-sent
+- ``broker_poll_seconds``: embedded broker polling interval
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Any
 
 from triage.errors import ConfigurationError
 from triage.scoring import Aggregation
+from worklist.settings import Settings
 
 __all__ = ["TriageOptions", "load_triage_options"]
+
+
+def _default(name: str) -> Any:
+    """The default of the setting ``name``: one place for each value."""
+    return Settings.model_fields[name].default
 
 
 @dataclass(frozen=True)
 class TriageOptions:
     """Triage tuning (see the module docstring for each field)."""
 
-    aggregation: str = "max"
-    high_confidence: float = 0.9
-    wait_cap_minutes: float = 60.0
-    batch_size: int = 8
-    delivery_max_attempts: int = 8
-    delivery_backoff_seconds: float = 2.0
-    delivery_backoff_max_seconds: float = 300.0
-    sweep_seconds: float = 5.0
-    lease_seconds: float = 120.0
-    broker_poll_seconds: float = 0.1
+    aggregation: str = _default("aggregation")
+    high_confidence: float = _default("high_confidence")
+    wait_cap_minutes: float = _default("wait_cap_minutes")
+    batch_size: int = _default("batch_size")
+    delivery_max_attempts: int = _default("delivery_max_attempts")
+    delivery_backoff_seconds: float = _default("delivery_backoff_seconds")
+    delivery_backoff_max_seconds: float = _default("delivery_backoff_max_seconds")
+    sweep_seconds: float = _default("sweep_seconds")
+    lease_seconds: float = _default("lease_seconds")
+    broker_poll_seconds: float = _default("broker_poll_seconds")
 
     def __post_init__(self) -> None:
         try:
