@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import math
 import sys
 from datetime import timedelta
 
@@ -44,9 +45,28 @@ def add_account_commands(sub: argparse._SubParsersAction) -> None:  # noqa: SLF0
     tadd = token_sub.add_parser("add", help="create a token (printed once)")
     tadd.add_argument("--user", required=True, help="the account the token acts as")
     tadd.add_argument("--name", required=True, help="what it is for, e.g. RIS")
-    tadd.add_argument("--expires-days", type=float, default=None)
+    lifetime = tadd.add_mutually_exclusive_group(required=True)
+    lifetime.add_argument(
+        "--expires-days", type=_positive_days, help="lifetime in days (> 0, fractions allowed)"
+    )
+    lifetime.add_argument(
+        "--no-expiry", action="store_true", help="a token that never expires (explicit choice)"
+    )
     trevoke = token_sub.add_parser("revoke", help="revoke a token")
     trevoke.add_argument("token_id", type=int)
+
+
+def _positive_days(text: str) -> float:
+    """``--expires-days``: a finite number of days greater than zero."""
+    try:
+        days = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of days: {text!r}") from None
+    if not math.isfinite(days) or days <= 0:
+        raise argparse.ArgumentTypeError(
+            f"must be more than 0 days, not {text!r} (a token that never expires: --no-expiry)"
+        )
+    return days
 
 
 def _read_password(from_stdin: bool) -> str:
@@ -108,7 +128,7 @@ def run_account_command(args: argparse.Namespace, settings: Settings) -> int:
                         out.write(f"{user.username}\t{user.role}\t{state}\n")
                 elif args.token_command == "add":
                     expires = (
-                        utcnow() + timedelta(days=args.expires_days) if args.expires_days else None
+                        None if args.no_expiry else utcnow() + timedelta(days=args.expires_days)
                     )
                     token, row = accounts.create_token(
                         session, username=args.user, name=args.name, expires_at=expires

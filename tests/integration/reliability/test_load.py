@@ -40,7 +40,7 @@ def _api_token(cluster: Any) -> str:
     env = cluster.env()
     for argv, stdin in (
         (["user", "add", "auditor", "--role", "admin", "--password-stdin"], "a-long-pass-phrase\n"),
-        (["token", "add", "--user", "auditor", "--name", "test"], None),
+        (["token", "add", "--user", "auditor", "--name", "test", "--no-expiry"], None),
     ):
         out = subprocess.run(
             [str(TRIAGE_NODE), *argv], env=env, input=stdin, capture_output=True, text=True,

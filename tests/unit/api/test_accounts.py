@@ -75,7 +75,7 @@ def test_cli_user_and_token(
     monkeypatch.setattr("sys.stdin", io.StringIO("another long passphrase\n"))
     assert main(["user", "add", "ris", "--role", "service", "--password-stdin"]) == 0
     capsys.readouterr()
-    assert main(["token", "add", "--user", "ris", "--name", "RIS"]) == 0
+    assert main(["token", "add", "--user", "ris", "--name", "RIS", "--expires-days", "30"]) == 0
     token = capsys.readouterr().out.strip()
     assert token.startswith("tnt_") and len(token) > 40
     assert main(["user", "list"]) == 0
