@@ -44,6 +44,26 @@ def _stop_event() -> threading.Event:
     return stop
 
 
+def http_proxy_options(settings: Settings) -> dict[str, object]:
+    """uvicorn's proxy options: forwarded headers trusted only from configured proxies.
+
+    uvicorn trusts ``X-Forwarded-For`` from 127.0.0.1 by default, so any local caller
+    could choose the address the audit log records; the node trusts none unless
+    ``forwarded_allow_ips`` names the reverse proxies.
+
+    Parameters
+    ----------
+    settings : Settings
+
+    Returns
+    -------
+    dict
+        ``proxy_headers`` and ``forwarded_allow_ips`` for ``uvicorn.Config``.
+    """
+    proxies = ",".join(settings.forwarded_allow_ips)
+    return {"proxy_headers": bool(proxies), "forwarded_allow_ips": proxies or ""}
+
+
 def cmd_db_upgrade(settings: Settings) -> int:
     """Apply the migrations to the configured database."""
     from worklist.migrate import upgrade
@@ -79,7 +99,13 @@ def cmd_api(settings: Settings) -> int:
 
     engine = make_engine(settings.effective_database_url)
     app = create_app(settings, make_session_factory(engine))
-    uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_level="warning")
+    uvicorn.run(
+        app,
+        host=settings.http_host,
+        port=settings.http_port,
+        log_level="warning",
+        **http_proxy_options(settings),
+    )
     return 0
 
 
@@ -113,6 +139,7 @@ def cmd_serve(settings: Settings) -> int:
             host=settings.http_host,
             port=settings.http_port,
             log_level="warning",
+            **http_proxy_options(settings),
         )
     )
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]

@@ -6,9 +6,13 @@
   key under the session secret, so a leaked table opens no session. State-changing
   requests of a session must carry its CSRF token in the ``X-CSRF-Token`` header.
 - **Systems** (RIS) send ``Authorization: Bearer <token>`` (``triage-node token add``).
-- Failed sign-ins are counted in the audit log; past ``login_max_failures`` per user
-  name, or five times that per client address, within ``login_window_seconds``, the
-  answer is HTTP 429 without checking the password.
+- Failed sign-ins are counted in the audit log, per user name *and* client address:
+  past ``login_max_failures`` failures of one name from one address (or five times
+  that for any name from one address) within ``login_window_seconds``, each further
+  try must wait ``login_backoff_seconds`` after the last failure, doubled by every
+  further failure, at most the window (:func:`login_delay`); earlier tries get HTTP 429
+  without the password being checked. Failures from one address never hold back the
+  same user from another address, so nobody can lock a radiologist out by name.
 """
 
 from __future__ import annotations
@@ -16,18 +20,20 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import math
 import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from fastapi import Depends, HTTPException, Request
-from sqlalchemy import delete, or_, select
+from sqlalchemy import delete, func, or_, select
 from sqlalchemy.orm import Session
 
 from worklist import audit
 from worklist.accounts import (
     ApiToken,
+    AuditEvent,
     Role,
     User,
     WebSession,
@@ -49,6 +55,7 @@ __all__ = [
     "Principal",
     "get_db",
     "get_principal",
+    "login_delay",
     "page_principal",
     "require_roles",
     "session_key",
@@ -202,31 +209,15 @@ class Authenticator:
             Unknown user, inactive account or wrong password.
         """
         name = username.strip()[:64]
-        window = self._settings.login_window_seconds
-        since = utcnow() - timedelta(seconds=window)
-        limit = self._settings.login_max_failures
         anonymous = Actor(None, name or None, None, "password", client_ip)
-        by_name = audit.count_events(
-            session, action=Action.LOGIN, outcome=Outcome.FAILURE, since=since, username=name
-        )
-        by_ip = (
-            audit.count_events(
-                session,
-                action=Action.LOGIN,
-                outcome=Outcome.FAILURE,
-                since=since,
-                client_ip=client_ip,
-            )
-            if client_ip
-            else 0
-        )
-        if by_name >= limit or by_ip >= 5 * limit:
+        wait = self._login_wait(session, username=name, client_ip=client_ip)
+        if wait > 0:
             audit.record(
                 session, actor=anonymous, action=Action.LOGIN, outcome=Outcome.RATE_LIMITED
             )
             session.commit()
-            log.warning("sign-in rate limit reached (address %s)", client_ip)
-            raise LoginRateLimited(int(window))
+            log.warning("sign-in throttled for %.0f s (address %s)", wait, client_ip)
+            raise LoginRateLimited(max(1, math.ceil(wait)))
         user = get_user(session, username=name) if name else None
         ok = verify_password(user.password_hash if user is not None else None, password)
         if user is None or not ok or not user.active:
@@ -262,6 +253,37 @@ class Authenticator:
         )
         session.commit()
         return token, user
+
+    def _login_wait(self, session: Session, *, username: str, client_ip: str | None) -> float:
+        """Seconds this user name from this address must still wait (0: may try)."""
+        now = utcnow()
+        cfg = self._settings
+        since = now - timedelta(seconds=cfg.login_window_seconds)
+        keys = [({"username": username, "client_ip": client_ip}, cfg.login_max_failures)]
+        if client_ip:
+            keys.append(({"client_ip": client_ip}, 5 * cfg.login_max_failures))
+        wait = 0.0
+        for key, limit in keys:
+            query = select(func.count(AuditEvent.id), func.max(AuditEvent.at)).where(
+                AuditEvent.action == str(Action.LOGIN),
+                AuditEvent.outcome == str(Outcome.FAILURE),
+                AuditEvent.at >= since,
+                *(getattr(AuditEvent, k) == v for k, v in key.items() if v is not None),
+                *(getattr(AuditEvent, k).is_(None) for k, v in key.items() if v is None),
+            )
+            failures, last = session.execute(query).one()
+            wait = max(
+                wait,
+                login_delay(
+                    int(failures or 0),
+                    as_utc(last) if last is not None else None,
+                    now=now,
+                    limit=limit,
+                    base_seconds=cfg.login_backoff_seconds,
+                    cap_seconds=cfg.login_window_seconds,
+                ),
+            )
+        return wait
 
     def logout(self, session: Session, *, principal: Principal) -> None:
         """End the caller's web session (audited; the caller commits).
@@ -338,6 +360,42 @@ class Authenticator:
         return None
 
 
+def login_delay(
+    failures: int,
+    last_failure: datetime | None,
+    *,
+    now: datetime,
+    limit: int,
+    base_seconds: float,
+    cap_seconds: float,
+) -> float:
+    """How long a sign-in must still wait after ``failures`` recent failures.
+
+    Below ``limit`` failures there is no wait; from ``limit`` on, the next try is
+    allowed ``base_seconds * 2 ** (failures - limit)`` seconds (at most
+    ``cap_seconds``) after the last failure.
+
+    Parameters
+    ----------
+    failures : int
+        Failed sign-ins of the key (user name and address, or address) in the window.
+    last_failure : datetime or None
+        When the latest of them happened.
+    now : datetime
+    limit, base_seconds, cap_seconds
+        ``login_max_failures``, ``login_backoff_seconds``, ``login_window_seconds``.
+
+    Returns
+    -------
+    float
+        Seconds left to wait; 0 when a try is allowed now.
+    """
+    if failures < limit or last_failure is None:
+        return 0.0
+    delay = min(cap_seconds, base_seconds * 2.0 ** min(64, failures - limit))
+    return max(0.0, delay - (now - last_failure).total_seconds())
+
+
 # FastAPI dependencies ----------------------------------------------------------------
 
 
@@ -348,7 +406,8 @@ def get_db(request: Request) -> Iterator[Session]:
 
 
 def client_ip(request: Request) -> str | None:
-    """The caller's address as the socket sees it (proxies are not trusted)."""
+    """The caller's address: the socket's peer, or what a configured proxy says
+    (``forwarded_allow_ips``; uvicorn rewrites ``request.client`` only for those)."""
     return request.client.host if request.client else None
 
 

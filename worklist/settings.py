@@ -176,10 +176,24 @@ class Settings(BaseSettings):
         False, description="Send the session cookie over HTTPS only (set behind TLS)."
     )
     login_max_failures: int = Field(
-        5, ge=1, description="Failed logins per user name (x5 per address) before 429."
+        5,
+        ge=1,
+        description="Failed logins of one user name from one address (x5 for any name "
+        "from one address) before each further try must wait (HTTP 429).",
     )
     login_window_seconds: float = Field(
         900.0, gt=0, description="Window over which failed logins are counted."
+    )
+    login_backoff_seconds: float = Field(
+        1.0,
+        gt=0,
+        description="Wait after the last failure once login_max_failures is reached; "
+        "doubled by each further failure, at most login_window_seconds.",
+    )
+    forwarded_allow_ips: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Reverse proxies (addresses) whose X-Forwarded-For/-Proto are "
+        "trusted; empty trusts none: the audited address is the socket's peer.",
     )
     wait_cap_minutes: float = Field(
         60.0, gt=0, description="No study waits longer on the worklist (then OVERDUE)."
@@ -249,7 +263,7 @@ class Settings(BaseSettings):
     def _parse_list(cls, value: Any) -> Any:
         return _split_list(value)
 
-    @field_validator("allowed_peers", mode="before")
+    @field_validator("allowed_peers", "forwarded_allow_ips", mode="before")
     @classmethod
     def _parse_peers(cls, value: Any) -> Any:
         value = _split_list(value)

@@ -56,6 +56,7 @@ def settings(tmp_path: Path) -> Settings:
         viewer_url_template="http://viewer.test/ohif/viewer?StudyInstanceUIDs={study_uid}",
         model_path=tiny_model(tmp_path / "model"),
         login_max_failures=3,
+        login_backoff_seconds=60,
     )
 
 
