@@ -27,7 +27,7 @@ from sqlalchemy.orm import sessionmaker
 from triage.options import TriageOptions
 from triage.priority import compute_priority
 from triage.scoring import score_study
-from triage.selection import Eligible, Skipped, select_instance, skipped_unreadable
+from triage.selection import Eligible, SkipCode, Skipped, select_instance, skipped_unreadable
 from triage.sr import SRContent, build_sr, sr_uids, write_sr
 from worklist.ingest import utcnow
 from worklist.results import (
@@ -94,13 +94,14 @@ def worker_id() -> str:
 class _Image:
     instance_id: int
     sop_instance_uid: str
+    path: str = ""
     header: Dataset | None = None
     selection: Eligible | Skipped | None = None
     tensor: np.ndarray | None = None
 
 
 def _read(ref_id: int, uid: str, path: str) -> _Image:
-    image = _Image(ref_id, uid)
+    image = _Image(ref_id, uid, path)
     try:
         # Large elements (pixel data) are read on access, so selection reads headers.
         image.header = pydicom.dcmread(path, defer_size="256 KB")
@@ -116,17 +117,36 @@ def _read(ref_id: int, uid: str, path: str) -> _Image:
     return image
 
 
-def _preprocess(image: _Image, spec: Any) -> None:
-    from models.preprocess import PreprocessError, preprocess_dataset
+def _decode(image: _Image, spec: Any, decoder: Any, data_dir: Path) -> None:
+    """Decode (and preprocess, with a spec) one image in the guarded decode child;
+    store its preview. A failure is the image's recorded reason."""
+    from worklist.thumbnails import store_thumbnail
 
-    try:
-        image.tensor = preprocess_dataset(image.header, spec)
-    except PreprocessError as exc:
-        image.selection = skipped_unreadable(image.sop_instance_uid, str(exc), decode=True)
-    except Exception as exc:  # noqa: BLE001 - one broken image: skip it, keep the rest
-        image.selection = skipped_unreadable(
-            image.sop_instance_uid, f"{type(exc).__name__}: {exc}", decode=True
-        )
+    made = decoder.decode(image.path, spec.to_dict() if spec is not None else None)
+    if made.png is not None:
+        try:
+            store_thumbnail(data_dir, image.instance_id, made.png)
+        except OSError as exc:
+            log.warning("preview of instance %s not stored: %s", image.instance_id, exc)
+    if spec is None:
+        return
+    if made.error is not None or made.tensor is None:
+        reason = made.error or "cannot decode pixel data: no image"
+        image.selection = skipped_unreadable(image.sop_instance_uid, reason, decode=True)
+    else:
+        image.tensor = made.tensor
+
+
+def _previews(images: list[_Image], decoder: Any, data_dir: Path) -> None:
+    """Previews of the images the model is not for (laterals, other modalities)."""
+    for image in images:
+        if (
+            image.header is not None
+            and isinstance(image.selection, Skipped)
+            and image.selection.code is not SkipCode.UNREADABLE
+            and "PixelData" in image.header
+        ):
+            _decode(image, None, decoder, data_dir)
 
 
 def _pending_deliveries(session_factory: sessionmaker, result_id: int) -> tuple[int, ...]:
@@ -168,6 +188,7 @@ def triage_study(
     revision: int,
     *,
     options: TriageOptions | None = None,
+    decoder: Any = None,
 ) -> TriageOutcome:
     """Triage one study revision and record the result (idempotent).
 
@@ -183,6 +204,9 @@ def triage_study(
         nothing eligible never loads the model.
     study_id, revision : int
     options : TriageOptions, optional
+    decoder : triage.guarded_decode.GuardedDecoder, optional
+        Decodes pixel data in a child under a memory limit (default: this process's,
+        from the settings). The worker itself never decodes.
 
     Returns
     -------
@@ -221,6 +245,14 @@ def triage_study(
     t0 = time.perf_counter()
     images = [_read(ref.id, ref.sop_instance_uid, ref.file_path) for ref in claim.instances]
     timings["read"] = time.perf_counter() - t0
+    if decoder is None:
+        from triage.guarded_decode import get_decoder
+
+        decoder = get_decoder(settings)
+    data_dir = Path(settings.data_dir)
+    t0 = time.perf_counter()
+    _previews(images, decoder, data_dir)
+    timings["previews"] = time.perf_counter() - t0
     eligible = [im for im in images if isinstance(im.selection, Eligible)]
     if not eligible:
         return _record(
@@ -242,7 +274,7 @@ def triage_study(
     spec = card.preprocess_spec
     t0 = time.perf_counter()
     for image in eligible:
-        _preprocess(image, spec)
+        _decode(image, spec, decoder, data_dir)
     timings["preprocess"] = time.perf_counter() - t0
     scored = [im for im in eligible if isinstance(im.selection, Eligible)]
     if not scored:

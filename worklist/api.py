@@ -66,7 +66,7 @@ from worklist.ingest import utcnow
 from worklist.metrics import make_registry
 from worklist.settings import Settings
 from worklist.tables import Instance, Study
-from worklist.thumbnails import ThumbnailError, render_thumbnail
+from worklist.thumbnails import missing_thumbnail, thumbnail_path
 
 log = logging.getLogger(__name__)
 
@@ -433,19 +433,20 @@ def create_app(settings: Settings, session_factory: sessionmaker) -> FastAPI:
         principal: Principal = Depends(require_roles(*READERS)),
         db: Session = Depends(get_db),
     ) -> Response:
-        """A PNG preview (at most 256 pixels) of one image of the study."""
+        """The PNG preview (at most 256 pixels) the worker stored for one image."""
         found = _study_or_404(db, study_uid)
-        file_path = db.scalar(
-            select(Instance.file_path).where(
+        instance_id = db.scalar(
+            select(Instance.id).where(
                 Instance.study_id == found.id, Instance.sop_instance_uid == sop_uid
             )
         )
-        if file_path is None:
+        if instance_id is None:
             raise HTTPException(status_code=404, detail="no such image in this study")
         try:
-            png = render_thumbnail(file_path)
-        except ThumbnailError as exc:
-            raise HTTPException(status_code=422, detail=str(exc)) from None
+            png = thumbnail_path(settings.data_dir, instance_id).read_bytes()
+        except OSError:
+            status, reason = missing_thumbnail(db, instance_id=instance_id)
+            raise HTTPException(status_code=status, detail=reason) from None
         audit.record(
             db,
             actor=principal.actor,

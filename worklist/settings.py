@@ -149,6 +149,21 @@ class Settings(BaseSettings):
     # Model and inference
     model_path: Path | None = Field(None, description="ONNX model; default the shipped one.")
     operating_point: str = Field("balanced", description="Operating point name in the card.")
+    max_image_pixels: int = Field(
+        30_000_000,
+        ge=1,
+        description="Largest frame (Rows x Columns, and the frame's own header) the "
+        "worker decodes; bigger ones are not evaluated, before any decoder runs.",
+    )
+    decode_memory_mb: int = Field(
+        1024,
+        ge=64,
+        description="Address space a decode (in the worker's decode child) may add; "
+        "beyond it the image is not evaluated.",
+    )
+    decode_timeout_seconds: float = Field(
+        120.0, gt=0, description="Longest decode of one image; then it is not evaluated."
+    )
     providers: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="ONNX Runtime providers in order; empty picks CUDA when present, else CPU.",

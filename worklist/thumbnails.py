@@ -1,38 +1,95 @@
-"""Small PNG previews of received images for the study page."""
+"""Small PNG previews of received images for the study page.
+
+The triage worker renders a preview once, in its guarded decode child (see
+:mod:`triage.guarded_decode`), right after the image's frame header was checked, and
+stores it under ``DATA_DIR/thumbnails``; the API only serves the stored file. The
+API process never decodes pixel data, so a hostile image cannot make it allocate.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import io
-from functools import lru_cache
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from PIL import Image
-from pydicom.pixels import apply_modality_lut, apply_voi_lut
+from pydicom.dataset import Dataset
+from sqlalchemy.orm import Session
 
-from models.preprocess import decode_pixels
+__all__ = [
+    "ThumbnailError",
+    "missing_thumbnail",
+    "png_from_dataset",
+    "store_thumbnail",
+    "thumbnail_path",
+]
 
-__all__ = ["ThumbnailError", "render_thumbnail"]
+THUMBNAIL_DIR = "thumbnails"
 
 
 class ThumbnailError(Exception):
-    """The file cannot be rendered (missing, no pixels, unsupported encoding)."""
+    """The image cannot be rendered (no pixels, unsupported encoding)."""
 
 
-def render_thumbnail(path: str | Path, *, size: int = 256) -> bytes:
-    """Render a DICOM image as a greyscale (or colour) PNG at most ``size`` pixels.
-
-    The modality and VOI LUTs (window) are applied when present, MONOCHROME1 is
-    inverted, and multi-frame images show their first frame. Recent renderings are
-    kept in memory (keyed by path, size and modification time), so that reopening a
-    study does not decode its radiographs again.
+def thumbnail_path(data_dir: str | Path, instance_id: int) -> Path:
+    """Where the preview of an instance is stored (named by its database id).
 
     Parameters
     ----------
-    path : str or Path
-        The instance in the spool.
+    data_dir : str or Path
+        The node's data directory.
+    instance_id : int
+        ``instances.id``.
+
+    Returns
+    -------
+    Path
+    """
+    return Path(data_dir) / THUMBNAIL_DIR / f"{int(instance_id)}.png"
+
+
+def store_thumbnail(data_dir: str | Path, instance_id: int, png: bytes) -> Path:
+    """Write a preview atomically (temporary file, then rename).
+
+    Parameters
+    ----------
+    data_dir : str or Path
+    instance_id : int
+    png : bytes
+
+    Returns
+    -------
+    Path
+        The stored file.
+    """
+    path = thumbnail_path(data_dir, instance_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(png)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def png_from_dataset(ds: Dataset, *, size: int = 256) -> bytes:
+    """Render a decoded DICOM image as a greyscale (or colour) PNG at most ``size`` pixels.
+
+    The modality and VOI LUTs (window) are applied when present, MONOCHROME1 is
+    inverted, and multi-frame images show their first frame. Call it only where pixel
+    data may be decoded (the worker's guarded decode child), after the frame check.
+
+    Parameters
+    ----------
+    ds : pydicom.Dataset
+        The instance, with its pixel data (``ds.pixel_array`` is reused when decoded).
     size : int
         Longest side in pixels.
 
@@ -45,19 +102,13 @@ def render_thumbnail(path: str | Path, *, size: int = 256) -> bytes:
     ------
     ThumbnailError
     """
-    try:
-        mtime = Path(path).stat().st_mtime_ns
-    except OSError as exc:
-        raise ThumbnailError(f"cannot read the file: {type(exc).__name__}") from exc
-    return _render(str(path), size, mtime)
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+    from models.preprocess import decode_pixels
 
-@lru_cache(maxsize=128)
-def _render(path: str, size: int, _mtime: int) -> bytes:
     try:
-        ds = pydicom.dcmread(path, force=True)
         arr = decode_pixels(ds)
-    except Exception as exc:  # unreadable file or undecodable pixels
+    except Exception as exc:  # undecodable pixels
         raise ThumbnailError(f"cannot decode pixels: {type(exc).__name__}") from exc
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
@@ -67,7 +118,7 @@ def _render(path: str, size: int, _mtime: int) -> bytes:
         data = apply_modality_lut(arr, ds)
         with contextlib.suppress(ValueError, IndexError, TypeError):
             data = apply_voi_lut(data, ds)
-        data = np.asarray(data, dtype=np.float64)
+        data = np.asarray(data, dtype=np.float32)
         lo, hi = np.percentile(data, [0.5, 99.5]) if data.size else (0.0, 1.0)
         if hi <= lo:
             hi = lo + 1.0
@@ -84,3 +135,32 @@ def _render(path: str, size: int, _mtime: int) -> bytes:
     out = io.BytesIO()
     image.save(out, format="PNG", optimize=False)
     return out.getvalue()
+
+
+def missing_thumbnail(session: Session, *, instance_id: int) -> tuple[int, str]:
+    """The HTTP status and reason to answer when an instance has no stored preview.
+
+    Parameters
+    ----------
+    session : Session
+    instance_id : int
+
+    Returns
+    -------
+    tuple of (int, str)
+        422 with the recorded reason when the worker could not decode the image,
+        404 when no preview was made yet (not triaged yet, or not an image).
+    """
+    from sqlalchemy import select
+
+    from worklist.tables import TriageImage
+
+    reason = session.scalar(
+        select(TriageImage.reason)
+        .where(TriageImage.instance_id == instance_id)
+        .order_by(TriageImage.id.desc())
+        .limit(1)
+    )
+    if reason and reason.startswith("cannot_decode"):
+        return 422, f"no preview: {reason}"
+    return 404, "no preview of this image (not triaged yet, or it has no pixel data)"

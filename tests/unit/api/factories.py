@@ -7,12 +7,14 @@ from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
+import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from sqlalchemy.orm import Session
 
 from worklist.ingest import utcnow
 from worklist.tables import Delivery, Instance, Series, Study, TriageImage, TriageResult
+from worklist.thumbnails import png_from_dataset, store_thumbnail
 
 DX_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"
 
@@ -150,6 +152,10 @@ def make_study(
         instances.append(inst)
     study.instance_count = len(instances)
     session.flush()
+    for inst in instances:  # the previews the worker would have stored
+        store_thumbnail(
+            spool.parent, inst.id, png_from_dataset(pydicom.dcmread(inst.file_path), size=64)
+        )
     result = None
     if priority is not None:
         finished = received + finished_after

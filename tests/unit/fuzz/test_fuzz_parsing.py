@@ -24,6 +24,7 @@ import tempfile
 import warnings
 from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from hypothesis import HealthCheck, given, settings
@@ -40,7 +41,8 @@ from pydicom.uid import (
 from dicom_scp.headers import check_complete, instance_info_from_dataset, read_header
 from dicom_scp.status import StoreError
 from models.preprocess import PreprocessSpec
-from triage.pipeline import _preprocess, _read
+from triage.guarded_decode import GuardedDecoder
+from triage.pipeline import _decode, _read
 from triage.selection import Eligible, Skipped
 
 CR = "1.2.840.10008.5.1.4.1.1.1"
@@ -168,6 +170,16 @@ def test_ingest_parsing_raises_only_store_errors(case: tuple[bytes, str]) -> Non
             _ingest_parse(data, syntax)
         except StoreError:
             pass
+
+
+#: The worker's guarded decode child, shared by the cases of this module.
+DECODER = GuardedDecoder(memory_mb=1024, max_pixels=30_000_000)
+
+
+def _preprocess(image: Any, spec: Any) -> None:
+    """What the worker does with an eligible image: decode it in the guarded child."""
+    with tempfile.TemporaryDirectory() as data_dir:
+        _decode(image, spec, DECODER, Path(data_dir))
 
 
 def _worker_path(data: bytes) -> None:
