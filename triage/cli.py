@@ -10,6 +10,7 @@ db upgrade  apply the database migrations
 config      print the effective settings (secrets hidden)
 user        local accounts: add, passwd, disable, list (worklist.admin_cli)
 token       bearer tokens for systems (RIS): add, revoke
+resend      re-queue a study's failed SR deliveries (audited)
 
 Settings come from ``TRIAGE_*`` environment variables and ``--config FILE`` (TOML).
 Heavy imports happen inside the subcommands, so ``scp`` never imports worker code.
@@ -166,6 +167,45 @@ def cmd_serve(settings: Settings) -> int:
     return 0
 
 
+def cmd_resend(settings: Settings, study_uid: str, destination: str | None) -> int:
+    """Re-queue the failed SR deliveries of a study (audited); the delivery worker's
+    sweep sends them. Exit 1 when there is none."""
+    import getpass
+
+    from worklist import audit
+    from worklist.db import make_engine, make_session_factory
+    from worklist.migrate import upgrade
+    from worklist.outbox import requeue_failed
+
+    upgrade(settings.effective_database_url)
+    engine = make_engine(settings.effective_database_url)
+    try:
+        with make_session_factory(engine).begin() as session:
+            rows = requeue_failed(
+                session, study_instance_uid=study_uid.strip(), destination_ae=destination
+            )
+            if rows:
+                audit.record(
+                    session,
+                    actor=audit.Actor(None, f"cli:{getpass.getuser()}", "admin", "cli", None),
+                    action=audit.Action.RESEND_SR,
+                    study_instance_uid=study_uid.strip(),
+                    detail={"deliveries": [r.id for r in rows], "destination": destination},
+                )
+    finally:
+        engine.dispose()
+    if not rows:
+        print(  # noqa: T201 - CLI output
+            f"triage-node: no failed SR delivery for study {study_uid}"
+            + (f" to {destination}" if destination else ""),
+            file=sys.stderr,
+        )
+        return 1
+    for row in rows:
+        print(f"re-queued delivery {row.id} of SR {row.sop_instance_uid} to {row.destination}")  # noqa: T201
+    return 0
+
+
 def cmd_config(settings: Settings) -> int:
     """Print the effective settings as JSON."""
     print(settings.model_dump_json(indent=2))  # noqa: T201 - CLI output
@@ -196,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     db_sub = db.add_subparsers(dest="db_command", required=True)
     db_sub.add_parser("upgrade", help="apply migrations")
     sub.add_parser("config", help="print the effective settings")
+    resend = sub.add_parser("resend", help="re-queue a study's failed SR deliveries")
+    resend.add_argument("study_uid", help="Study Instance UID")
+    resend.add_argument("--destination", help="only this destination's AE title")
     # Accounts (worklist.admin_cli): user add|passwd|disable|list, token add|revoke
     from worklist.admin_cli import add_account_commands
 
@@ -240,6 +283,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_db_upgrade(settings)
     if args.command == "config":
         return cmd_config(settings)
+    if args.command == "resend":
+        return cmd_resend(settings, args.study_uid, args.destination)
     if args.command in ("user", "token"):
         from worklist.admin_cli import run_account_command
 

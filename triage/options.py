@@ -8,9 +8,9 @@ that setting's default:
 - ``high_confidence``: probability of "abnormal, high"
 - ``wait_cap_minutes``: no study waits longer on the list
 - ``batch_size``: images per ONNX batch
-- ``delivery_max_attempts``: then the outbox row is ``failed``
+- ``delivery_retry_hours``: retry horizon of an SR delivery, then the row is ``failed``
 - ``delivery_backoff_seconds``: first retry delay, doubled each time
-- ``delivery_backoff_max_seconds``: longest retry delay
+- ``delivery_backoff_max_seconds``: longest delay between two tries
 - ``sweep_seconds``: outbox / stalled-triage sweep period
 - ``lease_seconds``: a claim older than this is re-sent
 - ``broker_poll_seconds``: embedded broker polling interval
@@ -41,7 +41,7 @@ class TriageOptions:
     high_confidence: float = _default("high_confidence")
     wait_cap_minutes: float = _default("wait_cap_minutes")
     batch_size: int = _default("batch_size")
-    delivery_max_attempts: int = _default("delivery_max_attempts")
+    delivery_retry_hours: float = _default("delivery_retry_hours")
     delivery_backoff_seconds: float = _default("delivery_backoff_seconds")
     delivery_backoff_max_seconds: float = _default("delivery_backoff_max_seconds")
     sweep_seconds: float = _default("sweep_seconds")
@@ -57,8 +57,8 @@ class TriageOptions:
             ) from None
         if not 0.0 < self.high_confidence <= 1.0:
             raise ConfigurationError("TRIAGE_HIGH_CONFIDENCE must be in (0, 1]")
-        if self.batch_size < 1 or self.delivery_max_attempts < 1:
-            raise ConfigurationError("TRIAGE_BATCH_SIZE and TRIAGE_DELIVERY_MAX_ATTEMPTS >= 1")
+        if self.batch_size < 1:
+            raise ConfigurationError("TRIAGE_BATCH_SIZE must be >= 1")
         for name in (
             "wait_cap_minutes",
             "delivery_backoff_seconds",
@@ -66,6 +66,7 @@ class TriageOptions:
             "lease_seconds",
             "broker_poll_seconds",
             "delivery_backoff_max_seconds",
+            "delivery_retry_hours",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"TRIAGE_{name.upper()} must be > 0")
@@ -86,6 +87,30 @@ class TriageOptions:
             self.delivery_backoff_max_seconds,
             self.delivery_backoff_seconds * 2 ** max(0, attempts - 1),
         )
+
+
+    def retry_in(self, attempts: int, age_seconds: float) -> float | None:
+        """When to try a failed delivery again, or None when its horizon has passed.
+
+        The delay is :meth:`backoff`, shortened so that the last try falls on the
+        horizon (``delivery_retry_hours`` after the row was created or resent).
+
+        Parameters
+        ----------
+        attempts : int
+            Tries made so far (1-based).
+        age_seconds : float
+            Seconds since the row was created (or resent).
+
+        Returns
+        -------
+        float or None
+            Seconds until the next try; None: give up (``failed``).
+        """
+        left = self.delivery_retry_hours * 3600.0 - age_seconds
+        if left <= 0:
+            return None
+        return min(self.backoff(attempts), left)
 
 
 def load_triage_options(settings: object | None = None) -> TriageOptions:

@@ -7,8 +7,9 @@ functions called).
   unavailable or locked, :class:`~triage.errors.TransientError`).
 - ``triage.deliver(delivery_id)``, queue ``delivery``: one C-STORE attempt of one
   outbox row; a transient failure records the next attempt time (exponential
-  backoff) and the sweep sends it again when due; after the last attempt the row is
-  ``failed``.
+  backoff, capped) and the sweep sends it again when due; once the retry horizon
+  (``delivery_retry_hours`` after the row was created or resent) has passed, the row
+  is ``failed``, alerted, and waits for ``triage-node resend``.
 - ``triage.sweep()``, queue ``delivery``: :func:`sweep` sends every due outbox row
   and re-sends stalled triage revisions. The delivery worker also runs it
   periodically (see :mod:`triage.worker`).
@@ -100,6 +101,7 @@ def deliver_one(ctx: WorkerContext, delivery_id: int) -> str:
         ``delivered``, ``pending`` (will be retried), ``failed`` or ``not due``.
     """
     from triage.delivery import store_file
+    from worklist.ingest import as_utc, utcnow
     from worklist.outbox import claim_delivery, mark_delivered, mark_failed_attempt
 
     options = ctx.options
@@ -115,11 +117,8 @@ def deliver_one(ctx: WorkerContext, delivery_id: int) -> str:
             or (isinstance(exc, StoreRejected) and exc.transient)
             or (isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError))
         )
-        retry_in = (
-            options.backoff(job.attempts)
-            if transient and job.attempts < options.delivery_max_attempts
-            else None
-        )
+        age = (utcnow() - as_utc(job.created_at)).total_seconds()
+        retry_in = options.retry_in(job.attempts, age) if transient else None
         with ctx.session_factory.begin() as session:
             state = mark_failed_attempt(
                 session, delivery_id=job.id, error=f"{type(exc).__name__}: {exc}", retry_in=retry_in
@@ -132,7 +131,10 @@ def deliver_one(ctx: WorkerContext, delivery_id: int) -> str:
             job.destination,
             job.attempts,
             exc,
-            f"retry in {retry_in:.1f} s" if retry_in is not None else "gave up",
+            f"retry in {retry_in:.1f} s"
+            if retry_in is not None
+            else "gave up (retry horizon passed or permanent error; triage-node resend "
+            "re-queues it)",
         )
         return state
     with ctx.session_factory.begin() as session:

@@ -43,7 +43,7 @@ from fastapi.templating import Jinja2Templates
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 from sqlalchemy import select, text
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, object_session, sessionmaker
 
 from worklist import audit, queries, reading
 from worklist.accounts import Role
@@ -66,6 +66,7 @@ from worklist.ingest import utcnow
 from worklist.metrics import make_registry
 from worklist.settings import Settings
 from worklist.tables import Instance, Study
+from worklist.outbox import failed_delivery_alert
 from worklist.thumbnails import missing_thumbnail, thumbnail_path
 
 log = logging.getLogger(__name__)
@@ -646,6 +647,7 @@ def create_app(settings: Settings, session_factory: sessionmaker) -> FastAPI:
         return {
             "user": principal.user,
             "csrf_token": authenticator.csrf_token(principal.session_token or ""),
+            "delivery_alert": failed_delivery_alert(object_session(principal.user)),
             **extra,
         }
 

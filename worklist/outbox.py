@@ -4,8 +4,9 @@ Plain functions over a session; the caller owns the transaction. A row moves::
 
     pending --claim--> sending --ok--> delivered
        ^                  |
-       +---- retry -------+ (attempts < max: next_attempt_at = now + backoff)
-                          +---- give up ----> failed (attempts == max)
+       +---- retry -------+ (within the horizon: next_attempt_at = now + backoff)
+       |                  +---- give up ----> failed (horizon passed, or permanent)
+       +------------------------ resend ---------+ (triage-node resend; horizon restarts)
 
 A ``sending`` row carries a lease; when its worker dies the lease expires and the
 row is due again, so nothing is lost when a worker or the destination restarts.
@@ -33,6 +34,8 @@ __all__ = [
     "mark_delivered",
     "mark_failed_attempt",
     "mark_redispatched",
+    "failed_delivery_alert",
+    "requeue_failed",
 ]
 
 
@@ -45,6 +48,7 @@ class DeliveryJob:
     file_path: str
     sop_instance_uid: str
     attempts: int
+    created_at: datetime
 
 
 def _due_clause(now: datetime):  # type: ignore[no-untyped-def]
@@ -123,7 +127,9 @@ def claim_delivery(
     row = session.get(Delivery, delivery_id, populate_existing=True)
     if row is None:  # pragma: no cover - the UPDATE above just matched it
         return None
-    return DeliveryJob(row.id, row.destination, row.file_path, row.sop_instance_uid, row.attempts)
+    return DeliveryJob(
+        row.id, row.destination, row.file_path, row.sop_instance_uid, row.attempts, row.created_at
+    )
 
 
 def mark_delivered(session: Session, *, delivery_id: int, now: datetime | None = None) -> None:
@@ -212,4 +218,81 @@ def mark_redispatched(
         update(Study)
         .where(Study.id == study_id, Study.revision == revision, Study.state == StudyState.QUEUED)
         .values(dispatched_at=now)
+    )
+
+
+def requeue_failed(
+    session: Session,
+    *,
+    study_instance_uid: str,
+    destination_ae: str | None = None,
+    now: datetime | None = None,
+) -> list[Delivery]:
+    """Put a study's ``failed`` SR deliveries back in the outbox (``triage-node resend``).
+
+    Each row becomes ``pending``, due now, with its attempts reset and its retry
+    horizon restarted (``created_at`` = now; the result keeps the original time).
+
+    Parameters
+    ----------
+    session : Session
+    study_instance_uid : str
+    destination_ae : str, optional
+        Only the destinations with this AE title.
+    now : datetime, optional
+
+    Returns
+    -------
+    list of Delivery
+        The rows re-queued.
+    """
+    from worklist.tables import TriageResult
+
+    now = now or utcnow()
+    rows = list(
+        session.scalars(
+            select(Delivery)
+            .join(TriageResult, TriageResult.id == Delivery.result_id)
+            .join(Study, Study.id == TriageResult.study_id)
+            .where(
+                Study.study_instance_uid == study_instance_uid,
+                Delivery.state == DeliveryState.FAILED,
+            )
+            .order_by(Delivery.id)
+        )
+    )
+    if destination_ae is not None:
+        rows = [r for r in rows if r.destination.split("@", 1)[0] == destination_ae.strip()]
+    for row in rows:
+        row.state = DeliveryState.PENDING
+        row.attempts = 0
+        row.next_attempt_at = now
+        row.created_at = now
+        row.lease_until = None
+        row.updated_at = now
+    return rows
+
+
+def failed_delivery_alert(session: Session) -> str | None:
+    """The worklist banner while SR deliveries have failed, else None.
+
+    Parameters
+    ----------
+    session : Session
+        The request's session (a second one could wait on its own write lock).
+
+    Returns
+    -------
+    str or None
+    """
+    from sqlalchemy import func
+
+    failed = session.scalar(
+        select(func.count(Delivery.id)).where(Delivery.state == DeliveryState.FAILED)
+    )
+    if not failed:
+        return None
+    return (
+        f"{failed} AI result(s) could not be sent to the PACS within the retry horizon. "
+        "An administrator can re-send them with: triage-node resend STUDY_UID"
     )

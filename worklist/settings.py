@@ -222,14 +222,17 @@ class Settings(BaseSettings):
         0.9, gt=0, le=1, description="Probability from which an abnormal study is 'high'."
     )
     batch_size: int = Field(8, ge=1, description="Images per ONNX Runtime batch.")
-    delivery_max_attempts: int = Field(
-        8, ge=1, description="SR delivery attempts per destination before 'failed'."
+    delivery_retry_hours: float = Field(
+        72.0,
+        gt=0,
+        description="An SR delivery is retried this long (from its first try, or from a "
+        "resend) before it is marked failed and alerted (metric and worklist banner).",
     )
     delivery_backoff_seconds: float = Field(
         2.0, gt=0, description="First delivery retry delay, doubled each attempt."
     )
     delivery_backoff_max_seconds: float = Field(
-        300.0, gt=0, description="Longest delivery retry delay."
+        600.0, gt=0, description="Longest delay between two delivery tries."
     )
     sweep_seconds: float = Field(
         5.0, gt=0, description="Period of the outbox and stalled-triage sweep."

@@ -36,7 +36,7 @@ FAST = {
     "sweep_seconds": 0.5,
     "delivery_backoff_seconds": 0.5,
     "delivery_backoff_max_seconds": 2,
-    "delivery_max_attempts": 100,
+    "delivery_retry_hours": 1,
     "lease_seconds": 6,
 }
 

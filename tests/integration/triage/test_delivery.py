@@ -42,7 +42,7 @@ def test_failing_destination_does_not_hold_back_the_other(
     settings = load_settings(
         data_dir=tmp_path / "node", model_path=tiny_model, destinations=f"{dead},{pacs.destination}"
     )
-    options = TriageOptions(delivery_max_attempts=2, delivery_backoff_seconds=0.01)
+    options = TriageOptions(delivery_retry_hours=1, delivery_backoff_seconds=0.01)
     study_id = ingest(shared_data / "dicom/real/fuji_CR_chest_from_fodicom_withmeta.dcm")
     (handoff,) = make_stable(session_factory)
     out = triage_study(
@@ -63,12 +63,14 @@ def test_failing_destination_does_not_hold_back_the_other(
     assert rows[dead].state == "pending" and rows[dead].attempts == 1
     assert "association" in rows[dead].last_error
     assert len(pacs.received()) == 1
-    # Second attempt when due: the last one allowed, then failed.
+    # Second attempt when due, after the retry horizon (1 h) has passed: then failed.
     with session_factory() as session:
         due = due_deliveries(session, now=utcnow() + timedelta(seconds=5))
     assert due == [rows[dead].id]
     with session_factory.begin() as session:
-        session.get(Delivery, rows[dead].id).next_attempt_at = utcnow()
+        row = session.get(Delivery, rows[dead].id)
+        row.next_attempt_at = utcnow()
+        row.created_at = utcnow() - timedelta(hours=1, seconds=1)
     assert deliver_one(ctx, rows[dead].id) == "failed"
     with session_factory() as session:
         row = session.get(Delivery, rows[dead].id)
