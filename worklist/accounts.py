@@ -42,8 +42,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
 
 from worklist import tables as _tables  # noqa: F401 - the tables referenced below
-from worklist.db import Base
-from worklist.ingest import utcnow
+from worklist.core.clock import utcnow
+from worklist.core.db import Base
 
 __all__ = [
     "AccountError",

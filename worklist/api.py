@@ -62,9 +62,9 @@ from worklist.auth import (
     require_roles,
     session_key,
 )
-from worklist.ingest import utcnow
+from worklist.core.clock import utcnow
+from worklist.core.settings import Settings
 from worklist.metrics import make_registry
-from worklist.settings import Settings
 from worklist.tables import Instance, Study
 from worklist.thumbnails import ThumbnailError, render_thumbnail
 

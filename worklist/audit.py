@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from worklist.accounts import AuditEvent
-from worklist.ingest import utcnow
+from worklist.core.clock import utcnow
 
 __all__ = ["Action", "Actor", "Outcome", "count_events", "list_events", "record"]
 

@@ -36,8 +36,8 @@ from worklist.accounts import (
     verify_password,
 )
 from worklist.audit import Action, Actor, Outcome
-from worklist.ingest import as_utc, utcnow
-from worklist.settings import Settings
+from worklist.core.clock import as_utc, utcnow
+from worklist.core.settings import Settings
 
 __all__ = [
     "CSRF_HEADER",

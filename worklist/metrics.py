@@ -47,7 +47,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import sessionmaker
 
 from worklist.accounts import StudyRead
-from worklist.ingest import as_utc, utcnow
+from worklist.core.clock import as_utc, utcnow
 from worklist.queries import agreement_report
 from worklist.tables import Delivery, Instance, Study, StudyState, TriageResult
 

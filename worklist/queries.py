@@ -23,7 +23,7 @@ from sqlalchemy import and_, exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from worklist.accounts import Feedback, ReadState, StudyRead, User
-from worklist.ingest import as_utc
+from worklist.core.clock import as_utc
 from worklist.tables import Delivery, Instance, Series, Study, TriageImage, TriageResult
 
 __all__ = [

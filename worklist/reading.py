@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from worklist.accounts import Feedback, ReadState, StudyRead, User
-from worklist.ingest import utcnow
+from worklist.core.clock import utcnow
 from worklist.queries import age_band, latest_result
 from worklist.tables import Study
 

@@ -35,7 +35,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from worklist.db import Base
+from worklist.core.db import Base
 
 UID = String(64)
 

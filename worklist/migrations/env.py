@@ -3,7 +3,7 @@
 from alembic import context
 
 from worklist import accounts, tables  # noqa: F401 - registers the tables on Base.metadata
-from worklist.db import Base, make_engine
+from worklist.core.db import Base, make_engine
 
 config = context.config
 url = config.attributes.get("database_url") or config.get_main_option("sqlalchemy.url")

@@ -315,7 +315,7 @@ class Cluster:
         return node_env(**values)
 
     def upgrade(self) -> None:
-        from worklist.migrate import upgrade
+        from worklist.core.migrate import upgrade
 
         upgrade(self.database_url)
 

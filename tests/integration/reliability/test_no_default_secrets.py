@@ -13,7 +13,7 @@ import pytest
 from pydantic import SecretStr
 from sqlalchemy import func, select
 
-from worklist.settings import Settings, load_settings
+from worklist.core.settings import Settings, load_settings
 
 SECRET_WORDS = ("secret", "password", "token", "credential", "passphrase")
 

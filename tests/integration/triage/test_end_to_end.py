@@ -30,7 +30,7 @@ REAL = "dicom/real"
 
 
 def make_node_settings(tmp_path: Path, model: Path, destinations: str, **overrides: Any):  # type: ignore[no-untyped-def]
-    from worklist.settings import load_settings
+    from worklist.core.settings import load_settings
 
     values: dict[str, Any] = {
         "data_dir": tmp_path / "node",
@@ -48,8 +48,8 @@ def make_node_settings(tmp_path: Path, model: Path, destinations: str, **overrid
 
 def start_scp(settings: Any) -> Node:
     from dicom_scp.server import start_node_scp
-    from worklist.db import make_engine, make_session_factory
-    from worklist.migrate import upgrade
+    from worklist.core.db import make_engine, make_session_factory
+    from worklist.core.migrate import upgrade
 
     upgrade(settings.effective_database_url)
     session_factory = make_session_factory(make_engine(settings.effective_database_url))

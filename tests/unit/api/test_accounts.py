@@ -61,8 +61,8 @@ def test_cli_user_and_token(
 ) -> None:
     from triage.cli import main
     from worklist.api import create_app
-    from worklist.db import make_engine, make_session_factory
-    from worklist.settings import load_settings
+    from worklist.core.db import make_engine, make_session_factory
+    from worklist.core.settings import load_settings
 
     for key in [k for k in __import__("os").environ if k.startswith("TRIAGE_")]:
         monkeypatch.delenv(key)
@@ -116,7 +116,7 @@ def test_migration_0003_matches_the_models(migrated_url: str) -> None:
     from alembic.runtime.migration import MigrationContext
 
     from worklist import accounts
-    from worklist.db import Base, make_engine
+    from worklist.core.db import Base, make_engine
 
     mine = {
         t.name

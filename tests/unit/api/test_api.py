@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from tests.unit.api.conftest import PASSWORD, bearer
 from tests.unit.api.factories import Made, make_study
 from worklist.accounts import AuditEvent, User, revoke_token
-from worklist.ingest import utcnow
+from worklist.core.clock import utcnow
 
 # Health, metrics and authentication ---------------------------------------------------
 
@@ -517,7 +517,7 @@ def test_readyz(client: TestClient, app: Any, settings: Any) -> None:
 
 def test_readyz_reports_a_missing_model_and_broker(session_factory: Any, tmp_path: Any) -> None:
     from worklist.api import create_app
-    from worklist.settings import load_settings
+    from worklist.core.settings import load_settings
 
     broken = load_settings(
         data_dir=tmp_path,
@@ -570,7 +570,7 @@ def test_missing_session_secret_warns_and_uses_a_random_key(
 ) -> None:
     from worklist.api import create_app
     from worklist.auth import session_key
-    from worklist.settings import load_settings
+    from worklist.core.settings import load_settings
 
     plain = load_settings(data_dir=tmp_path)
     assert plain.session_secret.get_secret_value() == ""

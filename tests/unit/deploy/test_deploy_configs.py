@@ -52,7 +52,7 @@ def _dockerfile_targets() -> set[str]:
 
 
 def _settings_names() -> set[str]:
-    from worklist.settings import Settings
+    from worklist.core.settings import Settings
 
     return {f"TRIAGE_{name.upper()}" for name in Settings.model_fields} | {"TRIAGE_CONFIG"}
 
@@ -61,7 +61,7 @@ def _api_paths() -> set[str]:
     from sqlalchemy.orm import sessionmaker
 
     from worklist.api import create_app
-    from worklist.settings import Settings
+    from worklist.core.settings import Settings
 
     try:
         app = create_app(Settings(), sessionmaker())
@@ -512,7 +512,7 @@ def test_compose_env_example_has_no_password() -> None:
 
 
 def test_toml_example_is_valid_settings(clean_env) -> None:
-    from worklist.settings import load_settings
+    from worklist.core.settings import load_settings
 
     settings = load_settings(DEPLOY / "triage.example.toml")
     assert settings.ae_title == "TRIAGE"
