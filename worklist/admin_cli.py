@@ -78,6 +78,7 @@ def run_account_command(args: argparse.Namespace, settings: Settings) -> int:
     from worklist.core.clock import utcnow
     from worklist.core.db import open_database
     from worklist.core.migrate import upgrade
+    from worklist.tables import User
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade(settings.effective_database_url)
@@ -103,7 +104,7 @@ def run_account_command(args: argparse.Namespace, settings: Settings) -> int:
                     user.active = False
                     out.write(f"disabled {user.username}\n")
                 elif args.command == "user":
-                    for user in session.scalars(select(accounts.User).order_by(accounts.User.id)):
+                    for user in session.scalars(select(User).order_by(User.id)):
                         state = "active" if user.active else "disabled"
                         out.write(f"{user.username}\t{user.role}\t{state}\n")
                 elif args.token_command == "add":

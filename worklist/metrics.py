@@ -46,10 +46,9 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import sessionmaker
 
-from worklist.accounts import StudyRead
 from worklist.core.clock import as_utc, utcnow
 from worklist.queries import agreement_report
-from worklist.tables import Delivery, Instance, Study, StudyState, TriageResult
+from worklist.tables import Delivery, Instance, Study, StudyRead, StudyState, TriageResult
 
 __all__ = ["TIME_TO_TRIAGE_BUCKETS", "DatabaseCollector", "make_registry"]
 

@@ -10,10 +10,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from worklist.accounts import Feedback, ReadState, StudyRead, User
 from worklist.core.clock import utcnow
 from worklist.queries import age_band, latest_result
-from worklist.tables import Study
+from worklist.tables import Feedback, ReadState, Study, StudyRead, User
 
 __all__ = [
     "LABELS",

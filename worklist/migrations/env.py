@@ -2,7 +2,7 @@
 
 from alembic import context
 
-from worklist import accounts, tables  # noqa: F401 - registers the tables on Base.metadata
+from worklist import tables  # noqa: F401 - registers the tables on Base.metadata
 from worklist.core.db import Base, make_engine
 
 config = context.config
