@@ -74,8 +74,8 @@ def cmd_api(settings: Settings) -> int:
     """Run the HTTP server until stopped."""
     import uvicorn
 
-    from worklist.api import create_app
     from worklist.core.db import open_database
+    from worklist.http.app import create_app
 
     app = create_app(settings, open_database(settings).session_factory)
     uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_level="warning")
@@ -89,9 +89,9 @@ def cmd_serve(settings: Settings) -> int:
     from dicom_scp.listeners import scp_process_count
     from dicom_scp.server import start_node_scp
     from triage.worker import start_embedded_worker
-    from worklist.api import create_app
     from worklist.core.db import open_database
     from worklist.core.migrate import upgrade
+    from worklist.http.app import create_app
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade(settings.effective_database_url)
