@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import free_port, wait_until
 from tests.integration.deploy.helpers import Proc, echo, need_tools, node_env, triage_node
-from triage.testing import build_tiny_model
+from tests.support.tiny_model import build_tiny_model
 
 
 def _pg_bin() -> Path:

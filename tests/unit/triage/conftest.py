@@ -10,7 +10,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from triage.testing import build_tiny_model
+from tests.support.tiny_model import build_tiny_model
 
 
 @pytest.fixture(scope="session")
