@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
 
-from worklist import queries
+from worklist import monitoring
 from worklist.audit import Action
 from worklist.core.clock import utcnow
 from worklist.http.deps import AnyUser, Reader, SessionDep, audited
@@ -34,7 +34,7 @@ def monitoring_agreement(
 ) -> dict[str, Any]:
     """AI agreement, sensitivity and specificity against the radiologists' labels,
     overall, by sex, by age band and by model (Wilson 95 % intervals)."""
-    report = queries.agreement_report(db, since=since, until=until, model_version=model_version)
+    report = monitoring.agreement_report(db, since=since, until=until, model_version=model_version)
     audited(db, principal, Action.VIEW_MONITORING)
     return report
 
@@ -45,6 +45,6 @@ def monitoring_probabilities(
 ) -> list[dict[str, Any]]:
     """Daily distribution of the study probabilities (histogram, mean, median, p90,
     abnormal rate), so that drift shows."""
-    out = queries.probability_distribution(db, days=days, now=utcnow())
+    out = monitoring.probability_distribution(db, days=days, now=utcnow())
     audited(db, principal, Action.VIEW_MONITORING)
     return out

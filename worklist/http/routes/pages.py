@@ -11,7 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from worklist import queries
+from worklist import monitoring, queries
 from worklist.audit import Action
 from worklist.auth import Principal
 from worklist.core.clock import utcnow
@@ -83,8 +83,8 @@ def monitoring_page(
     days: Annotated[int, Query(ge=1, le=366)] = 30,
 ) -> Response:
     """Agreement with the radiologists by group, and the daily probabilities."""
-    report = queries.agreement_report(db)
-    daily = queries.probability_distribution(db, days=days, now=utcnow())
+    report = monitoring.agreement_report(db)
+    daily = monitoring.probability_distribution(db, days=days, now=utcnow())
     audited(db, principal, Action.VIEW_MONITORING)
     context = page_context(
         request,

@@ -12,6 +12,7 @@ from worklist.audit import Action
 from worklist.core.clock import utcnow
 from worklist.http.deps import AnyUser, SessionDep, SettingsDep, audited, wait_cap
 from worklist.http.schemas import WorklistFilters, WorklistRow
+from worklist.priority import priority_level
 
 router = APIRouter(tags=["worklist"])
 
@@ -43,7 +44,7 @@ def worklist_filters(
     """The worklist's query parameters as :class:`WorklistFilters` (422 when a priority
     is neither a level nor a name)."""
     try:
-        levels = [queries.priority_level(p) for p in priority or []]
+        levels = [priority_level(p) for p in priority or []]
     except ValueError as exc:
         raise HTTPException(status_code=422, detail=str(exc)) from None
     no_dates = date_from is None and date_to is None
