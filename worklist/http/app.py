@@ -15,7 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from worklist.auth import Authenticator, session_key
 from worklist.core.settings import Settings
@@ -33,7 +33,7 @@ CSP = (
 )
 
 
-def create_app(settings: Settings, session_factory: sessionmaker) -> FastAPI:
+def create_app(settings: Settings, session_factory: sessionmaker[Session]) -> FastAPI:
     """Build the HTTP application.
 
     Parameters

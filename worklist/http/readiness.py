@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import text
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from worklist.core.settings import Settings
 
@@ -22,7 +22,7 @@ __all__ = ["BrokerCheck", "ModelCardCache", "check_broker", "check_database"]
 log = logging.getLogger(__name__)
 
 
-def check_database(session_factory: sessionmaker) -> str | None:
+def check_database(session_factory: sessionmaker[Session]) -> str | None:
     """Return None when the database answers, else the error text.
 
     Parameters
