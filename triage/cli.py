@@ -86,8 +86,7 @@ def cmd_serve(settings: Settings) -> int:
     """Run the whole node in one process (the embedded default)."""
     import uvicorn
 
-    from dicom_scp.listeners import scp_process_count
-    from dicom_scp.server import start_node_scp
+    from dicom_scp.server import scp_process_count, start_node_scp
     from triage.worker import start_embedded_worker
     from worklist.core.db import open_database
     from worklist.core.migrate import upgrade
@@ -196,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_level)
     if args.command in ("serve", "scp"):
-        from dicom_scp.listeners import PortInUseError
+        from dicom_scp.ae import PortInUseError
 
         try:
             return cmd_serve(settings) if args.command == "serve" else cmd_scp(settings)

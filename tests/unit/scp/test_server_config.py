@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from dicom_scp.contexts import SUPPORTED_TRANSFER_SYNTAXES, storage_sop_classes
-from dicom_scp.server import MAX_PDU_BYTES, build_ae, event_handlers, ssl_context
+from dicom_scp.ae import MAX_PDU_BYTES, build_ae, event_handlers, ssl_context
 from worklist.core.settings import load_settings
 
 
