@@ -57,15 +57,8 @@ def login(
     except LoginFailed:
         return login_form(request, templates, next, WRONG, status_code=401)
     response = RedirectResponse(safe_next(next), status_code=303)
-    response.set_cookie(
-        SESSION_COOKIE,
-        token,
-        max_age=int(authenticator.session_lifetime.total_seconds()),
-        httponly=True,
-        secure=settings.session_cookie_secure,
-        samesite="strict",
-        path="/",
-    )
+    lifetime = int(authenticator.session_lifetime.total_seconds())
+    set_session_cookie(response, token, lifetime, secure=settings.session_cookie_secure)
     return response
 
 
@@ -107,6 +100,19 @@ def login_form(
     """The sign-in page, with an error message after a failed attempt."""
     context = {"next": safe_next(next_url), "error": error}
     return templates.TemplateResponse(request, "login.html", context, **response)
+
+
+def set_session_cookie(response: Response, token: str, max_age: int, *, secure: bool) -> None:
+    """The session cookie: ``HttpOnly``, ``SameSite=Strict``, the whole site."""
+    response.set_cookie(
+        SESSION_COOKIE,
+        token,
+        max_age=max_age,
+        httponly=True,
+        secure=secure,
+        samesite="strict",
+        path="/",
+    )
 
 
 def safe_next(value: str) -> str:
