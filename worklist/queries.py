@@ -12,10 +12,9 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any
 from urllib.parse import quote
 
-from sqlalchemy import and_, exists, func, or_, select
+from sqlalchemy import and_, exists, or_, select
 from sqlalchemy.orm import Session
 
 from worklist.core.clock import as_utc
@@ -30,7 +29,14 @@ from worklist.http.schemas import (
     WorklistFilters,
     WorklistRow,
 )
-from worklist.priority import Priority, base_priority, effective_priority, priority_display
+from worklist.priority import (
+    Priority,
+    base_priority,
+    base_priority_sql,
+    effective_priority,
+    effective_priority_sql,
+    priority_display,
+)
 from worklist.tables import (
     Delivery,
     Feedback,
@@ -78,15 +84,6 @@ def viewer_url(template: str, study: Study) -> str | None:
         return template.format_map(values)
     except (KeyError, ValueError, IndexError):
         return None
-
-
-def _latest_results_subquery() -> Any:
-    latest = (
-        select(TriageResult.study_id, func.max(TriageResult.revision).label("revision"))
-        .group_by(TriageResult.study_id)
-        .subquery()
-    )
-    return latest
 
 
 def latest_result(session: Session, *, study_id: int) -> TriageResult | None:
@@ -179,6 +176,19 @@ def _dicom_date(value: date) -> str:
     return value.strftime("%Y%m%d")
 
 
+def _latest_results(session: Session, study_ids: Sequence[int]) -> dict[int, TriageResult]:
+    latest: dict[int, TriageResult] = {}
+    if not study_ids:
+        return latest
+    for result in session.scalars(
+        select(TriageResult)
+        .where(TriageResult.study_id.in_(study_ids))
+        .order_by(TriageResult.study_id, TriageResult.revision)
+    ):
+        latest[result.study_id] = result
+    return latest
+
+
 def list_worklist(
     session: Session,
     *,
@@ -187,6 +197,13 @@ def list_worklist(
     wait_cap: timedelta,
 ) -> list[WorklistRow]:
     """The worklist: filtered, sorted by effective priority then waiting time.
+
+    One query filters, orders and pages in the database (SQLite and PostgreSQL): the
+    effective priority, wait cap included, is computed in it
+    (:func:`~worklist.priority.effective_priority_sql` over the latest result's
+    stored priority), and only the studies in the asked reading states are read,
+    through ``ix_studies_read_state_received``. A second set of queries loads the
+    results, reads and modalities of the page's studies only.
 
     Parameters
     ----------
@@ -200,32 +217,26 @@ def list_worklist(
     Returns
     -------
     list of WorklistRow
-        At most ``filters.limit`` rows from ``filters.offset`` on.
+        At most ``filters.limit`` rows from ``filters.offset`` on, in order of
+        (effective priority, arrival, Study Instance UID).
     """
-    latest = _latest_results_subquery()
-    query = (
-        select(Study, TriageResult, StudyRead, User.username)
-        .outerjoin(latest, latest.c.study_id == Study.id)
-        .outerjoin(
-            TriageResult,
-            and_(
-                TriageResult.study_id == Study.id,
-                TriageResult.revision == latest.c.revision,
-            ),
-        )
-        .outerjoin(StudyRead, StudyRead.study_id == Study.id)
-        .outerjoin(User, User.id == StudyRead.user_id)
+    stored = (
+        select(TriageResult.priority)
+        .where(TriageResult.study_id == Study.id)
+        .order_by(TriageResult.revision.desc())
+        .limit(1)
+        .scalar_subquery()
     )
+    level = effective_priority_sql(
+        base_priority_sql(stored, Study.requested_priority),
+        Study.first_received_at,
+        now=now,
+        wait_cap=wait_cap,
+    ).label("level")
+    read_states = filters.read_state or [ReadState.UNREAD.value, ReadState.CLAIMED.value]
+    query = select(Study.id, level).where(Study.read_state.in_(read_states))
     if filters.state:
         query = query.where(Study.state.in_(filters.state))
-    read_states = filters.read_state or [ReadState.UNREAD.value, ReadState.CLAIMED.value]
-    conditions = []
-    if ReadState.UNREAD.value in read_states:
-        conditions.append(StudyRead.id.is_(None))
-    others = [s for s in read_states if s != ReadState.UNREAD.value]
-    if others:
-        conditions.append(StudyRead.state.in_(others))
-    query = query.where(or_(*conditions)) if conditions else query.where(False)
     if filters.date_from is not None:
         start = datetime.combine(filters.date_from, time.min, tzinfo=UTC)
         query = query.where(
@@ -251,24 +262,45 @@ def list_worklist(
         query = query.where(
             exists().where(Series.study_id == Study.id, Series.modality.in_(wanted))
         )
-    records = session.execute(query).all()
-    modalities = _modalities(session, [r[0].id for r in records])
-    rows = [
-        _row(
-            study,
-            result,
-            read,
-            claimer,
-            modalities.get(study.id, []),
-            now=now,
-            wait_cap=wait_cap,
-        )
-        for study, result, read, claimer in records
-    ]
     if filters.priority:
-        rows = [r for r in rows if r.priority in set(filters.priority)]
-    rows.sort(key=lambda r: (r.priority, r.received_at, r.study_instance_uid))
-    return rows[filters.offset : filters.offset + filters.limit]
+        query = query.where(level.in_(sorted(set(filters.priority))))
+    uid = Study.study_instance_uid
+    if session.get_bind().dialect.name == "postgresql":
+        uid = uid.collate("C")  # code-point order, as Python compares strings
+    page = session.execute(
+        query.order_by(level, Study.first_received_at, uid)
+        .offset(filters.offset)
+        .limit(filters.limit)
+    ).all()
+    ids = [study_id for study_id, _level in page]
+    if not ids:
+        return []
+    studies = {
+        study.id: (study, read, claimer)
+        for study, read, claimer in session.execute(
+            select(Study, StudyRead, User.username)
+            .outerjoin(StudyRead, StudyRead.study_id == Study.id)
+            .outerjoin(User, User.id == StudyRead.user_id)
+            .where(Study.id.in_(ids))
+        )
+    }
+    results = _latest_results(session, ids)
+    modalities = _modalities(session, ids)
+    rows = []
+    for study_id in ids:
+        study, read, claimer = studies[study_id]
+        rows.append(
+            _row(
+                study,
+                results.get(study_id),
+                read,
+                claimer,
+                modalities.get(study_id, []),
+                now=now,
+                wait_cap=wait_cap,
+            )
+        )
+    return rows
 
 
 def _delivery_state(deliveries: Iterable[Delivery]) -> str:
