@@ -26,8 +26,8 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
-from worklist.logs import configure_logging
-from worklist.settings import Settings, SettingsError, load_settings
+from worklist.core.logs import configure_logging
+from worklist.core.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("triage.cli")
 
@@ -67,7 +67,7 @@ def http_proxy_options(settings: Settings) -> dict[str, object]:
 
 def cmd_db_upgrade(settings: Settings) -> int:
     """Apply the migrations to the configured database."""
-    from worklist.migrate import upgrade
+    from worklist.core.migrate import upgrade
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade(settings.effective_database_url)
@@ -95,11 +95,10 @@ def cmd_api(settings: Settings) -> int:
     """Run the HTTP server until stopped."""
     import uvicorn
 
-    from worklist.api import create_app
-    from worklist.db import make_engine, make_session_factory
+    from worklist.core.db import open_database
+    from worklist.http.app import create_app
 
-    engine = make_engine(settings.effective_database_url)
-    app = create_app(settings, make_session_factory(engine))
+    app = create_app(settings, open_database(settings).session_factory)
     uvicorn.run(
         app,
         host=settings.http_host,
@@ -114,17 +113,16 @@ def cmd_serve(settings: Settings) -> int:
     """Run the whole node in one process (the embedded default)."""
     import uvicorn
 
-    from dicom_scp.listeners import scp_process_count
-    from dicom_scp.server import start_node_scp
+    from dicom_scp.server import scp_process_count, start_node_scp
     from triage.worker import start_embedded_worker
-    from worklist.api import create_app
-    from worklist.db import make_engine, make_session_factory
-    from worklist.migrate import upgrade
+    from worklist.core.db import open_database
+    from worklist.core.migrate import upgrade
+    from worklist.http.app import create_app
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade(settings.effective_database_url)
-    engine = make_engine(settings.effective_database_url)
-    session_factory = make_session_factory(engine)
+    database = open_database(settings)
+    session_factory = database.session_factory
     stop = _stop_event()
 
     worker = start_embedded_worker(settings)
@@ -132,7 +130,7 @@ def cmd_serve(settings: Settings) -> int:
         scp = start_node_scp(settings, session_factory, processes=scp_process_count(settings))
     except BaseException:
         worker.stop()
-        engine.dispose()
+        database.dispose()
         raise
     server = uvicorn.Server(
         uvicorn.Config(
@@ -143,7 +141,6 @@ def cmd_serve(settings: Settings) -> int:
             **http_proxy_options(settings),
         )
     )
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     http = threading.Thread(target=server.run, name="http", daemon=True)
     http.start()
     log.info(
@@ -163,7 +160,7 @@ def cmd_serve(settings: Settings) -> int:
         server.should_exit = True
         http.join(timeout=10)
         worker.stop()
-        engine.dispose()
+        database.dispose()
     return 0
 
 
@@ -173,14 +170,14 @@ def cmd_resend(settings: Settings, study_uid: str, destination: str | None) -> i
     import getpass
 
     from worklist import audit
-    from worklist.db import make_engine, make_session_factory
-    from worklist.migrate import upgrade
+    from worklist.core.db import open_database
+    from worklist.core.migrate import upgrade
     from worklist.outbox import requeue_failed
 
     upgrade(settings.effective_database_url)
-    engine = make_engine(settings.effective_database_url)
+    database = open_database(settings)
     try:
-        with make_session_factory(engine).begin() as session:
+        with database.session_factory.begin() as session:
             rows = requeue_failed(
                 session, study_instance_uid=study_uid.strip(), destination_ae=destination
             )
@@ -192,17 +189,18 @@ def cmd_resend(settings: Settings, study_uid: str, destination: str | None) -> i
                     study_instance_uid=study_uid.strip(),
                     detail={"deliveries": [r.id for r in rows], "destination": destination},
                 )
+            done = [(r.id, r.sop_instance_uid, r.destination) for r in rows]
     finally:
-        engine.dispose()
-    if not rows:
+        database.dispose()
+    if not done:
         print(  # noqa: T201 - CLI output
             f"triage-node: no failed SR delivery for study {study_uid}"
             + (f" to {destination}" if destination else ""),
             file=sys.stderr,
         )
         return 1
-    for row in rows:
-        print(f"re-queued delivery {row.id} of SR {row.sop_instance_uid} to {row.destination}")  # noqa: T201
+    for delivery_id, sop_uid, where in done:
+        print(f"re-queued delivery {delivery_id} of SR {sop_uid} to {where}")  # noqa: T201
     return 0
 
 
@@ -267,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_level)
     if args.command in ("serve", "scp"):
-        from dicom_scp.listeners import PortInUseError
+        from dicom_scp.ae import PortInUseError
 
         try:
             return cmd_serve(settings) if args.command == "serve" else cmd_scp(settings)

@@ -4,6 +4,8 @@
 one of two exceptions: :class:`~triage.errors.DestinationUnavailable` (transient:
 refused, aborted, timed out, no answer) or :class:`~triage.errors.StoreRejected`
 (the peer answered with a failure status; transient only for 0xA7xx).
+:func:`retry_delay` is how long a failed delivery waits before the next attempt, and
+:func:`next_try_in` adds the retry horizon (``delivery_retry_hours``).
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ from pydicom import dcmread
 from pynetdicom import AE
 
 from triage.errors import DestinationUnavailable, StoreRejected
-from worklist.settings import Destination
+from worklist.core.settings import Destination, Settings
 
-__all__ = ["store_file"]
+__all__ = ["next_try_in", "retry_delay", "store_file"]
 
 log = logging.getLogger(__name__)
 
@@ -82,3 +84,47 @@ def store_file(
         log.info("SR %s stored at %s (status 0x%04X)", ds.SOPInstanceUID, destination, code)
         return code
     raise StoreRejected(f"{destination} answered C-STORE with status 0x{code:04X}", code)
+
+
+def retry_delay(settings: Settings, attempts: int) -> float:
+    """Delay before delivery retry number ``attempts`` (1-based), exponential and capped.
+
+    Parameters
+    ----------
+    settings : Settings
+        ``delivery_backoff_seconds`` (the first delay, doubled each attempt) and
+        ``delivery_backoff_max_seconds`` (the longest) are used.
+    attempts : int
+
+    Returns
+    -------
+    float
+        Seconds.
+    """
+    first = settings.delivery_backoff_seconds
+    return min(settings.delivery_backoff_max_seconds, first * 2.0 ** max(0, attempts - 1))
+
+
+def next_try_in(settings: Settings, attempts: int, age_seconds: float) -> float | None:
+    """When to try a failed delivery again, or None when its horizon has passed.
+
+    The delay is :func:`retry_delay`, shortened so that the last try falls on the
+    horizon (``delivery_retry_hours`` after the row was created or resent).
+
+    Parameters
+    ----------
+    settings : Settings
+    attempts : int
+        Tries made so far (1-based).
+    age_seconds : float
+        Seconds since the row was created (or resent).
+
+    Returns
+    -------
+    float or None
+        Seconds until the next try; None: give up (``failed``).
+    """
+    left = settings.delivery_retry_hours * 3600.0 - age_seconds
+    if left <= 0:
+        return None
+    return min(retry_delay(settings, attempts), left)

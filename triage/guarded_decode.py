@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from worklist.core.settings import Settings
+
 __all__ = ["DecodedImage", "GuardedDecoder", "decode_image", "get_decoder"]
 
 log = logging.getLogger(__name__)
@@ -178,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     """
     import sys
 
-    from worklist.logs import configure_logging
+    from worklist.core.logs import configure_logging
 
     memory_mb, max_pixels, level = (argv if argv is not None else sys.argv[1:])[:3]
     out_fd = os.dup(1)
@@ -294,7 +296,7 @@ _DECODERS: dict[tuple[int, int, int, float], GuardedDecoder] = {}
 _DECODERS_LOCK = threading.Lock()
 
 
-def get_decoder(settings: Any) -> GuardedDecoder:
+def get_decoder(settings: Settings) -> GuardedDecoder:
     """This process's decoder for the settings' limits (one child per worker process).
 
     Parameters

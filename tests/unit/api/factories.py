@@ -12,7 +12,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from sqlalchemy.orm import Session
 
-from worklist.ingest import utcnow
+from worklist.core.clock import utcnow
 from worklist.tables import Delivery, Instance, Series, Study, TriageImage, TriageResult
 from worklist.thumbnails import png_from_dataset, store_thumbnail
 

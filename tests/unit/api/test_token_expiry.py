@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from worklist.accounts import ApiToken
+from worklist.tables import ApiToken
 
 
 @pytest.fixture
@@ -28,7 +28,7 @@ def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 
 def _tokens(tmp_path: Path) -> list[ApiToken]:
-    from worklist.db import make_engine, make_session_factory
+    from worklist.core.db import make_engine, make_session_factory
 
     engine = make_engine(f"sqlite:///{tmp_path / 'triage.db'}")
     try:
