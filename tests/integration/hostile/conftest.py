@@ -108,7 +108,7 @@ def api_node(tmp_path: Path) -> Iterator[Callable[..., ApiNode]]:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny ONNX classifier with its card (fast on a CPU)."""
-    from triage.testing import build_tiny_model
+    from tests.support.tiny_model import build_tiny_model
 
     path = tmp_path_factory.mktemp("hostile-model") / "tiny.onnx"
     build_tiny_model(path, input_size=64)
