@@ -239,7 +239,9 @@ def first_frame(ds: Dataset) -> bytes:
     try:
         return next(generate_frames(ds.PixelData, number_of_frames=frames))
     except (StopIteration, ValueError, TypeError, KeyError) as exc:
-        raise FrameHeaderError(f"encapsulated pixel data cannot be split into frames: {exc}")
+        raise FrameHeaderError(
+            f"encapsulated pixel data cannot be split into frames: {exc}"
+        ) from exc
 
 
 def check_frame(ds: Dataset, *, max_pixels: int) -> FrameHeader | None:
@@ -286,12 +288,11 @@ def check_frame(ds: Dataset, *, max_pixels: int) -> FrameHeader | None:
         return header
     else:
         return None
-    if header.rows is not None and header.columns is not None:
-        if (header.rows, header.columns) != (rows, columns):
-            raise FrameHeaderError(
-                f"{header.codec} frame is {header.rows}x{header.columns} pixels but the "
-                f"dataset says Rows={rows}, Columns={columns}"
-            )
+    if header.rows is not None and (header.rows, header.columns) != (rows, columns):
+        raise FrameHeaderError(
+            f"{header.codec} frame is {header.rows}x{header.columns} pixels but the "
+            f"dataset says Rows={rows}, Columns={columns}"
+        )
     if header.components != samples:
         raise FrameHeaderError(
             f"{header.codec} frame has {header.components} component(s) but the dataset "

@@ -45,12 +45,12 @@ def _stop_event() -> threading.Event:
     return stop
 
 
-def http_proxy_options(settings: Settings) -> dict[str, object]:
-    """uvicorn's proxy options: forwarded headers trusted only from configured proxies.
+def trusted_proxies(settings: Settings) -> str:
+    """The reverse proxies whose forwarded headers uvicorn may trust ("" for none).
 
     uvicorn trusts ``X-Forwarded-For`` from 127.0.0.1 by default, so any local caller
     could choose the address the audit log records; the node trusts none unless
-    ``forwarded_allow_ips`` names the reverse proxies.
+    ``forwarded_allow_ips`` names the reverse proxies (then ``proxy_headers`` is on).
 
     Parameters
     ----------
@@ -58,11 +58,10 @@ def http_proxy_options(settings: Settings) -> dict[str, object]:
 
     Returns
     -------
-    dict
-        ``proxy_headers`` and ``forwarded_allow_ips`` for ``uvicorn.Config``.
+    str
+        For uvicorn's ``forwarded_allow_ips``.
     """
-    proxies = ",".join(settings.forwarded_allow_ips)
-    return {"proxy_headers": bool(proxies), "forwarded_allow_ips": proxies or ""}
+    return ",".join(settings.forwarded_allow_ips)
 
 
 def cmd_db_upgrade(settings: Settings) -> int:
@@ -104,7 +103,8 @@ def cmd_api(settings: Settings) -> int:
         host=settings.http_host,
         port=settings.http_port,
         log_level="warning",
-        **http_proxy_options(settings),
+        proxy_headers=bool(trusted_proxies(settings)),
+        forwarded_allow_ips=trusted_proxies(settings),
     )
     return 0
 
@@ -138,7 +138,8 @@ def cmd_serve(settings: Settings) -> int:
             host=settings.http_host,
             port=settings.http_port,
             log_level="warning",
-            **http_proxy_options(settings),
+            proxy_headers=bool(trusted_proxies(settings)),
+            forwarded_allow_ips=trusted_proxies(settings),
         )
     )
     http = threading.Thread(target=server.run, name="http", daemon=True)

@@ -24,6 +24,7 @@ worker, and the study it holds, with it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
@@ -135,10 +136,8 @@ def _serve(conn_in: Connection, conn_out: Connection, memory_mb: int, max_pixels
     import worklist.thumbnails  # noqa: F401
 
     for module in ("pylibjpeg", "openjpeg", "libjpeg", "rle", "jpeg_ls"):
-        try:
+        with contextlib.suppress(ImportError):
             __import__(module)
-        except ImportError:
-            pass
     limit = _vm_size_bytes() + memory_mb * 1024 * 1024
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     while True:
@@ -150,9 +149,7 @@ def _serve(conn_in: Connection, conn_out: Connection, memory_mb: int, max_pixels
             return
         path, spec, thumbnail_size = request
         try:
-            result = decode_image(
-                path, spec, max_pixels=max_pixels, thumbnail_size=thumbnail_size
-            )
+            result = decode_image(path, spec, max_pixels=max_pixels, thumbnail_size=thumbnail_size)
         except MemoryError:
             result = DecodedImage(
                 error=f"cannot decode pixel data: decoding needed more than the "
@@ -269,7 +266,8 @@ class GuardedDecoder:
             try:
                 self._send.send((str(path), spec, thumbnail_size))
                 if self._recv.poll(self.timeout):
-                    return self._recv.recv()
+                    made: DecodedImage = self._recv.recv()
+                    return made
                 why = f"decoding took longer than {self.timeout:.0f} s"
             except (EOFError, OSError):
                 why = (
@@ -317,9 +315,7 @@ def get_decoder(settings: Settings) -> GuardedDecoder:
     with _DECODERS_LOCK:
         decoder = _DECODERS.get(key)
         if decoder is None:
-            decoder = GuardedDecoder(
-                memory_mb=key[1], max_pixels=key[2], timeout=key[3]
-            )
+            decoder = GuardedDecoder(memory_mb=key[1], max_pixels=key[2], timeout=key[3])
             _DECODERS[key] = decoder
         return decoder
 

@@ -33,6 +33,7 @@ from triage.delivery import next_try_in, store_file
 from triage.errors import DestinationUnavailable, StoreRejected, TransientError
 from triage.inference import get_classifier
 from triage.pipeline import triage_study
+from worklist.core.clock import as_utc, utcnow
 from worklist.core.contracts import (
     DELIVERY_QUEUE,
     INFERENCE_QUEUE,
@@ -40,7 +41,6 @@ from worklist.core.contracts import (
     TASK_SWEEP,
     TASK_TRIAGE,
 )
-from worklist.core.clock import as_utc, utcnow
 from worklist.core.db import open_database
 from worklist.core.settings import Settings
 from worklist.outbox import (

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import struct
@@ -130,10 +131,8 @@ class RssWatch(threading.Thread):
                 self.peak[pid] = max(self.peak.get(pid, 0.0), rss)
                 if rss > self.limit_mb and self.exceeded is None:
                     self.exceeded = (pid, rss)
-                    try:
+                    with contextlib.suppress(ProcessLookupError):
                         os.killpg(self.session_id, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
             self.samples += 1
             time.sleep(self.period)
 

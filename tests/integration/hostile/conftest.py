@@ -185,9 +185,11 @@ def serve_node(tmp_path: Path, tiny_model: Path) -> Iterator[Callable[..., Serve
         proc = triage_node(f"serve{len(started)}", ["serve"], env, tmp_path / "logs")
         started.append(proc)
         wait_until(
-            lambda: proc.running()
-            and echo(dicom_port)
-            and http_ok(f"http://127.0.0.1:{http_port}/healthz"),
+            lambda: (
+                proc.running()
+                and echo(dicom_port)
+                and http_ok(f"http://127.0.0.1:{http_port}/healthz")
+            ),
             timeout=90,
             interval=0.3,
             what="triage-node serve",

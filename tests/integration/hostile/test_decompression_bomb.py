@@ -48,8 +48,13 @@ def test_jpeg_bomb_is_not_evaluated_and_costs_under_1_gb(
     try:
         _send(node.dicom_port, bomb, honest)
         wait_until(
-            lambda: watch.exceeded
-            or (node.result(str(bomb_ds.StudyInstanceUID)) and node.result(str(honest_ds.StudyInstanceUID))),
+            lambda: (
+                watch.exceeded
+                or (
+                    node.result(str(bomb_ds.StudyInstanceUID))
+                    and node.result(str(honest_ds.StudyInstanceUID))
+                )
+            ),
             timeout=180,
             interval=0.2,
             what="both studies triaged",
@@ -90,8 +95,8 @@ def test_a_decode_beyond_the_memory_limit_is_not_evaluated(serve_node, shared_da
     chest = shared_data / "dicom" / "real" / "canon_DX_chest_966_fixed.dcm"
     ds = pydicom.dcmread(chest, stop_before_pixels=True)
     out = subprocess.run(
-        ["/usr/bin/storescu", "-aec", "TRIAGE", STORESCU_TS_OPTION[transfer_syntax_of(chest)], "127.0.0.1", str(node.dicom_port),
-         str(chest)],
+        ["/usr/bin/storescu", "-aec", "TRIAGE", STORESCU_TS_OPTION[transfer_syntax_of(chest)],
+         "127.0.0.1", str(node.dicom_port), str(chest)],
         capture_output=True, text=True, timeout=DCMTK_TIMEOUT_S, check=False,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr

@@ -83,8 +83,12 @@ def test_no_patient_name_or_id_in_any_process_output(
     )
     leaks = {s: [line for line in text.splitlines() if s in line][:3] for s in _secrets()}
     escaped = {s: s.encode("ascii", "backslashreplace").decode() for s in _secrets()}
-    leaks |= {s: [ln for ln in text.splitlines() if e in ln][:3] for s, e in escaped.items() if e != s}
+    leaks |= {
+        s: [ln for ln in text.splitlines() if e in ln][:3] for s, e in escaped.items() if e != s
+    }
     leaks = {k: v for k, v in leaks.items() if v}
     assert not leaks, leaks
-    print(f"\n{len(text.splitlines())} lines of every node process searched for {len(_secrets())} "
-          "name parts and IDs: none found")
+    print(
+        f"\n{len(text.splitlines())} lines of every node process searched for {len(_secrets())} "
+        "name parts and IDs: none found"
+    )

@@ -6,12 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
-
-import pydicom
 
 from triage.guarded_decode import decode_image
 from worklist.thumbnails import ThumbnailError, png_from_dataset, store_thumbnail, thumbnail_path

@@ -59,7 +59,9 @@ def test_a_token_needs_an_expiry_or_an_explicit_no_expiry(
     assert exited.value.code == 2
     assert "--no-expiry" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        cli(["token", "add", "--user", "ris", "--name", "RIS", "--no-expiry", "--expires-days", "3"])
+        cli(
+            ["token", "add", "--user", "ris", "--name", "RIS", "--no-expiry", "--expires-days", "3"]
+        )
     assert _tokens(tmp_path) == []
 
     assert cli(["token", "add", "--user", "ris", "--name", "RIS", "--no-expiry"]) == 0

@@ -106,7 +106,12 @@ def test_the_64000_pixel_bomb_is_refused_before_decoding(shared_data: Path) -> N
         check_frame(_dx(shared_data, jpeg_bomb(6000, 6000), 6000, 6000), max_pixels=BUDGET)
     with pytest.raises(FrameHeaderError, match="component"):
         check_frame(
-            _dx(shared_data, jpeg_bomb(512, 512).replace(b"\x08\x02\x00\x02\x00\x01", b"\x08\x02\x00\x02\x00\x03")),
+            _dx(
+                shared_data,
+                jpeg_bomb(512, 512).replace(
+                    b"\x08\x02\x00\x02\x00\x01", b"\x08\x02\x00\x02\x00\x03"
+                ),
+            ),
             max_pixels=BUDGET,
         )
 
