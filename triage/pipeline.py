@@ -24,6 +24,7 @@ from pydicom.dataset import Dataset
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import sessionmaker
 
+from models.population import intended_population, population_warning
 from triage.options import TriageOptions
 from triage.priority import compute_priority
 from triage.scoring import score_study
@@ -356,6 +357,10 @@ def _record(
     if status is TriageStatus.TRIAGED and score is not None and evidence:
         t0 = time.perf_counter()
         sr_series, sr_sop = sr_uids(claim.study_instance_uid, claim.revision)
+        population = intended_population(
+            card.model_dump(mode="json") if hasattr(card, "model_dump") else {}
+        )
+        warning = population_warning(population, str(evidence[0].get("PatientAge") or ""))
         sr = build_sr(
             SRContent(
                 study_instance_uid=claim.study_instance_uid,
@@ -370,6 +375,8 @@ def _record(
                 manufacturer=getattr(card, "manufacturer", "") or "cxr-triage-node",
                 device_name=getattr(settings, "ae_title", "TRIAGE"),
                 content_datetime=finished,
+                intended_population=population.summary() if population else "",
+                population_warning=warning or "",
             ),
             evidence,
             previous=_previous_srs(session_factory, claim),

@@ -64,6 +64,7 @@ from worklist.auth import (
 )
 from worklist.ingest import utcnow
 from worklist.metrics import make_registry
+from worklist.page_context import configure_templates, population_context
 from worklist.settings import Settings
 from worklist.tables import Instance, Study
 from worklist.thumbnails import ThumbnailError, render_thumbnail
@@ -246,6 +247,7 @@ def create_app(settings: Settings, session_factory: sessionmaker) -> FastAPI:
     app.state.registry = make_registry(session_factory)
     templates = Jinja2Templates(directory=str(WEB_DIR / "templates"))
     templates.env.filters["dicom_date"] = _dicom_date
+    configure_templates(templates.env, settings)
     app.mount("/static", StaticFiles(directory=str(WEB_DIR / "static")), name="static")
     wait_cap = timedelta(minutes=settings.wait_cap_minutes)
     broker_cache: dict[str, Any] = {"at": 0.0, "problem": None}
@@ -747,6 +749,7 @@ def create_app(settings: Settings, session_factory: sessionmaker) -> FastAPI:
                 mine=mine,
                 can_read=principal.role in {r.value for r in READERS},
                 has_viewer=bool(detail.viewer_url),
+                **population_context(app.state.model_card.get()[0], detail.row.patient_age),
             ),
         )
 

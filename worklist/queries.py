@@ -18,11 +18,12 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from urllib.parse import quote
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
 from sqlalchemy import and_, exists, func, or_, select
 from sqlalchemy.orm import Session
 
-from worklist.accounts import Feedback, ReadState, StudyRead, User
+from worklist.accounts import AuditEvent, Feedback, ReadState, StudyRead, User
+from worklist.display import plain_skip_reason, probability_text, sex_age
 from worklist.ingest import as_utc
 from worklist.tables import Delivery, Instance, Series, Study, TriageImage, TriageResult
 
@@ -118,6 +119,19 @@ class WorklistRow(BaseModel):
     triaged_at: datetime | None
     instance_count: int
     revision: int
+    opened_by: list[str] = Field(
+        default_factory=list, description="Who opened the study page (oldest first)."
+    )
+
+    @computed_field(description="Sex and age as people write them, e.g. 'M 67'.")  # type: ignore[prop-decorator]
+    @property
+    def sex_age(self) -> str:
+        return sex_age(self.patient_sex, self.patient_age)
+
+    @computed_field(description="The probability as shown: '71 %', '> 99 %', '< 1 %'.")  # type: ignore[prop-decorator]
+    @property
+    def probability_text(self) -> str:
+        return probability_text(self.probability)
 
 
 class ImageOut(BaseModel):
@@ -135,6 +149,18 @@ class ImageOut(BaseModel):
     evaluated: bool | None = Field(description="None: no triage result covers it yet.")
     probability: float | None
     reason: str | None = Field(description="Why the image was skipped (selection rule).")
+
+    @computed_field(description="The skip reason in plain words, e.g. 'lateral view'.")  # type: ignore[prop-decorator]
+    @property
+    def reason_text(self) -> str | None:
+        if self.evaluated:
+            return None
+        return plain_skip_reason(self.reason, self.modality)
+
+    @computed_field(description="The image's probability as shown.")  # type: ignore[prop-decorator]
+    @property
+    def probability_text(self) -> str:
+        return probability_text(self.probability)
 
 
 class DeliveryOut(BaseModel):
@@ -177,6 +203,11 @@ class ResultOut(BaseModel):
     started_at: datetime
     finished_at: datetime
     seconds_from_arrival: float | None
+
+    @computed_field(description="The probability as shown: '71 %', '> 99 %', '< 1 %'.")  # type: ignore[prop-decorator]
+    @property
+    def probability_text(self) -> str:
+        return probability_text(self.probability)
     inference_seconds: float
     sr_sop_instance_uid: str | None
     delivery_state: str = Field(description="none, pending, delivered, failed, partial.")
@@ -392,6 +423,28 @@ def _modalities(session: Session, study_ids: Sequence[int]) -> dict[int, list[st
     return {k: sorted(v) for k, v in found.items()}
 
 
+def _opened_by(session: Session, study_ids: Sequence[int]) -> dict[int, list[str]]:
+    """Who opened each study's page (audited views by a signed-in person)."""
+    found: dict[int, list[str]] = defaultdict(list)
+    if not study_ids:
+        return {}
+    query = (
+        select(AuditEvent.study_id, AuditEvent.username)
+        .where(
+            AuditEvent.study_id.in_(study_ids),
+            AuditEvent.action == "view_study",
+            AuditEvent.outcome == "success",
+            AuditEvent.auth_method == "session",
+            AuditEvent.username.is_not(None),
+        )
+        .order_by(AuditEvent.id)
+    )
+    for study_id, username in session.execute(query):
+        if username not in found[study_id]:
+            found[study_id].append(username)
+    return dict(found)
+
+
 def _row(
     study: Study,
     result: TriageResult | None,
@@ -524,6 +577,7 @@ def list_worklist(
         )
     records = session.execute(query).all()
     modalities = _modalities(session, [r[0].id for r in records])
+    opened = _opened_by(session, [r[0].id for r in records])
     rows = [
         _row(
             study,
@@ -533,7 +587,7 @@ def list_worklist(
             modalities.get(study.id, []),
             now=now,
             wait_cap=wait_cap,
-        )
+        ).model_copy(update={"opened_by": opened.get(study.id, [])})
         for study, result, read, claimer in records
     ]
     if filters.priority:
@@ -581,6 +635,7 @@ def study_detail(
     claimer = read.user.username if read is not None else None
     modalities = _modalities(session, [study.id]).get(study.id, [])
     row = _row(study, result, read, claimer, modalities, now=now, wait_cap=wait_cap)
+    row = row.model_copy(update={"opened_by": _opened_by(session, [study.id]).get(study.id, [])})
 
     by_instance: dict[int, TriageImage] = {}
     by_sop: dict[str, TriageImage] = {}

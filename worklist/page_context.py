@@ -1,0 +1,59 @@
+"""What the web page's templates need besides the API's data: the display time zone,
+the formatting filters and the model's intended population."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from jinja2 import Environment
+
+from models.population import intended_population, population_warning
+from worklist.display import local_time, probability_text, sex_age
+from worklist.settings import Settings
+
+__all__ = ["configure_templates", "population_context"]
+
+
+def configure_templates(env: Environment, settings: Settings) -> None:
+    """Register the filters and globals the templates use.
+
+    Parameters
+    ----------
+    env : jinja2.Environment
+        ``Jinja2Templates(...).env``.
+    settings : Settings
+        Gives the display time zone.
+    """
+    zone = settings.time_zone
+
+    def _local(value: datetime | None, seconds: bool = False) -> str:
+        return local_time(value, zone, seconds=seconds)
+
+    env.filters["local_time"] = _local
+    env.filters["probability"] = probability_text
+    env.globals["time_zone"] = zone
+    env.globals["sex_age"] = sex_age
+
+
+def population_context(card: Mapping[str, Any] | None, patient_age: str | None) -> dict[str, Any]:
+    """The model's intended population and the warning for this patient, if any.
+
+    Parameters
+    ----------
+    card : mapping or None
+        The active model card (JSON), None when it cannot be read.
+    patient_age : str or None
+        The study's DICOM Patient's Age.
+
+    Returns
+    -------
+    dict
+        ``population`` (text or None) and ``population_warning`` (text or None).
+    """
+    population = intended_population(card or {})
+    return {
+        "population": population.summary() if population else None,
+        "population_warning": population_warning(population, patient_age),
+    }
