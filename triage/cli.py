@@ -62,11 +62,17 @@ def cmd_scp(settings: Settings) -> int:
     return 0
 
 
-def cmd_worker(settings: Settings, queues: list[str], concurrency: int) -> int:
+def cmd_worker(
+    settings: Settings, queues: list[str], concurrency: int, verbose: bool = False
+) -> int:
     """Run a Celery worker on ``queues`` until stopped."""
     from triage.worker import run_worker
 
-    run_worker(settings, queues=queues, concurrency=concurrency)
+    if "inference" in queues:
+        from triage.startup import model_line
+
+        log.info("%s", model_line(settings))
+    run_worker(settings, queues=queues, concurrency=concurrency, verbose=verbose)
     return 0
 
 
@@ -83,7 +89,7 @@ def cmd_api(settings: Settings) -> int:
     return 0
 
 
-def cmd_serve(settings: Settings) -> int:
+def cmd_serve(settings: Settings, verbose: bool = False) -> int:
     """Run the whole node in one process (the embedded default)."""
     import uvicorn
 
@@ -100,7 +106,7 @@ def cmd_serve(settings: Settings) -> int:
     session_factory = make_session_factory(engine)
     stop = _stop_event()
 
-    worker = start_embedded_worker(settings)
+    worker = start_embedded_worker(settings, verbose=verbose)
     try:
         scp = start_node_scp(settings, session_factory, processes=scp_process_count(settings))
     except BaseException:
@@ -127,6 +133,10 @@ def cmd_serve(settings: Settings) -> int:
         settings.http_port,
         settings.data_dir.resolve(),
     )
+    from triage.startup import startup_lines
+
+    for line in startup_lines(settings):
+        log.info("%s", line)
     try:
         stop.wait()
     finally:
@@ -156,6 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="triage-node", description="Chest X-ray triage DICOM node."
     )
     parser.add_argument("--config", help="TOML settings file (default: $TRIAGE_CONFIG)")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also show the libraries' start-up output (Celery banners and warnings,"
+        " Alembic plugin lines)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run everything in one process (embedded default)")
     sub.add_parser("scp", help="run the DICOM SCP and the stability watcher")
@@ -195,18 +211,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"triage-node: {exc}", file=sys.stderr)  # noqa: T201
         return 2
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, verbose=args.verbose)
     if args.command in ("serve", "scp"):
         from dicom_scp.listeners import PortInUseError
 
         try:
-            return cmd_serve(settings) if args.command == "serve" else cmd_scp(settings)
+            return (
+                cmd_serve(settings, args.verbose) if args.command == "serve" else cmd_scp(settings)
+            )
         except PortInUseError as exc:
             print(f"triage-node: {exc}", file=sys.stderr)  # noqa: T201
             return 2
     if args.command == "worker":
         queues = [q.strip() for q in args.queues.split(",") if q.strip()]
-        return cmd_worker(settings, queues, args.concurrency)
+        return cmd_worker(settings, queues, args.concurrency, args.verbose)
     if args.command == "api":
         return cmd_api(settings)
     if args.command == "db":
