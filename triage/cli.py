@@ -149,9 +149,11 @@ def cmd_serve(settings: Settings, verbose: bool = False) -> int:
     return 0
 
 
-def cmd_config(settings: Settings) -> int:
-    """Print the effective settings as JSON."""
-    print(settings.model_dump_json(indent=2))  # noqa: T201 - CLI output
+def cmd_config(settings: Settings, as_json: bool = False) -> int:
+    """Print every setting: effective value (secrets masked), variable, meaning."""
+    from triage.config_report import config_rows, format_config
+
+    print(format_config(config_rows(settings), as_json=as_json))  # noqa: T201 - CLI output
     return 0
 
 
@@ -184,7 +186,14 @@ def build_parser() -> argparse.ArgumentParser:
     db = sub.add_parser("db", help="database commands")
     db_sub = db.add_subparsers(dest="db_command", required=True)
     db_sub.add_parser("upgrade", help="apply migrations")
-    sub.add_parser("config", help="print the effective settings")
+    config = sub.add_parser(
+        "config",
+        help="print every setting: its TRIAGE_ variable, effective value and meaning",
+        description="Print every setting with the value the node will use (the SQLite"
+        " file, the model file, the active ONNX Runtime providers), where it came from,"
+        " its TRIAGE_ variable and what it means. Secrets are masked.",
+    )
+    config.add_argument("--json", action="store_true", help="JSON instead of a table")
     # Accounts (worklist.admin_cli): user add|passwd|disable|list, token add|revoke
     from worklist.admin_cli import add_account_commands
 
@@ -230,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "db":
         return cmd_db_upgrade(settings)
     if args.command == "config":
-        return cmd_config(settings)
+        return cmd_config(settings, args.json)
     if args.command in ("user", "token"):
         from worklist.admin_cli import run_account_command
 
