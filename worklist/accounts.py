@@ -11,8 +11,9 @@ Roles
 ``admin``
     Everything a radiologist can, plus the audit log and monitoring.
 ``service``
-    A system such as the RIS (with a bearer token): reads the worklist, studies and
-    the model card; no actions.
+    A system such as the RIS: reads the worklist, studies and the model card; no
+    actions. Token-only: a service account has no password and cannot sign in to the
+    web page; it acts with bearer tokens (``triage-node token add``).
 
 There is no built-in account and no default password: accounts are created with
 ``triage-node user add`` (:func:`create_user`).
@@ -43,7 +44,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
 
 from worklist import tables as _tables  # noqa: F401 - the tables referenced below
 from worklist.db import Base
-from worklist.ingest import utcnow
+from worklist.ingest import as_utc, utcnow
 
 __all__ = [
     "AccountError",
@@ -60,8 +61,10 @@ __all__ = [
     "create_user",
     "hash_password",
     "hash_token",
+    "list_tokens",
     "revoke_token",
     "set_password",
+    "token_state",
     "verify_password",
 ]
 
@@ -320,7 +323,9 @@ def get_user(session: Session, *, username: str) -> User | None:
     return session.scalar(select(User).where(User.username == username.strip()))
 
 
-def create_user(session: Session, *, username: str, password: str, role: str) -> User:
+def create_user(
+    session: Session, *, username: str, password: str | None, role: str
+) -> User:
     """Create a local account (``triage-node user add``).
 
     Parameters
@@ -329,8 +334,9 @@ def create_user(session: Session, *, username: str, password: str, role: str) ->
         Open session; flushed, not committed.
     username : str
         Letters, digits and ``. _ - @``; unique.
-    password : str
-        Must pass :func:`check_password_policy`; stored as an Argon2id hash.
+    password : str or None
+        Must pass :func:`check_password_policy`; stored as an Argon2id hash. None
+        (and only None) for a ``service`` account, which is token-only.
     role : str
         ``radiologist``, ``admin`` or ``service``.
 
@@ -341,7 +347,8 @@ def create_user(session: Session, *, username: str, password: str, role: str) ->
     Raises
     ------
     AccountError
-        When the name is invalid or taken, the role unknown or the password weak.
+        When the name is invalid or taken, the role unknown, the password weak, or
+        given for a service account (missing for a person).
     """
     name = _check_username(username)
     try:
@@ -350,10 +357,19 @@ def create_user(session: Session, *, username: str, password: str, role: str) ->
         raise AccountError(f"role must be one of {', '.join(r.value for r in Role)}") from None
     if get_user(session, username=name) is not None:
         raise AccountError(f"user {name!r} exists")
-    check_password_policy(name, password)
+    if role == Role.SERVICE.value:
+        if password is not None:
+            raise AccountError(
+                "service accounts are token-only: no password (create a token with"
+                " triage-node token add)"
+            )
+    elif password is None:
+        raise AccountError("a password is needed")
+    else:
+        check_password_policy(name, password)
     user = User(
         username=name,
-        password_hash=hash_password(password),
+        password_hash=hash_password(password) if password is not None else None,
         role=role,
         active=True,
         created_at=utcnow(),
@@ -384,6 +400,8 @@ def set_password(session: Session, *, username: str, password: str) -> User:
     user = get_user(session, username=username)
     if user is None:
         raise AccountError(f"no user {username!r}")
+    if user.role == Role.SERVICE.value:
+        raise AccountError(f"{user.username} is a service account: token-only, no password")
     check_password_policy(user.username, password)
     user.password_hash = hash_password(password)
     now = utcnow()
@@ -480,3 +498,38 @@ def revoke_token(session: Session, *, token_id: int) -> ApiToken:
         row.revoked_at = utcnow()
     session.flush()
     return row
+
+
+def list_tokens(session: Session) -> list[ApiToken]:
+    """Every bearer token (never the token text: only its hash is stored), oldest first.
+
+    Parameters
+    ----------
+    session : Session
+
+    Returns
+    -------
+    list of ApiToken
+        With ``user`` loaded.
+    """
+    return list(session.scalars(select(ApiToken).order_by(ApiToken.id)))
+
+
+def token_state(token: ApiToken, now: datetime) -> str:
+    """``active``, ``revoked`` or ``expired``.
+
+    Parameters
+    ----------
+    token : ApiToken
+    now : datetime
+        Aware UTC time.
+
+    Returns
+    -------
+    str
+    """
+    if token.revoked_at is not None:
+        return "revoked"
+    if token.expires_at is not None and as_utc(token.expires_at) <= now:
+        return "expired"
+    return "active"

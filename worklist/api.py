@@ -54,6 +54,7 @@ from worklist.auth import (
     Authenticator,
     LoginFailed,
     LoginRateLimited,
+    ServiceAccountLogin,
     LoginRequired,
     Principal,
     client_ip,
@@ -676,6 +677,13 @@ def create_app(settings: Settings, session_factory: sessionmaker) -> FastAPI:
                 {"next": _safe_next(next), "error": "Too many failed sign-ins. Try later."},
                 status_code=429,
                 headers={"Retry-After": str(exc.retry_after)},
+            )
+        except ServiceAccountLogin as exc:
+            return templates.TemplateResponse(
+                request,
+                "login.html",
+                {"next": _safe_next(next), "error": f"{exc}."},
+                status_code=403,
             )
         except LoginFailed:
             return templates.TemplateResponse(

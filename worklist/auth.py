@@ -47,6 +47,7 @@ __all__ = [
     "LoginRateLimited",
     "LoginRequired",
     "Principal",
+    "ServiceAccountLogin",
     "get_db",
     "get_principal",
     "page_principal",
@@ -64,6 +65,10 @@ _TOUCH_EVERY = timedelta(seconds=60)
 
 class LoginFailed(Exception):
     """Wrong user name or password (the two are not told apart)."""
+
+
+class ServiceAccountLogin(LoginFailed):
+    """A service account tried the sign-in page: it is token-only."""
 
 
 class LoginRateLimited(Exception):
@@ -228,6 +233,19 @@ class Authenticator:
             log.warning("sign-in rate limit reached (address %s)", client_ip)
             raise LoginRateLimited(int(window))
         user = get_user(session, username=name) if name else None
+        if user is not None and user.active and user.role == Role.SERVICE.value:
+            audit.record(
+                session,
+                actor=anonymous,
+                action=Action.LOGIN,
+                outcome=Outcome.DENIED,
+                detail={"reason": "service account (token-only)"},
+            )
+            session.commit()
+            raise ServiceAccountLogin(
+                f"{user.username} is a service account: it uses a bearer token and cannot"
+                " sign in to the web page"
+            )
         ok = verify_password(user.password_hash if user is not None else None, password)
         if user is None or not ok or not user.active:
             audit.record(session, actor=anonymous, action=Action.LOGIN, outcome=Outcome.FAILURE)
