@@ -11,6 +11,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from models.extras import MissingExtra, missing_extra_line
+
 __all__ = ["main"]
 
 
@@ -244,8 +246,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``triage-model`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["mii"]:
-        from models.mii_train import mii_main
-
+        try:
+            from models.mii_train import mii_main
+        except ModuleNotFoundError as exc:
+            line = missing_extra_line(exc, "triage-model mii")
+            if line is None:
+                raise
+            print(line, file=sys.stderr)
+            return 2
         return mii_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -254,6 +262,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.func(args))
+    except MissingExtra as exc:
+        print(f"triage-model {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except ModuleNotFoundError as exc:
+        line = missing_extra_line(exc, f"triage-model {args.command}")
+        if line is None:
+            raise
+        print(line, file=sys.stderr)
+        return 2
     except (FileNotFoundError, ValueError, KeyError) as exc:
         print(f"triage-model {args.command}: error: {exc}", file=sys.stderr)
         return 2
