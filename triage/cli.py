@@ -7,7 +7,8 @@ scp         the DICOM SCP and the stability watcher
 worker      a Celery worker (``--queues inference,delivery``)
 api         the HTTP server (API, web page, metrics)
 db upgrade  apply the database migrations
-config      print the effective settings (secrets hidden)
+config      print every setting: variable, effective value, meaning (secrets masked)
+retriage    triage a study again (new revision) after a model change, audited
 user        local accounts: add, passwd, disable, list (worklist.admin_cli)
 token       bearer tokens for systems (RIS): add, revoke
 
@@ -157,6 +158,39 @@ def cmd_config(settings: Settings, as_json: bool = False) -> int:
     return 0
 
 
+def cmd_retriage(settings: Settings, study_uid: str, reason: str | None) -> int:
+    """Queue a triaged study for a new triage revision (audited), e.g. after a model change."""
+    import getpass
+
+    from worklist.audit import Actor
+    from worklist.db import make_engine, make_session_factory
+    from worklist.migrate import upgrade
+    from worklist.retriage import RetriageError, request_retriage
+
+    upgrade(settings.effective_database_url)
+    engine = make_engine(settings.effective_database_url)
+    actor = Actor(None, f"cli:{getpass.getuser()}", "admin", "cli", None)
+    try:
+        with make_session_factory(engine)() as session:
+            try:
+                done = request_retriage(
+                    session, study_instance_uid=study_uid, actor=actor, reason=reason
+                )
+            except RetriageError as exc:
+                session.rollback()
+                print(f"triage-node retriage: {exc}", file=sys.stderr)  # noqa: T201
+                return 1
+            session.commit()
+    finally:
+        engine.dispose()
+    print(  # noqa: T201 - CLI output
+        f"study {done.study_instance_uid} queued as revision {done.revision} (was"
+        f" {done.previous_revision}); the running node triages it with its current model"
+        " and its SR supersedes the earlier one"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser of ``triage-node``.
 
@@ -194,6 +228,15 @@ def build_parser() -> argparse.ArgumentParser:
         " its TRIAGE_ variable and what it means. Secrets are masked.",
     )
     config.add_argument("--json", action="store_true", help="JSON instead of a table")
+    retriage = sub.add_parser(
+        "retriage",
+        help="triage a study again (a new revision), e.g. after a model change; audited",
+        description="Queue a triaged study for a new triage revision. The running node"
+        " (serve, or scp + workers) triages it with the model it runs now and sends an SR"
+        " that supersedes the earlier one. Written to the audit log.",
+    )
+    retriage.add_argument("study_uid", help="Study Instance UID")
+    retriage.add_argument("--reason", default=None, help="why, for the audit log (no patient data)")
     # Accounts (worklist.admin_cli): user add|passwd|disable|list, token add|revoke
     from worklist.admin_cli import add_account_commands
 
@@ -238,6 +281,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_api(settings)
     if args.command == "db":
         return cmd_db_upgrade(settings)
+    if args.command == "retriage":
+        return cmd_retriage(settings, args.study_uid, args.reason)
     if args.command == "config":
         return cmd_config(settings, args.json)
     if args.command in ("user", "token"):
