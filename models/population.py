@@ -7,20 +7,16 @@ A card states it in ``intended_population``::
 ``age_max_years`` is inclusive in whole years (a patient of 5 years 11 months is 5).
 A card without that entry falls back on the ages of its training data
 (``training_data.counts.age``: ``min``/``max`` when ``known`` > 0). Pure functions,
-no ONNX Runtime or torch.
+no ONNX Runtime or torch; the caller parses the DICOM age.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Population", "age_years", "intended_population", "population_warning"]
-
-_AGE_RE = re.compile(r"^(?P<n>\d{1,3})(?P<unit>[DWMY])$")
-
+__all__ = ["Population", "intended_population", "population_warning"]
 
 @dataclass(frozen=True)
 class Population:
@@ -52,25 +48,6 @@ class Population:
     def summary(self) -> str:
         """The description, or the age range when there is no description."""
         return self.description or self.age_range_text()
-
-
-def age_years(age: str | None) -> float | None:
-    """The age in years of a DICOM Age String (``067Y``, ``018M``, ``003W``, ``010D``).
-
-    Parameters
-    ----------
-    age : str or None
-
-    Returns
-    -------
-    float or None
-        None when the value is empty or not an Age String.
-    """
-    match = _AGE_RE.match((age or "").strip().upper())
-    if not match:
-        return None
-    n = int(match["n"])
-    return {"Y": float(n), "M": n / 12, "W": n / 52.1775, "D": n / 365.25}[match["unit"]]
 
 
 def _number(value: Any) -> float | None:
@@ -105,15 +82,16 @@ def intended_population(card: Mapping[str, Any]) -> Population | None:
     return None
 
 
-def population_warning(population: Population | None, patient_age: str | None) -> str | None:
+def population_warning(population: Population | None, age_years: float | None) -> str | None:
     """Say when a patient is outside the model's population (or cannot be checked).
 
     Parameters
     ----------
     population : Population or None
         From :func:`intended_population`.
-    patient_age : str or None
-        The study's DICOM Patient's Age.
+    age_years : float or None
+        The patient's age in years (``worklist.dicom_values.age_years`` of the DICOM
+        Patient's Age); None or 0 (senders write ``000Y`` for unknown) is unknown.
 
     Returns
     -------
@@ -125,8 +103,8 @@ def population_warning(population: Population | None, patient_age: str | None) -
     lo, hi = population.age_min_years, population.age_max_years
     if lo is None and hi is None:
         return None
-    years = age_years(patient_age)
-    if years is None or (years == 0 and (patient_age or "").upper().endswith("Y")):
+    years = age_years
+    if not years:
         return f"patient age unknown: the model is for {population.age_range_text()}"
     whole = int(years)
     if (lo is not None and years < lo) or (hi is not None and whole > hi):

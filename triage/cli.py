@@ -26,8 +26,8 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
-from worklist.logs import configure_logging
-from worklist.settings import Settings, SettingsError, load_settings
+from worklist.core.logs import configure_logging
+from worklist.core.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("triage.cli")
 
@@ -47,7 +47,7 @@ def _stop_event() -> threading.Event:
 
 def cmd_db_upgrade(settings: Settings) -> int:
     """Apply the migrations to the configured database."""
-    from worklist.migrate import upgrade
+    from worklist.core.migrate import upgrade
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade(settings.effective_database_url)
@@ -81,11 +81,10 @@ def cmd_api(settings: Settings) -> int:
     """Run the HTTP server until stopped."""
     import uvicorn
 
-    from worklist.api import create_app
-    from worklist.db import make_engine, make_session_factory
+    from worklist.core.db import open_database
+    from worklist.http.app import create_app
 
-    engine = make_engine(settings.effective_database_url)
-    app = create_app(settings, make_session_factory(engine))
+    app = create_app(settings, open_database(settings).session_factory)
     uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_level="warning")
     return 0
 
@@ -94,17 +93,16 @@ def cmd_serve(settings: Settings, verbose: bool = False) -> int:
     """Run the whole node in one process (the embedded default)."""
     import uvicorn
 
-    from dicom_scp.listeners import scp_process_count
-    from dicom_scp.server import start_node_scp
+    from dicom_scp.server import scp_process_count, start_node_scp
     from triage.worker import start_embedded_worker
-    from worklist.api import create_app
-    from worklist.db import make_engine, make_session_factory
-    from worklist.migrate import upgrade
+    from worklist.core.db import open_database
+    from worklist.core.migrate import upgrade
+    from worklist.http.app import create_app
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade(settings.effective_database_url)
-    engine = make_engine(settings.effective_database_url)
-    session_factory = make_session_factory(engine)
+    database = open_database(settings)
+    session_factory = database.session_factory
     stop = _stop_event()
 
     worker = start_embedded_worker(settings, verbose=verbose)
@@ -112,7 +110,7 @@ def cmd_serve(settings: Settings, verbose: bool = False) -> int:
         scp = start_node_scp(settings, session_factory, processes=scp_process_count(settings))
     except BaseException:
         worker.stop()
-        engine.dispose()
+        database.dispose()
         raise
     server = uvicorn.Server(
         uvicorn.Config(
@@ -146,7 +144,7 @@ def cmd_serve(settings: Settings, verbose: bool = False) -> int:
         server.should_exit = True
         http.join(timeout=10)
         worker.stop()
-        engine.dispose()
+        database.dispose()
     return 0
 
 
@@ -163,15 +161,15 @@ def cmd_retriage(settings: Settings, study_uid: str, reason: str | None) -> int:
     import getpass
 
     from worklist.audit import Actor
-    from worklist.db import make_engine, make_session_factory
-    from worklist.migrate import upgrade
+    from worklist.core.db import open_database
+    from worklist.core.migrate import upgrade
     from worklist.retriage import RetriageError, request_retriage
 
     upgrade(settings.effective_database_url)
-    engine = make_engine(settings.effective_database_url)
+    database = open_database(settings)
     actor = Actor(None, f"cli:{getpass.getuser()}", "admin", "cli", None)
     try:
-        with make_session_factory(engine)() as session:
+        with database.session_factory() as session:
             try:
                 done = request_retriage(
                     session, study_instance_uid=study_uid, actor=actor, reason=reason
@@ -182,7 +180,7 @@ def cmd_retriage(settings: Settings, study_uid: str, reason: str | None) -> int:
                 return 1
             session.commit()
     finally:
-        engine.dispose()
+        database.dispose()
     print(  # noqa: T201 - CLI output
         f"study {done.study_instance_uid} queued as revision {done.revision} (was"
         f" {done.previous_revision}); the running node triages it with its current model"
@@ -265,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_level, verbose=args.verbose)
     if args.command in ("serve", "scp"):
-        from dicom_scp.listeners import PortInUseError
+        from dicom_scp.ae import PortInUseError
 
         try:
             return (

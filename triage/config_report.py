@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from worklist.settings import Settings
+from worklist.core.settings import Settings
 
 __all__ = ["ConfigRow", "config_rows", "format_config", "mask_url"]
 

@@ -26,11 +26,12 @@ from sqlalchemy.orm import sessionmaker
 
 from models.population import intended_population, population_warning
 from triage.options import TriageOptions
-from triage.priority import compute_priority
 from triage.scoring import score_study
 from triage.selection import Eligible, Skipped, select_instance, skipped_unreadable
 from triage.sr import SRContent, build_sr, sr_uids, write_sr
-from worklist.ingest import utcnow
+from worklist.core.clock import utcnow
+from worklist.dicom_values import age_years
+from worklist.priority import compute_priority
 from worklist.results import (
     Claim,
     ClaimStatus,
@@ -360,7 +361,9 @@ def _record(
         population = intended_population(
             card.model_dump(mode="json") if hasattr(card, "model_dump") else {}
         )
-        warning = population_warning(population, str(evidence[0].get("PatientAge") or ""))
+        warning = population_warning(
+            population, age_years(str(evidence[0].get("PatientAge") or ""))
+        )
         sr = build_sr(
             SRContent(
                 study_instance_uid=claim.study_instance_uid,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from worklist.settings import Destination, Settings
+from worklist.core.settings import Destination, Settings
 
 __all__ = ["ModelSummary", "echo_line", "model_line", "model_summary", "startup_lines"]
 

@@ -1,4 +1,4 @@
-"""How the worklist writes values for people: sex and age, probabilities, skip reasons.
+"""How the worklist writes values for people: probabilities, skip reasons, times.
 
 Pure functions, used by the JSON API (display fields of the worklist rows) and the
 web page, so the list and the study page say the same thing the same way.
@@ -10,47 +10,7 @@ import re
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
-__all__ = ["local_time", "plain_skip_reason", "probability_text", "sex_age"]
-
-_AGE_RE = re.compile(r"^(?P<n>\d{1,3})(?P<unit>[DWMY])$")
-_SEX = {"M": "M", "F": "F", "O": "O"}
-_UNIT_WORD = {"D": "d", "W": "wk", "M": "mo"}
-
-
-def _age_text(age: str | None) -> str:
-    match = _AGE_RE.match((age or "").strip().upper())
-    if not match:
-        return ""
-    n, unit = int(match["n"]), match["unit"]
-    if unit == "Y":
-        return str(n)
-    return f"{n} {_UNIT_WORD[unit]}"
-
-
-def sex_age(sex: str | None, age: str | None) -> str:
-    """Sex and age as people write them: ``"M 67"``, ``"F 18 mo"``, ``"F"``, ``""``.
-
-    An absent, empty or ``O`` sex is left out ("O 000Y" says nothing); an age of
-    zero years is left out (senders write ``000Y`` for unknown).
-
-    Parameters
-    ----------
-    sex : str or None
-        DICOM Patient's Sex (``M``, ``F``, ``O``).
-    age : str or None
-        DICOM Patient's Age (``nnnD|W|M|Y``).
-
-    Returns
-    -------
-    str
-    """
-    sex_text = (sex or "").strip().upper()
-    sex_text = sex_text if sex_text in ("M", "F") else ""
-    age_text = _age_text(age)
-    if age_text in ("0", "0 d", "0 wk", "0 mo"):
-        age_text = ""
-    return " ".join(part for part in (sex_text, age_text) if part)
-
+__all__ = ["local_time", "plain_skip_reason", "probability_text"]
 
 def probability_text(probability: float | None) -> str:
     """A probability as a rounded percentage that never claims certainty.

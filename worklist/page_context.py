@@ -10,8 +10,9 @@ from typing import Any
 from jinja2 import Environment
 
 from models.population import intended_population, population_warning
-from worklist.display import local_time, probability_text, sex_age
-from worklist.settings import Settings
+from worklist.dicom_values import age_years, sex_age
+from worklist.display import local_time, probability_text
+from worklist.core.settings import Settings
 
 __all__ = ["configure_templates", "population_context"]
 
@@ -55,5 +56,5 @@ def population_context(card: Mapping[str, Any] | None, patient_age: str | None) 
     population = intended_population(card or {})
     return {
         "population": population.summary() if population else None,
-        "population_warning": population_warning(population, patient_age),
+        "population_warning": population_warning(population, age_years(patient_age)),
     }

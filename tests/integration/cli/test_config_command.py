@@ -10,7 +10,7 @@ from pathlib import Path
 from models.runtime import default_model_path
 from tests.conftest import environment_without_settings
 from tests.integration.cli.node import TRIAGE_NODE
-from worklist.settings import Settings
+from worklist.core.settings import Settings
 
 SECRET = "a-session-secret-nobody-may-see-0123456789"
 

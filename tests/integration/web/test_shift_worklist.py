@@ -23,7 +23,7 @@ from tests.integration.web.test_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARG
 from tests.unit.api.conftest import PASSWORD
 from tests.unit.api.factories import Made, make_study
 from worklist.accounts import create_user
-from worklist.settings import load_settings
+from worklist.core.settings import load_settings
 from worklist.tables import TriageImage
 
 LONG_NAME = "VANDERBERGHE-OSTROWSKA-MONTGOMERY^ALEXANDRA MAXIMILIANA JOSE"
@@ -109,9 +109,9 @@ def shift_node(tmp_path: Path) -> Iterator[dict[str, Any]]:
     """uvicorn on a free port, 40 studies, display time zone Europe/Berlin."""
     import uvicorn
 
-    from worklist.api import create_app
-    from worklist.db import make_engine, make_session_factory
-    from worklist.migrate import upgrade
+    from worklist.core.db import make_engine, make_session_factory
+    from worklist.core.migrate import upgrade
+    from worklist.http.app import create_app
 
     settings = load_settings(
         data_dir=tmp_path / "data",

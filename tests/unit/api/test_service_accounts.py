@@ -11,7 +11,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from worklist.accounts import AccountError, AuditEvent, User, create_user
+from worklist.accounts import AccountError, create_user
+from worklist.tables import AuditEvent, User
 
 PASSPHRASE = "a long enough passphrase"
 
@@ -28,9 +29,9 @@ def test_service_accounts_are_token_only(
     cli_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from triage.cli import main
-    from worklist.api import create_app
-    from worklist.db import make_engine, make_session_factory
-    from worklist.settings import load_settings
+    from worklist.core.db import make_engine, make_session_factory
+    from worklist.core.settings import load_settings
+    from worklist.http.app import create_app
 
     # No password is asked for (stdin would block the test if it were read).
     monkeypatch.setattr("sys.stdin", io.StringIO(""))

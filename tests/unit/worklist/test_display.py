@@ -7,8 +7,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from models.population import Population, age_years, intended_population, population_warning
-from worklist.display import local_time, plain_skip_reason, probability_text, sex_age
+from models.population import Population, intended_population, population_warning
+from worklist.dicom_values import age_years, sex_age
+from worklist.display import local_time, plain_skip_reason, probability_text
 
 
 @pytest.mark.parametrize(
@@ -80,7 +81,7 @@ def test_one_time_zone_24_hours_zone_shown() -> None:
 def test_age_strings() -> None:
     assert age_years("067Y") == 67
     assert age_years("006M") == 0.5
-    assert age_years("") is None and age_years("67") is None
+    assert age_years("") is None and age_years("old") is None
 
 
 def test_population_from_the_card_and_the_warning() -> None:
@@ -93,23 +94,23 @@ def test_population_from_the_card_and_the_warning() -> None:
     }
     population = intended_population(card)
     assert population == Population("Children aged 1-5 years", 1, 5)
-    assert population_warning(population, "005Y") is None
-    assert population_warning(population, "060M") is None  # 5 years
-    assert population_warning(population, "002Y") is None
-    assert "67 years" in (population_warning(population, "067Y") or "")
-    assert "6 months" in (population_warning(population, "006M") or "")
+    assert population_warning(population, age_years("005Y")) is None
+    assert population_warning(population, age_years("060M")) is None  # 5 years
+    assert population_warning(population, age_years("002Y")) is None
+    assert "67 years" in (population_warning(population, age_years("067Y")) or "")
+    assert "6 months" in (population_warning(population, age_years("006M")) or "")
     assert "age unknown" in (population_warning(population, None) or "")
-    assert "age unknown" in (population_warning(population, "000Y") or "")
+    assert "age unknown" in (population_warning(population, age_years("000Y")) or "")
 
 
 def test_population_falls_back_on_the_training_ages_or_says_nothing() -> None:
     card = {"training_data": {"counts": {"age": {"known": 700, "min": 18, "max": 87}}}}
     population = intended_population(card)
     assert population is not None and population.age_range_text() == "age 18-87 years"
-    assert population_warning(population, "012Y") is not None
+    assert population_warning(population, age_years("012Y")) is not None
     unknown = {"training_data": {"counts": {"age": {"known": 0, "min": None, "max": None}}}}
     assert intended_population(unknown) is None
-    assert population_warning(None, "067Y") is None
+    assert population_warning(None, age_years("067Y")) is None
 
 
 def test_the_shipped_model_states_its_population() -> None:
@@ -119,4 +120,4 @@ def test_the_shipped_model_states_its_population() -> None:
     card = read_card(REPO_ROOT / "models" / "default" / "cxr-triage-default.onnx")
     population = intended_population(card.model_dump(mode="json"))
     assert population is not None and population.age_max_years == 5
-    assert population_warning(population, "067Y") is not None
+    assert population_warning(population, age_years("067Y")) is not None

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import select
 
 from tests.unit.api.factories import make_study
-from worklist.accounts import AuditEvent
+from worklist.tables import AuditEvent
 from worklist.audit import Actor
 from worklist.retriage import RetriageError, request_retriage
 from worklist.tables import Study
