@@ -26,6 +26,7 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
+from models.cli import HelpFormatter
 from worklist.core.logs import configure_logging
 from worklist.core.settings import Settings, SettingsError, load_settings
 
@@ -196,34 +197,86 @@ def build_parser() -> argparse.ArgumentParser:
     -------
     argparse.ArgumentParser
     """
+    fmt = HelpFormatter
     parser = argparse.ArgumentParser(
-        prog="triage-node", description="Chest X-ray triage DICOM node."
+        prog="triage-node",
+        description="Chest X-ray triage DICOM node: receives radiographs by C-STORE,"
+        " scores them with an ONNX model, sends a DICOM SR back and keeps a priority"
+        " worklist. Settings come from TRIAGE_* variables and --config (see"
+        " 'triage-node config').",
+        formatter_class=fmt,
     )
-    parser.add_argument("--config", help="TOML settings file (default: $TRIAGE_CONFIG)")
+    parser.add_argument(
+        "--config", default=None, help="TOML settings file (default: $TRIAGE_CONFIG, if set)"
+    )
     parser.add_argument(
         "--verbose",
         action="store_true",
         help="also show the libraries' start-up output (Celery banners and warnings,"
         " Alembic plugin lines)",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("serve", help="run everything in one process (embedded default)")
-    sub.add_parser("scp", help="run the DICOM SCP and the stability watcher")
-    worker = sub.add_parser("worker", help="run a triage worker")
-    worker.add_argument(
-        "--queues", default="inference,delivery", help="comma-separated queues to consume"
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser(
+        "serve",
+        help="run everything in one process (embedded default)",
+        description="Run the DICOM SCP, the stability watcher, an inference and a delivery"
+        " worker and the HTTP server in one process, with SQLite and an embedded broker"
+        " under TRIAGE_DATA_DIR unless TRIAGE_DATABASE_URL/TRIAGE_BROKER_URL say otherwise."
+        " Applies the database migrations first.",
+        formatter_class=fmt,
     )
-    worker.add_argument("--concurrency", type=int, default=1, help="worker processes")
-    sub.add_parser("api", help="run the HTTP server")
-    db = sub.add_parser("db", help="database commands")
-    db_sub = db.add_subparsers(dest="db_command", required=True)
-    db_sub.add_parser("upgrade", help="apply migrations")
+    sub.add_parser(
+        "scp",
+        help="run the DICOM SCP and the stability watcher",
+        description="Run the DICOM SCP (C-ECHO, C-STORE into the spool) and the watcher"
+        " that hands stable studies to the inference queue. Scaled-out layout.",
+        formatter_class=fmt,
+    )
+    worker = sub.add_parser(
+        "worker",
+        help="run a triage worker (inference and/or SR delivery)",
+        description="Run a Celery worker. 'inference' triages studies (one per GPU);"
+        " 'delivery' sends SRs to the destinations and runs the outbox sweep.",
+        formatter_class=fmt,
+    )
+    worker.add_argument(
+        "--queues",
+        default="inference,delivery",
+        help="comma-separated queues to consume; choices: inference, delivery",
+    )
+    worker.add_argument(
+        "--concurrency",
+        type=int,
+        default=1,
+        help="pool size: processes for inference, threads for delivery",
+    )
+    sub.add_parser(
+        "api",
+        help="run the HTTP server (API, web page, metrics)",
+        description="Run the HTTP server: JSON API under /api, the radiologists' web page,"
+        " /healthz, /readyz and /metrics, on TRIAGE_HTTP_HOST:TRIAGE_HTTP_PORT.",
+        formatter_class=fmt,
+    )
+    db = sub.add_parser(
+        "db",
+        help="database commands",
+        description="Database commands (Alembic migrations of TRIAGE_DATABASE_URL).",
+        formatter_class=fmt,
+    )
+    db_sub = db.add_subparsers(dest="db_command", required=True, metavar="COMMAND")
+    db_sub.add_parser(
+        "upgrade",
+        help="apply the migrations up to the newest schema",
+        description="Apply the database migrations up to the newest schema (idempotent).",
+        formatter_class=fmt,
+    )
     config = sub.add_parser(
         "config",
         help="print every setting: its TRIAGE_ variable, effective value and meaning",
         description="Print every setting with the value the node will use (the SQLite"
         " file, the model file, the active ONNX Runtime providers), where it came from,"
         " its TRIAGE_ variable and what it means. Secrets are masked.",
+        formatter_class=fmt,
     )
     config.add_argument("--json", action="store_true", help="JSON instead of a table")
     retriage = sub.add_parser(
@@ -232,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Queue a triaged study for a new triage revision. The running node"
         " (serve, or scp + workers) triages it with the model it runs now and sends an SR"
         " that supersedes the earlier one. Written to the audit log.",
+        formatter_class=fmt,
     )
     retriage.add_argument("study_uid", help="Study Instance UID")
     retriage.add_argument("--reason", default=None, help="why, for the audit log (no patient data)")
@@ -239,7 +293,23 @@ def build_parser() -> argparse.ArgumentParser:
     from worklist.admin_cli import add_account_commands
 
     add_account_commands(sub)
+    _describe_subcommands(parser)
     return parser
+
+
+def _describe_subcommands(parser: argparse.ArgumentParser) -> None:
+    """Give every sub-command a description (its help sentence when it has none) and
+    show defaults in every help text."""
+    for action in parser._actions:  # noqa: SLF001 - argparse has no public walk
+        if not isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+            continue
+        helps = {choice.dest: choice.help for choice in action._choices_actions}  # noqa: SLF001
+        for name, child in action.choices.items():
+            child.formatter_class = HelpFormatter
+            if not child.description and helps.get(name):
+                text = str(helps[name])
+                child.description = text[0].upper() + text[1:] + "."
+            _describe_subcommands(child)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

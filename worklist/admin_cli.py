@@ -27,7 +27,7 @@ def add_account_commands(sub: argparse._SubParsersAction) -> None:  # noqa: SLF0
     sub : argparse._SubParsersAction
         What ``parser.add_subparsers()`` returned.
     """
-    user = sub.add_parser("user", help="manage local accounts")
+    user = sub.add_parser("user", help="manage local accounts: add, passwd, disable, list")
     user_sub = user.add_subparsers(dest="user_command", required=True)
     rule = (
         f"Passwords: at least {MIN_PASSWORD_LENGTH} characters, at least 4 different ones,"
@@ -60,17 +60,17 @@ def add_account_commands(sub: argparse._SubParsersAction) -> None:  # noqa: SLF0
         help="set a password (ends the user's sessions)",
         description="Set a person's password and end their web sessions. " + rule,
     )
-    passwd.add_argument("username")
+    passwd.add_argument("username", help="the account")
     passwd.add_argument(
         "--password-stdin", action="store_true", help="read the password from one line of stdin"
     )
     disable = user_sub.add_parser(
         "disable", help="disable an account (its sessions and tokens stop working)"
     )
-    disable.add_argument("username")
+    disable.add_argument("username", help="the account")
     user_sub.add_parser("list", help="list accounts: name, role, active or disabled")
 
-    token = sub.add_parser("token", help="manage bearer tokens of systems (RIS)")
+    token = sub.add_parser("token", help="manage bearer tokens of systems (RIS): add, list, revoke")
     token_sub = token.add_subparsers(dest="token_command", required=True)
     tadd = token_sub.add_parser(
         "add", help="create a token (printed once on stdout; only its hash is kept)"
@@ -84,7 +84,7 @@ def add_account_commands(sub: argparse._SubParsersAction) -> None:  # noqa: SLF0
         "list", help="list tokens: id, user, name, created, expires, last used, state"
     )
     trevoke = token_sub.add_parser("revoke", help="revoke a token (see token list for ids)")
-    trevoke.add_argument("token_id", type=int)
+    trevoke.add_argument("token_id", type=int, help="the token's id (first column of token list)")
 
 
 def _when(value: datetime | None) -> str:
