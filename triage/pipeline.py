@@ -24,6 +24,7 @@ from pydicom.dataset import Dataset
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import sessionmaker
 
+from models.occlusion import occlusion_map
 from models.population import intended_population, population_warning
 from triage.options import TriageOptions
 from triage.scoring import score_study
@@ -31,6 +32,7 @@ from triage.selection import Eligible, Skipped, select_instance, skipped_unreada
 from triage.sr import SRContent, build_sr, sr_uids, write_sr
 from worklist.core.clock import utcnow
 from worklist.dicom_values import age_years
+from worklist.heatmaps import heatmap_path, save_heatmap
 from worklist.priority import compute_priority
 from worklist.results import (
     Claim,
@@ -277,6 +279,10 @@ def triage_study(
         im.sop_instance_uid: (float(lg), p)
         for im, lg, p in zip(scored, logits, study_score.image_probabilities, strict=True)
     }
+    if study_score.decision.value == "abnormal":
+        t0 = time.perf_counter()
+        _write_heatmaps(settings, claim, clf, scored, logits)
+        timings["heatmaps"] = time.perf_counter() - t0
     return _record(
         session_factory,
         settings,
@@ -293,6 +299,27 @@ def triage_study(
         per_image=per_image,
         evidence=[im.header for im in scored],
     )
+
+
+def _write_heatmaps(
+    settings: Any, claim: Claim, clf: Any, scored: list[_Image], logits: np.ndarray
+) -> None:
+    """Store an occlusion map of each evaluated image of an abnormal study (best effort:
+    a map that cannot be made or written is logged, never fails the triage)."""
+    for image, logit in zip(scored, logits, strict=True):
+        path = heatmap_path(
+            Path(settings.data_dir), claim.study_instance_uid, claim.revision, image.sop_instance_uid
+        )
+        try:
+            heatmap = occlusion_map(clf.predict_logits, image.tensor, base_logit=float(logit))
+            save_heatmap(path, heatmap)
+        except (OSError, ValueError) as exc:
+            log.warning(
+                "no heatmap for an image of study %s revision %s: %s",
+                claim.study_id,
+                claim.revision,
+                exc,
+            )
 
 
 def _previous_srs(session_factory: sessionmaker, claim: Claim) -> list[Dataset]:

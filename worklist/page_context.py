@@ -12,6 +12,7 @@ from jinja2 import Environment
 from models.population import intended_population, population_warning
 from worklist.dicom_values import age_years, sex_age
 from worklist.display import local_time, probability_text
+from worklist.heatmaps import LABEL as HEATMAP_LABEL
 from worklist.core.settings import Settings
 
 __all__ = ["configure_templates", "population_context"]
@@ -35,6 +36,7 @@ def configure_templates(env: Environment, settings: Settings) -> None:
     env.filters["local_time"] = _local
     env.filters["probability"] = probability_text
     env.globals["time_zone"] = zone
+    env.globals["heatmap_label"] = HEATMAP_LABEL
     env.globals["sex_age"] = sex_age
 
 

@@ -15,6 +15,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from sqlalchemy import select
 
@@ -23,6 +24,7 @@ from tests.integration.web.test_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARG
 from tests.unit.api.conftest import PASSWORD
 from tests.unit.api.factories import Made, make_study
 from worklist.accounts import create_user
+from worklist.heatmaps import LABEL, heatmap_path, save_heatmap
 from worklist.core.settings import load_settings
 from worklist.tables import TriageImage
 
@@ -126,6 +128,13 @@ def shift_node(tmp_path: Path) -> Iterator[dict[str, Any]]:
         create_user(session, username="dr.house", password=PASSWORD, role="radiologist")
         session.commit()
         made = _seed_shift(session, settings.spool_dir)
+    # The worker's occlusion map of the long-name study's frontal image (abnormal).
+    long = made["high5"]
+    grid = np.zeros((8, 8), np.float32)
+    grid[2:5, 2:4] = [[0.5, 0.7], [0.8, 1.0], [0.4, 0.6]]
+    save_heatmap(
+        heatmap_path(settings.data_dir, long.study.study_instance_uid, 1, long.sop_uids[0]), grid
+    )
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(
@@ -258,9 +267,13 @@ def test_shift_worklist_fits_the_screen_and_says_it_plainly(shift_node: dict[str
             expect(page.locator("#result")).to_contain_text("CET")
             expect(page.locator("header .tz")).to_have_text("Times: Europe/Berlin")
             page.wait_for_function(
-                "() => { const i = document.querySelector('#evaluated img');"
-                " return i && i.complete && i.naturalWidth > 0; }"
+                "() => [...document.querySelectorAll('#evaluated img')]"
+                ".every(i => i.complete && i.naturalWidth > 0)"
             )
+            heat = page.locator("#evaluated figure.heatmap-figure")
+            expect(heat).to_have_count(1)
+            expect(heat).to_be_visible()
+            expect(heat.locator("figcaption")).to_contain_text(LABEL)
             page.screenshot(path=str(ARTIFACTS / "shift-study.png"), full_page=True)
             assert errors == []
         finally:

@@ -170,6 +170,12 @@ function initWorklist() {
 function initStudy() {
   const page = document.getElementById("study-page");
   if (!page) return;
+  // A result without a heatmap (older revision, map not made): no broken image.
+  for (const img of document.querySelectorAll("img.heatmap")) {
+    const hide = () => { img.closest("figure").hidden = true; };
+    img.addEventListener("error", hide);
+    if (img.complete && img.naturalWidth === 0) hide();
+  }
   const uid = page.dataset.studyUid;
   const base = "/api/studies/" + encodeURIComponent(uid);
   for (const b of document.querySelectorAll("button.study-action")) {
