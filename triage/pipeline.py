@@ -308,7 +308,10 @@ def _write_heatmaps(
     a map that cannot be made or written is logged, never fails the triage)."""
     for image, logit in zip(scored, logits, strict=True):
         path = heatmap_path(
-            Path(settings.data_dir), claim.study_instance_uid, claim.revision, image.sop_instance_uid
+            Path(settings.data_dir),
+            claim.study_instance_uid,
+            claim.revision,
+            image.sop_instance_uid,
         )
         try:
             heatmap = occlusion_map(clf.predict_logits, image.tensor, base_logit=float(logit))

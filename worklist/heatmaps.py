@@ -48,9 +48,8 @@ def heatmap_path(data_dir: Path, study_uid: str, revision: int, sop_uid: str) ->
     ValueError
         When a UID is not a DICOM UID.
     """
-    return (
-        Path(data_dir) / "heatmaps" / _safe(study_uid) / f"r{int(revision)}" / f"{_safe(sop_uid)}.npy"
-    )
+    folder = Path(data_dir) / "heatmaps" / _safe(study_uid) / f"r{int(revision)}"
+    return folder / f"{_safe(sop_uid)}.npy"
 
 
 def save_heatmap(path: Path, heatmap: np.ndarray) -> Path:

@@ -238,7 +238,8 @@ def test_shift_worklist_fits_the_screen_and_says_it_plainly(shift_node: dict[str
 
             # People's words: sex and age, honest probabilities, counts per priority.
             expect(long_row.locator("td.sexage")).to_have_text("M 67")
-            stat_row = page.locator(f'#rows tr[data-uid="{made["stat0"].study.study_instance_uid}"]')
+            stat_uid = made["stat0"].study.study_instance_uid
+            stat_row = page.locator(f'#rows tr[data-uid="{stat_uid}"]')
             expect(stat_row.locator("td.prob")).to_have_text("> 99 %")
             normal_uid = made["normal22"].study.study_instance_uid
             expect(page.locator(f'#rows tr[data-uid="{normal_uid}"] td.prob')).to_have_text(

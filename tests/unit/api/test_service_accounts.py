@@ -64,7 +64,9 @@ def test_service_accounts_are_token_only(
         with factory() as session:
             assert session.scalar(select(User.password_hash).where(User.username == "ris")) is None
             denied = session.scalars(
-                select(AuditEvent).where(AuditEvent.action == "login", AuditEvent.outcome == "denied")
+                select(AuditEvent).where(
+                    AuditEvent.action == "login", AuditEvent.outcome == "denied"
+                )
             ).all()
             assert [e.username for e in denied] == ["ris"]
             with pytest.raises(AccountError, match="token-only"):

@@ -107,7 +107,9 @@ def test_sr_states_the_intended_population_and_the_warning(
     )
     path = write_sr(build_sr(stated, [ds]), tmp_path)
     assert dciodvfy_errors(path) == []
-    dump = subprocess.run(["dsrdump", "+Pl", str(path)], capture_output=True, text=True, check=False)
+    dump = subprocess.run(
+        ["dsrdump", "+Pl", str(path)], capture_output=True, text=True, check=False
+    )
     assert '"intended population: Children aged 1-5 years"' in dump.stdout
     assert "\"warning: patient (67 years) is outside the model's intended population\"" in (
         dump.stdout

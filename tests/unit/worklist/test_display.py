@@ -50,7 +50,11 @@ def test_probabilities_never_claim_certainty(p: float | None, shown: str) -> Non
     ("stored", "modality", "plain"),
     [
         ("lateral_view: View Position is LL, not PA or AP", "DX", "lateral view (LL)"),
-        ("lateral_view: no View Position; Protocol Name names a lateral view", None, "lateral view"),
+        (
+            "lateral_view: no View Position; Protocol Name names a lateral view",
+            None,
+            "lateral view",
+        ),
         ("modality: modality CT is not CR or DX", "CT", "CT: not a chest radiograph"),
         ("modality: modality CT is not CR or DX", None, "CT: not a chest radiograph"),
         ("modality: modality absent is not CR or DX", None, "no modality: not a chest radiograph"),
@@ -60,7 +64,11 @@ def test_probabilities_never_claim_certainty(p: float | None, shown: str) -> Non
             "not an image (structured report)",
         ),
         ("not_chest: Body Part Examined is KNEE", "CR", "not a chest image (knee)"),
-        ("for_processing: DX image for processing (raw data)", "DX", "raw detector image (DX for processing)"),
+        (
+            "for_processing: DX image for processing (raw data)",
+            "DX",
+            "raw detector image (DX for processing)",
+        ),
         ("cannot_decode: JPEG 2000 codec missing", "DX", "the pixels cannot be decoded"),
         (None, "DX", "not triaged yet"),
         ("something new", "DX", "something new"),

@@ -69,11 +69,10 @@ def heatmap(
     studies only; "AI heatmap, not for diagnosis")."""
     file_path = image_file(db, found, sop_uid)
     result = latest_result(db, study_id=found.id)
-    grid = (
-        load_heatmap(heatmap_path(settings.data_dir, found.study_instance_uid, result.revision, sop_uid))
-        if result is not None
-        else None
-    )
+    grid = None
+    if result is not None:
+        uid = found.study_instance_uid
+        grid = load_heatmap(heatmap_path(settings.data_dir, uid, result.revision, sop_uid))
     if grid is None:
         raise HTTPException(status_code=404, detail="no heatmap for this image")
     card, _problem = request.app.state.model_card.get()
@@ -82,7 +81,9 @@ def heatmap(
         png = overlay_png(render_thumbnail(file_path), grid, keep_aspect=keep_aspect)
     except ThumbnailError as exc:
         raise HTTPException(status_code=422, detail=str(exc)) from None
-    audited(db, principal, Action.VIEW_IMAGE, study=found, object_uid=sop_uid, detail={"heatmap": True})
+    audited(
+        db, principal, Action.VIEW_IMAGE, study=found, object_uid=sop_uid, detail={"heatmap": True}
+    )
     return Response(
         png,
         media_type="image/png",
