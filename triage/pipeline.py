@@ -24,7 +24,7 @@ from pydicom.dataset import Dataset
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import sessionmaker
 
-from models.occlusion import occlusion_map
+from models.occlusion import PATCHES_PER_SIDE, occlusion_map
 from models.population import intended_population, population_warning
 from triage.options import TriageOptions
 from triage.scoring import score_study
@@ -92,6 +92,10 @@ class TriageOutcome:
 def worker_id() -> str:
     """``host:pid`` of this process."""
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+#: Longest a worker spends on the heatmaps of one study (estimated from its inference).
+HEATMAP_BUDGET_S = 20.0
 
 
 @dataclass
@@ -279,11 +283,7 @@ def triage_study(
         im.sop_instance_uid: (float(lg), p)
         for im, lg, p in zip(scored, logits, study_score.image_probabilities, strict=True)
     }
-    if study_score.decision.value == "abnormal":
-        t0 = time.perf_counter()
-        _write_heatmaps(settings, claim, clf, scored, logits)
-        timings["heatmaps"] = time.perf_counter() - t0
-    return _record(
+    outcome = _record(
         session_factory,
         settings,
         options,
@@ -299,13 +299,34 @@ def triage_study(
         per_image=per_image,
         evidence=[im.header for im in scored],
     )
+    # After the result and its SR are recorded: a heatmap never delays either.
+    if study_score.decision.value == "abnormal":
+        _write_heatmaps(settings, claim, clf, scored, logits, timings["inference"])
+    return outcome
 
 
 def _write_heatmaps(
-    settings: Any, claim: Claim, clf: Any, scored: list[_Image], logits: np.ndarray
+    settings: Any,
+    claim: Claim,
+    clf: Any,
+    scored: list[_Image],
+    logits: np.ndarray,
+    inference_seconds: float,
 ) -> None:
     """Store an occlusion map of each evaluated image of an abnormal study (best effort:
-    a map that cannot be made or written is logged, never fails the triage)."""
+    a map that cannot be made or written is logged, never fails the triage). Skipped
+    when the model is so slow here that the maps would take over
+    :data:`HEATMAP_BUDGET_S` (each costs ``PATCHES_PER_SIDE ** 2`` inferences)."""
+    estimate = inference_seconds * PATCHES_PER_SIDE**2  # one map per image, as many runs
+    if estimate > HEATMAP_BUDGET_S:
+        log.info(
+            "no heatmaps for study %s revision %s: about %.0f s on this machine (budget %.0f s)",
+            claim.study_id,
+            claim.revision,
+            estimate,
+            HEATMAP_BUDGET_S,
+        )
+        return
     for image, logit in zip(scored, logits, strict=True):
         path = heatmap_path(
             Path(settings.data_dir),

@@ -13,9 +13,11 @@ from models.population import intended_population, population_warning
 from worklist.dicom_values import age_years, sex_age
 from worklist.display import local_time, probability_text
 from worklist.heatmaps import LABEL as HEATMAP_LABEL
+from worklist.heatmaps import heatmap_path
+from worklist.http.schemas import StudyDetail
 from worklist.core.settings import Settings
 
-__all__ = ["configure_templates", "population_context"]
+__all__ = ["configure_templates", "heatmap_context", "population_context"]
 
 
 def configure_templates(env: Environment, settings: Settings) -> None:
@@ -59,4 +61,31 @@ def population_context(card: Mapping[str, Any] | None, patient_age: str | None) 
     return {
         "population": population.summary() if population else None,
         "population_warning": population_warning(population, age_years(patient_age)),
+    }
+
+
+def heatmap_context(settings: Settings, detail: StudyDetail) -> dict[str, Any]:
+    """The evaluated images of the latest result that have a heatmap.
+
+    Parameters
+    ----------
+    settings : Settings
+        Gives the data directory.
+    detail : StudyDetail
+
+    Returns
+    -------
+    dict
+        ``heatmaps``: the set of their SOP Instance UIDs.
+    """
+    if detail.result is None:
+        return {"heatmaps": set()}
+    uid, revision = detail.row.study_instance_uid, detail.result.revision
+    return {
+        "heatmaps": {
+            im.sop_instance_uid
+            for im in detail.images
+            if im.evaluated
+            and heatmap_path(settings.data_dir, uid, revision, im.sop_instance_uid).is_file()
+        }
     }

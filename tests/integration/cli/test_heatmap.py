@@ -72,8 +72,9 @@ def test_abnormal_study_has_a_heatmap_and_a_normal_one_none(
         stored = heatmap_path(
             node.data_dir, str(abnormal.StudyInstanceUID), 1, str(abnormal.SOPInstanceUID)
         )
-        grid = load_heatmap(stored)
-        assert grid is not None and grid.shape == (8, 8)
+        # The map is made after the result is recorded (it never delays the SR).
+        grid = wait_until(lambda: load_heatmap(stored), timeout=60, what="the heatmap")
+        assert grid.shape == (8, 8)
         assert grid.max() == 1.0 and np.isfinite(grid).all()
         assert not (node.data_dir / "heatmaps" / str(normal.StudyInstanceUID)).exists()
 

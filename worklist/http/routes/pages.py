@@ -26,7 +26,7 @@ from worklist.http.deps import (
     audited,
     study_detail,
 )
-from worklist.page_context import population_context
+from worklist.page_context import heatmap_context, population_context
 
 router = APIRouter(include_in_schema=False)
 
@@ -60,6 +60,7 @@ def study_page(
         can_read=principal.role in {r.value for r in READERS},
         has_viewer=bool(detail.viewer_url),
         **population_context(request.app.state.model_card.get()[0], detail.row.patient_age),
+        **heatmap_context(settings, detail),
     )
     return templates.TemplateResponse(request, "study.html", context)
 
