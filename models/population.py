@@ -18,6 +18,7 @@ from typing import Any
 
 __all__ = ["Population", "intended_population", "population_warning"]
 
+
 @dataclass(frozen=True)
 class Population:
     """Who a model is for.

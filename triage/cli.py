@@ -12,8 +12,10 @@ retriage    triage a study again (new revision) after a model change, audited
 user        local accounts: add, passwd, disable, list (worklist.admin_cli)
 token       bearer tokens for systems (RIS): add, revoke
 
-Settings come from ``TRIAGE_*`` environment variables and ``--config FILE`` (TOML).
-Heavy imports happen inside the subcommands, so ``scp`` never imports worker code.
+Settings come from ``TRIAGE_*`` environment variables and ``--config FILE`` (TOML), read
+once by :func:`main`, which calls the subcommand's ``cmd_*(args, settings)`` (bound to
+its parser with ``set_defaults(run=...)``). Heavy imports happen inside the
+subcommands, so ``scp`` never imports worker code.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def _stop_event() -> threading.Event:
     return stop
 
 
-def cmd_db_upgrade(settings: Settings) -> int:
+def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
     """Apply the migrations to the configured database."""
     from worklist.core.migrate import upgrade
 
@@ -56,7 +58,7 @@ def cmd_db_upgrade(settings: Settings) -> int:
     return 0
 
 
-def cmd_scp(settings: Settings) -> int:
+def cmd_scp(args: argparse.Namespace, settings: Settings) -> int:
     """Run the DICOM SCP and the stability watcher until stopped."""
     from dicom_scp.server import run_scp
 
@@ -64,21 +66,20 @@ def cmd_scp(settings: Settings) -> int:
     return 0
 
 
-def cmd_worker(
-    settings: Settings, queues: list[str], concurrency: int, verbose: bool = False
-) -> int:
-    """Run a Celery worker on ``queues`` until stopped."""
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    """Run a Celery worker on ``--queues`` (comma-separated) until stopped."""
     from triage.worker import run_worker
 
+    queues = [q.strip() for q in args.queues.split(",") if q.strip()]
     if "inference" in queues:
         from triage.startup import model_line
 
         log.info("%s", model_line(settings))
-    run_worker(settings, queues=queues, concurrency=concurrency, verbose=verbose)
+    run_worker(settings, queues=queues, concurrency=args.concurrency, verbose=args.verbose)
     return 0
 
 
-def cmd_api(settings: Settings) -> int:
+def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     """Run the HTTP server until stopped."""
     import uvicorn
 
@@ -90,7 +91,7 @@ def cmd_api(settings: Settings) -> int:
     return 0
 
 
-def cmd_serve(settings: Settings, verbose: bool = False) -> int:
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     """Run the whole node in one process (the embedded default)."""
     import uvicorn
 
@@ -106,7 +107,7 @@ def cmd_serve(settings: Settings, verbose: bool = False) -> int:
     session_factory = database.session_factory
     stop = _stop_event()
 
-    worker = start_embedded_worker(settings, verbose=verbose)
+    worker = start_embedded_worker(settings, verbose=args.verbose)
     try:
         scp = start_node_scp(settings, session_factory, processes=scp_process_count(settings))
     except BaseException:
@@ -121,7 +122,6 @@ def cmd_serve(settings: Settings, verbose: bool = False) -> int:
             log_level="warning",
         )
     )
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     http = threading.Thread(target=server.run, name="http", daemon=True)
     http.start()
     log.info(
@@ -149,15 +149,15 @@ def cmd_serve(settings: Settings, verbose: bool = False) -> int:
     return 0
 
 
-def cmd_config(settings: Settings, as_json: bool = False) -> int:
+def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
     """Print every setting: effective value (secrets masked), variable, meaning."""
     from triage.config_report import config_rows, format_config
 
-    print(format_config(config_rows(settings), as_json=as_json))  # noqa: T201 - CLI output
+    print(format_config(config_rows(settings), as_json=args.json))  # noqa: T201 - CLI output
     return 0
 
 
-def cmd_retriage(settings: Settings, study_uid: str, reason: str | None) -> int:
+def cmd_retriage(args: argparse.Namespace, settings: Settings) -> int:
     """Queue a triaged study for a new triage revision (audited), e.g. after a model change."""
     import getpass
 
@@ -173,7 +173,7 @@ def cmd_retriage(settings: Settings, study_uid: str, reason: str | None) -> int:
         with database.session_factory() as session:
             try:
                 done = request_retriage(
-                    session, study_instance_uid=study_uid, actor=actor, reason=reason
+                    session, study_instance_uid=args.study_uid, actor=actor, reason=args.reason
                 )
             except RetriageError as exc:
                 session.rollback()
@@ -216,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
         " Alembic plugin lines)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser(
+    serve = sub.add_parser(
         "serve",
         help="run everything in one process (embedded default)",
         description="Run the DICOM SCP, the stability watcher, an inference and a delivery"
@@ -225,13 +225,15 @@ def build_parser() -> argparse.ArgumentParser:
         " Applies the database migrations first.",
         formatter_class=fmt,
     )
-    sub.add_parser(
+    serve.set_defaults(run=cmd_serve)
+    scp = sub.add_parser(
         "scp",
         help="run the DICOM SCP and the stability watcher",
         description="Run the DICOM SCP (C-ECHO, C-STORE into the spool) and the watcher"
         " that hands stable studies to the inference queue. Scaled-out layout.",
         formatter_class=fmt,
     )
+    scp.set_defaults(run=cmd_scp)
     worker = sub.add_parser(
         "worker",
         help="run a triage worker (inference and/or SR delivery)",
@@ -250,13 +252,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="pool size: processes for inference, threads for delivery",
     )
-    sub.add_parser(
+    worker.set_defaults(run=cmd_worker)
+    api = sub.add_parser(
         "api",
         help="run the HTTP server (API, web page, metrics)",
         description="Run the HTTP server: JSON API under /api, the radiologists' web page,"
         " /healthz, /readyz and /metrics, on TRIAGE_HTTP_HOST:TRIAGE_HTTP_PORT.",
         formatter_class=fmt,
     )
+    api.set_defaults(run=cmd_api)
     db = sub.add_parser(
         "db",
         help="database commands",
@@ -264,12 +268,13 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
     )
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="COMMAND")
-    db_sub.add_parser(
+    upgrade = db_sub.add_parser(
         "upgrade",
         help="apply the migrations up to the newest schema",
         description="Apply the database migrations up to the newest schema (idempotent).",
         formatter_class=fmt,
     )
+    upgrade.set_defaults(run=cmd_db_upgrade)
     config = sub.add_parser(
         "config",
         help="print every setting: its TRIAGE_ variable, effective value and meaning",
@@ -279,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
     )
     config.add_argument("--json", action="store_true", help="JSON instead of a table")
+    config.set_defaults(run=cmd_config)
     retriage = sub.add_parser(
         "retriage",
         help="triage a study again (a new revision), e.g. after a model change; audited",
@@ -289,10 +295,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     retriage.add_argument("study_uid", help="Study Instance UID")
     retriage.add_argument("--reason", default=None, help="why, for the audit log (no patient data)")
+    retriage.set_defaults(run=cmd_retriage)
     # Accounts (worklist.admin_cli): user add|passwd|disable|list, token add|revoke
-    from worklist.admin_cli import add_account_commands
+    from worklist.admin_cli import add_account_commands, run_account_command
 
     add_account_commands(sub)
+    for name in ("user", "token"):
+        sub.choices[name].set_defaults(run=run_account_command)
     _describe_subcommands(parser)
     return parser
 
@@ -332,32 +341,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"triage-node: {exc}", file=sys.stderr)  # noqa: T201
         return 2
     configure_logging(settings.log_level, verbose=args.verbose)
-    if args.command in ("serve", "scp"):
-        from dicom_scp.ae import PortInUseError
+    if args.command not in ("serve", "scp"):
+        return int(args.run(args, settings))
+    from dicom_scp.ae import PortInUseError
 
-        try:
-            return (
-                cmd_serve(settings, args.verbose) if args.command == "serve" else cmd_scp(settings)
-            )
-        except PortInUseError as exc:
-            print(f"triage-node: {exc}", file=sys.stderr)  # noqa: T201
-            return 2
-    if args.command == "worker":
-        queues = [q.strip() for q in args.queues.split(",") if q.strip()]
-        return cmd_worker(settings, queues, args.concurrency, args.verbose)
-    if args.command == "api":
-        return cmd_api(settings)
-    if args.command == "db":
-        return cmd_db_upgrade(settings)
-    if args.command == "retriage":
-        return cmd_retriage(settings, args.study_uid, args.reason)
-    if args.command == "config":
-        return cmd_config(settings, args.json)
-    if args.command in ("user", "token"):
-        from worklist.admin_cli import run_account_command
-
-        return run_account_command(args, settings)
-    return 2  # pragma: no cover - argparse rejects unknown commands
+    try:
+        return int(args.run(args, settings))
+    except PortInUseError as exc:
+        print(f"triage-node: {exc}", file=sys.stderr)  # noqa: T201
+        return 2
 
 
 if __name__ == "__main__":

@@ -98,8 +98,9 @@ def model_line(settings: Settings) -> str:
         m = model_summary(settings)
     except ModelLoadError as exc:
         return f"model: CANNOT LOAD: {exc}"
-    point = m.operating_point + (f" (threshold {m.threshold:.3f})" if m.threshold is not None else
-                                 " (NOT IN THE MODEL CARD)")
+    point = m.operating_point + (
+        f" (threshold {m.threshold:.3f})" if m.threshold is not None else " (NOT IN THE MODEL CARD)"
+    )
     return (
         f"model: {m.name} {m.version}, sha256 {m.sha256[:12]}, providers {','.join(m.providers)},"
         f" operating point {point}"
@@ -123,7 +124,7 @@ def echo_line(destination: Destination, calling_ae: str, timeout: float = ECHO_T
         ``destination PACS@10.0.0.5:104: C-ECHO ok`` or ``... C-ECHO FAILED: <why>``.
     """
     from pynetdicom import AE
-    from pynetdicom.sop_class import Verification
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
     ae = AE(ae_title=calling_ae)
     ae.add_requested_context(Verification)
@@ -146,8 +147,10 @@ def echo_line(destination: Destination, calling_ae: str, timeout: float = ECHO_T
         if status and status.get("Status") == 0:
             return f"{prefix} ok"
         code = status.get("Status") if status else None
-        return f"{prefix} FAILED: status {code:#06x}" if code is not None else (
-            f"{prefix} FAILED: no answer"
+        return (
+            f"{prefix} FAILED: status {code:#06x}"
+            if code is not None
+            else (f"{prefix} FAILED: no answer")
         )
     finally:
         if assoc.is_established:

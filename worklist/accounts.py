@@ -152,9 +152,7 @@ def get_user(session: Session, *, username: str) -> User | None:
     return session.scalar(select(User).where(User.username == username.strip()))
 
 
-def create_user(
-    session: Session, *, username: str, password: str | None, role: str
-) -> User:
+def create_user(session: Session, *, username: str, password: str | None, role: str) -> User:
     """Create a local account (``triage-node user add``).
 
     Parameters

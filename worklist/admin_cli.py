@@ -39,8 +39,7 @@ def add_account_commands(sub: argparse._SubParsersAction) -> None:  # noqa: SLF0
         description="Create an account. Radiologists and admins sign in to the web page"
         " with a password (asked twice on the terminal, or one line of stdin with"
         " --password-stdin). A service account (a system such as the RIS) has no"
-        " password and cannot sign in: give it a token with 'triage-node token add'. "
-        + rule,
+        " password and cannot sign in: give it a token with 'triage-node token add'. " + rule,
     )
     add.add_argument("username", help="letters, digits and . _ - @ (at most 64)")
     add.add_argument(

@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 
 __all__ = ["local_time", "plain_skip_reason", "probability_text"]
 
+
 def probability_text(probability: float | None) -> str:
     """A probability as a rounded percentage that never claims certainty.
 

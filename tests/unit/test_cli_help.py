@@ -47,7 +47,8 @@ def test_every_subcommand_explains_itself_and_its_options() -> None:
 
 
 def test_choices_are_in_the_help() -> None:
-    from models.cli import BACKBONE_NAMES, build_parser as model_parser
+    from models.cli import BACKBONE_NAMES
+    from models.cli import build_parser as model_parser
     from triage.cli import build_parser as node_parser
 
     train = dict(_walk(model_parser()))[("train",)]

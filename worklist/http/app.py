@@ -22,8 +22,8 @@ from worklist.core.settings import Settings
 from worklist.http.deps import LoginRequired
 from worklist.http.readiness import BrokerCheck, ModelCardCache
 from worklist.http.routes import ROUTERS
+from worklist.http.templating import configure_templates
 from worklist.metrics import make_registry
-from worklist.page_context import configure_templates
 
 __all__ = ["create_app"]
 

@@ -165,15 +165,15 @@ class ResultOut(BaseModel):
     started_at: datetime
     finished_at: datetime
     seconds_from_arrival: float | None
+    inference_seconds: float
+    sr_sop_instance_uid: str | None
+    delivery_state: str = Field(description="none, pending, delivered, failed, partial.")
+    deliveries: list[DeliveryOut]
 
     @computed_field(description="The probability as shown: '71 %', '> 99 %', '< 1 %'.")  # type: ignore[prop-decorator]
     @property
     def probability_text(self) -> str:
         return probability_text(self.probability)
-    inference_seconds: float
-    sr_sop_instance_uid: str | None
-    delivery_state: str = Field(description="none, pending, delivered, failed, partial.")
-    deliveries: list[DeliveryOut]
 
 
 class FeedbackOut(BaseModel):

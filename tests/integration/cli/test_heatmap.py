@@ -51,14 +51,32 @@ def test_abnormal_study_has_a_heatmap_and_a_normal_one_none(
     headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
     (abnormal, normal) = headers
     with serve(tmp_path) as node:
-        assert node.cli("user", "add", "rad", "--role", "radiologist", "--password-stdin",
-                        stdin="a long enough passphrase\n").returncode == 0
+        assert (
+            node.cli(
+                "user",
+                "add",
+                "rad",
+                "--role",
+                "radiologist",
+                "--password-stdin",
+                stdin="a long enough passphrase\n",
+            ).returncode
+            == 0
+        )
         token = node.cli("token", "add", "--user", "rad", "--name", "test").stdout.strip()
         for path in files:
             sent = subprocess.run(
-                ["/usr/bin/storescu", "-aec", "TRIAGE", "127.0.0.1", str(node.dicom_port),
-                 str(path)],
-                capture_output=True, text=True, timeout=60,
+                [
+                    "/usr/bin/storescu",
+                    "-aec",
+                    "TRIAGE",
+                    "127.0.0.1",
+                    str(node.dicom_port),
+                    str(path),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
             )
             assert sent.returncode == 0, sent.stderr
         db_path = node.data_dir / "triage.db"
@@ -73,8 +91,9 @@ def test_abnormal_study_has_a_heatmap_and_a_normal_one_none(
             node.data_dir, str(abnormal.StudyInstanceUID), 1, str(abnormal.SOPInstanceUID)
         )
         # The map is made after the result is recorded (it never delays the SR).
-        grid = wait_until(lambda: load_heatmap(stored), timeout=60, what="the heatmap")
-        assert grid.shape == (8, 8)
+        wait_until(stored.is_file, timeout=60, what="the heatmap")
+        grid = load_heatmap(stored)
+        assert grid is not None and grid.shape == (8, 8)
         assert grid.max() == 1.0 and np.isfinite(grid).all()
         assert not (node.data_dir / "heatmaps" / str(normal.StudyInstanceUID)).exists()
 

@@ -44,8 +44,11 @@ def test_retriage_queues_a_new_revision_that_the_node_triages(
             timeout=60,
         )
         assert sent.returncode == 0, sent.stderr
-        wait_until(lambda: _results(db_path, study_uid) == [(1, "triaged")], timeout=120,
-                   what="the first triage")
+        wait_until(
+            lambda: _results(db_path, study_uid) == [(1, "triaged")],
+            timeout=120,
+            what="the first triage",
+        )
         done = node.cli("retriage", study_uid, "--reason", "model 0.2.0")
         assert done.returncode == 0, done.stderr
         assert f"study {study_uid} queued as revision 2 (was 1)" in done.stdout

@@ -56,8 +56,11 @@ def test_serve_names_the_model_and_echoes_each_destination(tmp_path: Path, pacs:
     destinations = f"PACS@127.0.0.1:{pacs},ARCHIVE@127.0.0.1:{down}"
     with serve(tmp_path, settings={"TRIAGE_DESTINATIONS": destinations}) as node:
         wait_until(lambda: _startup_done(node.output(), 2), timeout=60, what="start-up lines")
-        wait_until(lambda: node.output().count("triage worker: queues") >= 2, timeout=60,
-                   what="both embedded workers")
+        wait_until(
+            lambda: node.output().count("triage worker: queues") >= 2,
+            timeout=60,
+            what="both embedded workers",
+        )
         output = node.output()
     model_lines = [line for line in output.splitlines() if "model: " in line]
     assert len(model_lines) == 1, output
@@ -76,8 +79,11 @@ def test_serve_names_the_model_and_echoes_each_destination(tmp_path: Path, pacs:
 def test_verbose_shows_the_banners_with_the_right_routing(tmp_path: Path) -> None:
     with serve(tmp_path, args=["--verbose"]) as node:
         wait_until(lambda: node.output().count("[queues]") >= 2, timeout=60, what="banners")
-        wait_until(lambda: _startup_done(node.output(), 0) and "destinations: none" in
-                   node.output(), timeout=60, what="start-up lines")
+        wait_until(
+            lambda: _startup_done(node.output(), 0) and "destinations: none" in node.output(),
+            timeout=60,
+            what="start-up lines",
+        )
         output = node.output()
     assert "alembic.runtime.plugins" in output
     queues = re.findall(r"\.> (\w+)\s+exchange=(\w+)\(direct\) key=(\w+)", output)

@@ -48,9 +48,7 @@ def _readme_command() -> str:
 
 def _sections() -> dict[str, dict[str, str]]:
     """The profile's sections (dcmtk's ``[[Group]]`` headers are dropped)."""
-    text = "\n".join(
-        line for line in PROFILE.read_text().splitlines() if not line.startswith("[[")
-    )
+    text = "\n".join(line for line in PROFILE.read_text().splitlines() if not line.startswith("[["))
     parser = configparser.ConfigParser(interpolation=None)
     parser.optionxform = str  # type: ignore[assignment, method-assign]
     parser.read_string(text)
@@ -84,8 +82,9 @@ def test_one_command_sends_the_mixed_real_folder_to_the_node(
 ) -> None:
     folder = shared_data / "dicom" / "real"
     files = sorted(folder.glob("*.dcm"))
-    syntaxes = {str(pydicom.dcmread(f, stop_before_pixels=True).file_meta.TransferSyntaxUID)
-                for f in files}
+    syntaxes = {
+        str(pydicom.dcmread(f, stop_before_pixels=True).file_meta.TransferSyntaxUID) for f in files
+    }
     assert len(syntaxes) >= 5, "the folder is expected to mix transfer syntaxes"
     with serve(tmp_path) as node:
         # The README's command, word for word but for the port.
@@ -100,11 +99,13 @@ def test_one_command_sends_the_mixed_real_folder_to_the_node(
         assert sent.returncode == 0, sent.stdout + sent.stderr
         assert "Store Failed" not in sent.stderr + sent.stdout
         db = sqlite3.connect(node.data_dir / "triage.db")
-        stored = {row[0]: row[1] for row in db.execute(
-            "SELECT sop_instance_uid, transfer_syntax_uid FROM instances")}
+        stored = {
+            row[0]: row[1]
+            for row in db.execute("SELECT sop_instance_uid, transfer_syntax_uid FROM instances")
+        }
         db.close()
     for path in files:
         dataset = pydicom.dcmread(path, stop_before_pixels=True)
-        assert stored.get(dataset.SOPInstanceUID) == str(
-            dataset.file_meta.TransferSyntaxUID
-        ), path.name
+        assert stored.get(dataset.SOPInstanceUID) == str(dataset.file_meta.TransferSyntaxUID), (
+            path.name
+        )

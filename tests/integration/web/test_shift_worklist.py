@@ -24,8 +24,8 @@ from tests.integration.web.test_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARG
 from tests.unit.api.conftest import PASSWORD
 from tests.unit.api.factories import Made, make_study
 from worklist.accounts import create_user
-from worklist.heatmaps import LABEL, heatmap_path, save_heatmap
 from worklist.core.settings import load_settings
+from worklist.heatmaps import LABEL, heatmap_path, save_heatmap
 from worklist.tables import TriageImage
 
 LONG_NAME = "VANDERBERGHE-OSTROWSKA-MONTGOMERY^ALEXANDRA MAXIMILIANA JOSE"
@@ -87,8 +87,9 @@ def _seed_shift(session: Any, spool: Path) -> dict[str, Made]:
             waited=timedelta(minutes=3 + i),
             sex="M" if i % 2 else "F",
             age=f"{20 + i:03d}Y",
-            description="CHEST PA AND LATERAL, ROUTINE PREOPERATIVE WORKUP" if i == 3 else
-            "CHEST PA",
+            description="CHEST PA AND LATERAL, ROUTINE PREOPERATIVE WORKUP"
+            if i == 3
+            else "CHEST PA",
         )
     long = made["high5"].study
     long.patient_name = LONG_NAME
@@ -212,8 +213,16 @@ def test_shift_worklist_fits_the_screen_and_says_it_plainly(shift_node: dict[str
             )
             assert geometry["scroll"] <= WIDTH, geometry["scroll"]
             assert [h["text"] for h in geometry["heads"]] == [
-                "Priority", "AI", "Waiting", "Patient", "Sex, age", "Study", "Accession",
-                "Study date", "Mod.", "Reading",
+                "Priority",
+                "AI",
+                "Waiting",
+                "Patient",
+                "Sex, age",
+                "Study",
+                "Accession",
+                "Study date",
+                "Mod.",
+                "Reading",
             ]
             for head in geometry["heads"]:
                 assert head["left"] >= 0 and head["right"] <= WIDTH, head
@@ -242,9 +251,7 @@ def test_shift_worklist_fits_the_screen_and_says_it_plainly(shift_node: dict[str
             stat_row = page.locator(f'#rows tr[data-uid="{stat_uid}"]')
             expect(stat_row.locator("td.prob")).to_have_text("> 99 %")
             normal_uid = made["normal22"].study.study_instance_uid
-            expect(page.locator(f'#rows tr[data-uid="{normal_uid}"] td.prob')).to_have_text(
-                "< 1 %"
-            )
+            expect(page.locator(f'#rows tr[data-uid="{normal_uid}"] td.prob')).to_have_text("< 1 %")
             counts = page.locator("#counts li").evaluate_all(
                 "ls => ls.map(l => [l.dataset.priorityName, l.querySelector('.n').textContent])"
             )

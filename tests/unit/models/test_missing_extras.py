@@ -80,8 +80,16 @@ def test_evaluate_without_matplotlib_writes_the_numbers_then_names_the_extra(
     out = tmp_path / "eval"
     result = _triage_model(
         [
-            "evaluate", str(model), "--labels", str(labels), "--images-root", str(root),
-            "--out", str(out), "--n-boot", "20",
+            "evaluate",
+            str(model),
+            "--labels",
+            str(labels),
+            "--images-root",
+            str(root),
+            "--out",
+            str(out),
+            "--n-boot",
+            "20",
         ],
         {"matplotlib"},
     )

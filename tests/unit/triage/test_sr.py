@@ -111,10 +111,13 @@ def test_sr_states_the_intended_population_and_the_warning(
         ["dsrdump", "+Pl", str(path)], capture_output=True, text=True, check=False
     )
     assert '"intended population: Children aged 1-5 years"' in dump.stdout
-    assert "\"warning: patient (67 years) is outside the model's intended population\"" in (
+    assert '"warning: patient (67 years) is outside the model\'s intended population"' in (
         dump.stdout
     )
     plain = write_sr(build_sr(content(ds, "normal"), [ds]), tmp_path / "plain")
-    assert "intended population" not in subprocess.run(
-        ["dsrdump", str(plain)], capture_output=True, text=True, check=False
-    ).stdout
+    assert (
+        "intended population"
+        not in subprocess.run(
+            ["dsrdump", str(plain)], capture_output=True, text=True, check=False
+        ).stdout
+    )

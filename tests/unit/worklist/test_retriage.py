@@ -9,18 +9,18 @@ import pytest
 from sqlalchemy import select
 
 from tests.unit.api.factories import make_study
-from worklist.tables import AuditEvent
 from worklist.audit import Actor
 from worklist.retriage import RetriageError, request_retriage
-from worklist.tables import Study
+from worklist.tables import AuditEvent, Study
 
 ACTOR = Actor(None, "cli:test", "admin", "cli", None)
 
 
 def test_retriage_once_then_refused_until_done(session_factory: Any, tmp_path: Path) -> None:
     with session_factory() as session:
-        made = make_study(session, tmp_path, name="RE", priority=30, decision="abnormal",
-                          probability=0.7)
+        made = make_study(
+            session, tmp_path, name="RE", priority=30, decision="abnormal", probability=0.7
+        )
         uid = made.study.study_instance_uid
         session.commit()
         done = request_retriage(session, study_instance_uid=uid, actor=ACTOR, reason="model 2")

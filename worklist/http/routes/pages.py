@@ -26,7 +26,7 @@ from worklist.http.deps import (
     audited,
     study_detail,
 )
-from worklist.page_context import heatmap_context, population_context
+from worklist.http.templating import heatmap_context, population_context
 
 router = APIRouter(include_in_schema=False)
 

@@ -10,12 +10,12 @@ from typing import Any
 from jinja2 import Environment
 
 from models.population import intended_population, population_warning
+from worklist.core.settings import Settings
 from worklist.dicom_values import age_years, sex_age
 from worklist.display import local_time, probability_text
 from worklist.heatmaps import LABEL as HEATMAP_LABEL
 from worklist.heatmaps import heatmap_path
 from worklist.http.schemas import StudyDetail
-from worklist.core.settings import Settings
 
 __all__ = ["configure_templates", "heatmap_context", "population_context"]
 
