@@ -15,7 +15,7 @@ from worklist.dicom_values import age_years, sex_age
 from worklist.display import local_time, probability_text
 from worklist.heatmaps import LABEL as HEATMAP_LABEL
 from worklist.heatmaps import heatmap_path
-from worklist.http.schemas import StudyDetail
+from worklist.views import StudyDetail
 
 __all__ = ["configure_templates", "heatmap_context", "population_context"]
 

@@ -18,10 +18,10 @@ from worklist.http.deps import (
     audited,
     study_detail,
 )
-from worklist.http.schemas import StudyDetail
 from worklist.queries import latest_result
 from worklist.tables import Instance, Study
 from worklist.thumbnails import ThumbnailError, render_thumbnail
+from worklist.views import StudyDetail
 
 router = APIRouter(tags=["worklist"])
 
