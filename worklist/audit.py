@@ -40,6 +40,7 @@ class Action(StrEnum):
     VIEW_MONITORING = "view_monitoring"
     ACCESS_DENIED = "access_denied"
     RESEND_SR = "resend_sr"
+    RETRIAGE = "retriage"
 
 
 class Outcome(StrEnum):

@@ -36,7 +36,7 @@ from worklist.accounts import get_user, hash_token, verify_password
 from worklist.audit import Action, Actor, Outcome
 from worklist.core.clock import as_utc, utcnow
 from worklist.core.settings import Settings
-from worklist.tables import ApiToken, AuditEvent, User, WebSession
+from worklist.tables import ApiToken, AuditEvent, Role, User, WebSession
 
 __all__ = [
     "CSRF_HEADER",
@@ -45,6 +45,7 @@ __all__ = [
     "LoginFailed",
     "LoginRateLimited",
     "Principal",
+    "ServiceAccountLogin",
     "login_delay",
     "session_key",
 ]
@@ -58,6 +59,10 @@ _TOUCH_EVERY = timedelta(seconds=60)
 
 class LoginFailed(Exception):
     """Wrong user name or password (the two are not told apart)."""
+
+
+class ServiceAccountLogin(LoginFailed):
+    """A service account tried the sign-in page: it is token-only."""
 
 
 class LoginRateLimited(Exception):
@@ -198,6 +203,19 @@ class Authenticator:
             log.warning("sign-in throttled for %.0f s (address %s)", wait, client_ip)
             raise LoginRateLimited(max(1, math.ceil(wait)))
         user = get_user(session, username=name) if name else None
+        if user is not None and user.active and user.role == Role.SERVICE.value:
+            audit.record(
+                session,
+                actor=anonymous,
+                action=Action.LOGIN,
+                outcome=Outcome.DENIED,
+                detail={"reason": "service account (token-only)"},
+            )
+            session.commit()
+            raise ServiceAccountLogin(
+                f"{user.username} is a service account: it uses a bearer token and cannot"
+                " sign in to the web page"
+            )
         ok = verify_password(user.password_hash if user is not None else None, password)
         if user is None or not ok or not user.active:
             audit.record(session, actor=anonymous, action=Action.LOGIN, outcome=Outcome.FAILURE)

@@ -79,7 +79,19 @@ def _install_redaction() -> None:
     logging.setLogRecordFactory(make_record)
 
 
-def configure_logging(level: str, *, with_process: bool = False) -> None:
+#: Libraries whose start-up chatter (Alembic's plugin lines, Celery's connection lines)
+#: is shown only with ``--verbose``.
+VERBOSE_ONLY_LIBRARIES = ("alembic", "celery", "kombu", "models.runtime")
+
+#: Warnings shown only with ``--verbose`` (message starts): Celery's superuser warning
+#: (the container and systemd set the user) and its 6.0 deprecation notice.
+VERBOSE_ONLY_WARNINGS = (
+    "You're running the worker with superuser privileges",
+    "\nIn Celery 5.1 we introduced an optional breaking change",
+)
+
+
+def configure_logging(level: str, *, with_process: bool = False, verbose: bool = False) -> None:
     """Configure the root logger once for a node process.
 
     pynetdicom logs every PDU at DEBUG and element values in some INFO lines, and
@@ -95,6 +107,9 @@ def configure_logging(level: str, *, with_process: bool = False) -> None:
         Level name of the node's own loggers (``INFO``, ``DEBUG``...).
     with_process : bool
         Put the process name in each line (worker pools).
+    verbose : bool
+        Also show the libraries' start-up chatter (:data:`VERBOSE_ONLY_LIBRARIES`,
+        :data:`VERBOSE_ONLY_WARNINGS`); off by default.
     """
     _install_redaction()
     process = " %(processName)s" if with_process else ""
@@ -105,6 +120,13 @@ def configure_logging(level: str, *, with_process: bool = False) -> None:
     quiet = max(logging.WARNING, logging.getLogger().getEffectiveLevel())
     for name in QUIET_LIBRARIES:
         logging.getLogger(name).setLevel(quiet)
+    if not verbose:
+        import warnings
+
+        for name in VERBOSE_ONLY_LIBRARIES:
+            logging.getLogger(name).setLevel(quiet)
+        for message in VERBOSE_ONLY_WARNINGS:
+            warnings.filterwarnings("ignore", message=message)
     from pynetdicom import _config
 
     _config.LOG_HANDLER_LEVEL = "none"
