@@ -14,7 +14,7 @@ from pydicom.dataset import Dataset
 
 from dicom_scp.sink import InstanceSink, ReceivedInstance
 from dicom_scp.status import StoreStatus, status_dataset, status_for_exception
-from worklist.settings import Settings
+from worklist.core.settings import Settings
 
 log = logging.getLogger(__name__)
 

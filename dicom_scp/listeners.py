@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event as EventType
 
-from worklist.settings import Settings
+from worklist.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -157,18 +157,18 @@ def serve_listener(
     _die_with_parent()
     from dicom_scp.server import DIMSE_TIMEOUT_S, NETWORK_TIMEOUT_S, chunked_receive, start_scp
     from dicom_scp.sink import SpoolSink, incoming_dir
-    from worklist.db import make_engine, make_session_factory
-    from worklist.logs import configure_logging
+    from worklist.core.db import open_database
+    from worklist.core.logs import configure_logging
 
     configure_logging(settings.log_level, with_process=True)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda _signum, _frame: stop.set())
-    engine = make_engine(settings.effective_database_url)
+    database = open_database(settings)
     spool = settings.spool_dir.absolute()
     sink = SpoolSink(
         spool,
-        make_session_factory(engine),
+        database.session_factory,
         settings.min_free_mb,
         abandoned_after_s=NETWORK_TIMEOUT_S + DIMSE_TIMEOUT_S,
     )
@@ -187,7 +187,7 @@ def serve_listener(
         if server is not None:
             server.shutdown()
         restore()
-        engine.dispose()
+        database.dispose()
 
 
 @dataclass

@@ -35,8 +35,8 @@ from dicom_scp.queue import CeleryTriageQueue
 from dicom_scp.sink import InstanceSink, SpoolSink, clean_stale_temp_files, incoming_dir
 from dicom_scp.socket_reads import read_pdus_in_full
 from dicom_scp.watcher import StabilityWatcher
-from worklist.settings import Settings
-from worklist.stability import TriageQueue
+from worklist.core.contracts import TriageQueue
+from worklist.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -394,7 +394,7 @@ def run_scp(settings: Settings, *, stop: threading.Event | None = None) -> None:
     stop : threading.Event, optional
         Set it to stop (signals are only installed from the main thread).
     """
-    from worklist.db import make_engine, make_session_factory
+    from worklist.core.db import open_database
 
     stop = stop or threading.Event()
     previous: dict[int, Any] = {}
@@ -408,11 +408,11 @@ def run_scp(settings: Settings, *, stop: threading.Event | None = None) -> None:
             previous[signum] = signal.signal(signum, _on_signal)
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.effective_database_url)
+    database = open_database(settings)
     node: NodeScp | None = None
     try:
         node = start_node_scp(
-            settings, make_session_factory(engine), processes=scp_process_count(settings)
+            settings, database.session_factory, processes=scp_process_count(settings)
         )
         while not stop.wait(1.0):
             pass
@@ -421,6 +421,6 @@ def run_scp(settings: Settings, *, stop: threading.Event | None = None) -> None:
     finally:
         if node is not None:
             node.stop()
-        engine.dispose()
+        database.dispose()
         for signum, handler in previous.items():
             signal.signal(signum, handler)

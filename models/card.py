@@ -22,11 +22,13 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from models.demographics import AGE_BANDS
 from models.preprocess import PreprocessSpec
 
 __all__ = [
     "ADULT_AGE",
     "CARD_KEY",
+    "INTENDED_USE",
     "POPULATIONS",
     "ModelCard",
     "embed_card",
@@ -42,11 +44,18 @@ logger = logging.getLogger(__name__)
 #: ONNX ``metadata_props`` key holding the card JSON.
 CARD_KEY = "model_card"
 MANUFACTURER = "cxr-triage-node project"
+#: The intended use every card of a triage model states (the default model, MedImageInsight).
+INTENDED_USE = (
+    "Worklist prioritisation of frontal (PA/AP) chest radiographs (CR/DX): the calibrated "
+    "probability that an image is abnormal is used to move likely abnormal studies up a "
+    "radiologist's reading list. Every study is still read by a radiologist; the output is not "
+    "a diagnosis and must not be used to withhold or delay a read, nor on its own to treat."
+)
 
 #: Populations that may carry their own operating points.
 POPULATIONS: tuple[str, str] = ("pediatric", "adult")
-#: Age in years from which a patient is an adult.
-ADULT_AGE = 18.0
+#: Age in years from which a patient is an adult: the upper bound of the first age band.
+ADULT_AGE: float = float(AGE_BANDS[0][2])
 
 
 def population_for_age(age: float | None) -> str:

@@ -4,7 +4,6 @@ Public API (plain functions are testable without a network or a broker):
 
 - :mod:`triage.selection`: ``select_instance(ds) -> Eligible | Skipped``
 - :mod:`triage.scoring`: ``score_study(logits, calibrate=, threshold=, operating_point=, how=)``
-- :mod:`triage.priority`: ``compute_priority(...)``, ``worklist_sort_key(...)``
 - :mod:`triage.sr`: ``build_sr(content, evidence)``, ``write_sr``, ``sr_uids``, ``read_sr_summary``
 - :mod:`triage.inference`: ``get_classifier(settings)`` (one session per process)
 - :mod:`triage.pipeline`: ``triage_study(session_factory, settings, classifier, study_id, revision)``

@@ -23,24 +23,17 @@ from celery import Celery
 from kombu import Queue
 
 from triage.options import TriageOptions, load_triage_options
-from worklist.stability import INFERENCE_QUEUE, TRIAGE_TASK_NAME
+from worklist.core.contracts import (
+    DELIVERY_QUEUE,
+    INFERENCE_QUEUE,
+    TASK_DELIVER,
+    TASK_SWEEP,
+    TASK_TRIAGE,
+)
 
-__all__ = [
-    "DELIVERY_QUEUE",
-    "INFERENCE_QUEUE",
-    "TASK_DELIVER",
-    "TASK_SWEEP",
-    "TASK_TRIAGE",
-    "make_celery",
-]
+__all__ = ["make_celery"]
 
 log = logging.getLogger(__name__)
-
-# The SCP side sends the triage task by these names (worklist.stability).
-TASK_TRIAGE = TRIAGE_TASK_NAME
-DELIVERY_QUEUE = "delivery"
-TASK_DELIVER = "triage.deliver"
-TASK_SWEEP = "triage.sweep"
 
 
 def make_celery(settings: Any, options: TriageOptions | None = None) -> Celery:

@@ -15,7 +15,7 @@ from pydicom import dcmread
 from pynetdicom import AE
 
 from triage.errors import DestinationUnavailable, StoreRejected
-from worklist.settings import Destination
+from worklist.core.settings import Destination
 
 __all__ = ["store_file"]
 

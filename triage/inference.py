@@ -3,8 +3,8 @@
 :func:`get_classifier` loads the model named by the settings (or the shipped
 default) on first use in a process and keeps it; a forked child (Celery prefork)
 loads its own. The providers come from the settings (empty: CUDA when present, else
-CPU); the providers ONNX Runtime actually activated are logged and exposed with
-:func:`active_providers`, because onnxruntime-gpu silently falls back to CPU.
+CPU); the providers ONNX Runtime actually activated are logged, because
+onnxruntime-gpu silently falls back to CPU.
 """
 
 from __future__ import annotations
@@ -14,32 +14,13 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
-
-import numpy as np
+from typing import Any
 
 from triage.errors import ModelError
 
-__all__ = [
-    "ClassifierLike",
-    "active_providers",
-    "clear_cache",
-    "get_classifier",
-    "model_path_for",
-]
+__all__ = ["get_classifier", "model_path_for"]
 
 log = logging.getLogger(__name__)
-
-
-class ClassifierLike(Protocol):
-    """What the pipeline needs of a classifier (:class:`models.runtime.Classifier`)."""
-
-    card: Any
-    active_providers: list[str]
-    sha256: str
-
-    def predict_logits(self, batch: np.ndarray) -> np.ndarray:
-        """Raw abnormal logits ``(N,)`` for a batch ``(N, C, H, W)``."""
 
 
 @dataclass
@@ -118,23 +99,3 @@ def get_classifier(settings: Any, *, batch_size: int = 8) -> Any:
         )
         _cached = _Cached(os.getpid(), key, classifier)
         return classifier
-
-
-def active_providers() -> list[str]:
-    """Providers of this process's loaded session (empty when none is loaded yet).
-
-    Returns
-    -------
-    list of str
-    """
-    cached = _cached
-    if cached is None or cached.pid != os.getpid():
-        return []
-    return list(cached.classifier.active_providers)
-
-
-def clear_cache() -> None:
-    """Forget this process's classifier (tests, model reload)."""
-    global _cached
-    with _lock:
-        _cached = None

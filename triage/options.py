@@ -1,4 +1,4 @@
-"""Triage tuning, taken from the node's one :class:`~worklist.settings.Settings`.
+"""Triage tuning, taken from the node's one :class:`~worklist.core.settings.Settings`.
 
 The workers read these once at start-up (never at import time) and pass them down as
 one frozen object. Each field is the ``TRIAGE_<NAME>`` setting of the same name, with
@@ -23,7 +23,7 @@ from typing import Any
 
 from triage.errors import ConfigurationError
 from triage.scoring import Aggregation
-from worklist.settings import Settings
+from worklist.core.settings import Settings
 
 __all__ = ["TriageOptions", "load_triage_options"]
 

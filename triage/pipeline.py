@@ -25,11 +25,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import sessionmaker
 
 from triage.options import TriageOptions
-from triage.priority import compute_priority
 from triage.scoring import score_study
 from triage.selection import Eligible, Skipped, select_instance, skipped_unreadable
 from triage.sr import SRContent, build_sr, sr_uids, write_sr
-from worklist.ingest import utcnow
+from worklist.core.clock import utcnow
+from worklist.priority import compute_priority
 from worklist.results import (
     Claim,
     ClaimStatus,

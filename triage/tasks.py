@@ -26,9 +26,15 @@ from celery import Celery
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import sessionmaker
 
-from triage.celery_app import DELIVERY_QUEUE, INFERENCE_QUEUE, TASK_DELIVER, TASK_SWEEP, TASK_TRIAGE
 from triage.errors import DestinationUnavailable, StoreRejected, TransientError
 from triage.options import TriageOptions
+from worklist.core.contracts import (
+    DELIVERY_QUEUE,
+    INFERENCE_QUEUE,
+    TASK_DELIVER,
+    TASK_SWEEP,
+    TASK_TRIAGE,
+)
 
 __all__ = ["WorkerContext", "deliver_one", "register_tasks", "sweep"]
 
@@ -65,10 +71,10 @@ class WorkerContext:
             return self._given_factory
         with self._lock:
             if self._engine is None or self._engine.pid != os.getpid():
-                from worklist.db import make_engine, make_session_factory
+                from worklist.core.db import open_database
 
-                engine = make_engine(self.settings.effective_database_url)
-                self._engine = _Engine(os.getpid(), engine, make_session_factory(engine))
+                database = open_database(self.settings)
+                self._engine = _Engine(os.getpid(), database.engine, database.session_factory)
             return self._engine.session_factory
 
     def classifier(self) -> Any:

@@ -35,8 +35,9 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from triage.celery_app import DELIVERY_QUEUE, INFERENCE_QUEUE, make_celery
+from triage.celery_app import make_celery
 from triage.options import TriageOptions, load_triage_options
+from worklist.core.contracts import DELIVERY_QUEUE, INFERENCE_QUEUE
 
 __all__ = ["EmbeddedWorker", "main", "run_worker", "settings_to_env", "start_embedded_worker"]
 
@@ -245,8 +246,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     int
         Exit status.
     """
-    from worklist.logs import configure_logging
-    from worklist.settings import load_settings
+    from worklist.core.logs import configure_logging
+    from worklist.core.settings import load_settings
 
     parser = argparse.ArgumentParser(prog="python -m triage.worker")
     parser.add_argument("--queues", default=f"{INFERENCE_QUEUE},{DELIVERY_QUEUE}")

@@ -10,10 +10,10 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from worklist.accounts import Feedback, ReadState, StudyRead, User
-from worklist.ingest import utcnow
-from worklist.queries import age_band, latest_result
-from worklist.tables import Study
+from worklist.core.clock import utcnow
+from worklist.dicom_values import patient_age_band
+from worklist.queries import latest_result
+from worklist.tables import Feedback, ReadState, Study, StudyRead, User
 
 __all__ = [
     "LABELS",
@@ -234,7 +234,7 @@ def give_feedback(
     row.model_name = result.model_name if result is not None else None
     row.model_version = result.model_version if result is not None else None
     row.patient_sex = study.patient_sex
-    row.age_band = age_band(study.patient_age)
+    row.age_band = patient_age_band(study.patient_age)
     row.comment = (comment or "").strip()[:1024] or None
     row.updated_at = now
     session.flush()

@@ -35,7 +35,7 @@ from tests.integration.scp.helpers import (
     pyscu_store,
     received_instance,
 )
-from worklist.db import make_engine, make_session_factory
+from worklist.core.db import make_engine, make_session_factory
 
 CHEST = "dicom/real/fuji_CR_chest_from_fodicom_withmeta.dcm"
 

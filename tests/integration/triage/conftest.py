@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import environment_without_settings, free_port, wait_until
-from triage.testing import build_tiny_model, wrap_image_as_dx
+from tests.support.dx import wrap_image_as_dx
+from tests.support.tiny_model import build_tiny_model
 
 #: Fast retries and sweeps for tests (TRIAGE_* are the triage options).
 FAST_OPTIONS = {

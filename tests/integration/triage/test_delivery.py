@@ -15,9 +15,9 @@ from tests.unit.triage.conftest import make_stable
 from triage.options import TriageOptions
 from triage.pipeline import triage_study
 from triage.tasks import WorkerContext, deliver_one
-from worklist.ingest import utcnow
+from worklist.core.clock import utcnow
+from worklist.core.settings import load_settings
 from worklist.outbox import due_deliveries
-from worklist.settings import load_settings
 from worklist.tables import Delivery
 
 

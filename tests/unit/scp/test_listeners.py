@@ -13,7 +13,7 @@ from dicom_scp.listeners import (
     scp_process_count,
 )
 from dicom_scp.server import build_ae
-from worklist.settings import SettingsError, load_settings
+from worklist.core.settings import SettingsError, load_settings
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ import pytest
 
 from dicom_scp.contexts import SUPPORTED_TRANSFER_SYNTAXES, storage_sop_classes
 from dicom_scp.server import MAX_PDU_BYTES, build_ae, event_handlers, ssl_context
-from worklist.settings import load_settings
+from worklist.core.settings import load_settings
 
 
 def test_build_ae_from_settings() -> None:

@@ -8,14 +8,15 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from triage.celery_app import DELIVERY_QUEUE, INFERENCE_QUEUE, make_celery
+from triage.celery_app import make_celery
 from triage.errors import ConfigurationError
 from triage.options import TriageOptions, load_triage_options
 from triage.worker import settings_to_env
-from worklist.ingest import utcnow
+from worklist.core.clock import utcnow
+from worklist.core.contracts import DELIVERY_QUEUE, INFERENCE_QUEUE
+from worklist.core.settings import SettingsError, load_settings
 from worklist.outbox import claim_delivery, due_deliveries, mark_failed_attempt
 from worklist.results import stalled_revisions
-from worklist.settings import SettingsError, load_settings
 from worklist.tables import Delivery, Study, TriageClaim
 
 from .conftest import make_stable

@@ -1,4 +1,8 @@
-"""Worklist priority: plain, documented rules (smaller number = read sooner).
+"""Worklist priority: the one rule and its display (smaller number = read sooner).
+
+Used by the triage worker (:func:`compute_priority`, stored with each result), the
+worklist (:func:`effective_priority` and :func:`priority_display`, in Python and in
+its SQL query through :func:`overdue_cutoff`) and the simulator.
 
 Base priority of a triaged study (:func:`compute_priority`):
 
@@ -22,9 +26,12 @@ Two rules from practice:
    priority; the AI can raise a study, never push it down.
 2. **No study waits beyond the cap, whatever its score.** Queues sorted by AI score
    lengthen the longest wait of the studies the AI misses, so
-   :func:`worklist_sort_key` moves every study that has waited longer than
+   :func:`effective_priority` moves every study that has waited longer than
    ``wait_cap`` to ``OVERDUE``, above every AI level (only STAT stays above it);
-   within a level the oldest study comes first.
+   within a level the oldest study comes first (:func:`worklist_sort_key`).
+
+A study without a result yet is sorted at its :func:`base_priority`: the hospital's
+requested level, or ``PENDING`` (40, shown as "Pending AI").
 """
 
 from __future__ import annotations
@@ -34,10 +41,17 @@ from datetime import datetime, timedelta
 from enum import IntEnum
 
 __all__ = [
+    "PENDING_LEVEL",
+    "PRIORITY_DISPLAY",
     "Priority",
     "PriorityDecision",
+    "base_priority",
     "compute_priority",
+    "effective_priority",
     "hospital_level",
+    "overdue_cutoff",
+    "priority_display",
+    "priority_level",
     "worklist_sort_key",
 ]
 
@@ -53,6 +67,20 @@ class Priority(IntEnum):
     NORMAL = 50
     LOW = 60
 
+
+#: Display of each level: (name, label, colour).
+PRIORITY_DISPLAY: dict[int, tuple[str, str, str]] = {
+    Priority.STAT: ("STAT", "STAT", "red"),
+    Priority.OVERDUE: ("OVERDUE", "Overdue", "purple"),
+    Priority.ABNORMAL_HIGH: ("ABNORMAL_HIGH", "Abnormal (high)", "red"),
+    Priority.ABNORMAL: ("ABNORMAL", "Abnormal", "orange"),
+    Priority.NOT_EVALUATED: ("NOT_EVALUATED", "Not evaluated", "grey"),
+    Priority.NORMAL: ("NORMAL", "Normal", "green"),
+    Priority.LOW: ("LOW", "Low", "green"),
+}
+PENDING_LEVEL = int(Priority.NOT_EVALUATED)
+"""Level of a study without a result whose hospital set no priority."""
+_PENDING_DISPLAY = ("PENDING", "Pending AI", "blue")
 
 _HOSPITAL = {
     "STAT": Priority.STAT,
@@ -136,6 +164,97 @@ def compute_priority(
     return PriorityDecision(ai, why)
 
 
+def priority_level(value: int | str) -> int:
+    """Parse a priority given as a level number or a name (``ABNORMAL``).
+
+    Parameters
+    ----------
+    value : int or str
+
+    Returns
+    -------
+    int
+
+    Raises
+    ------
+    ValueError
+        When it is neither.
+    """
+    if isinstance(value, int):
+        return value
+    text = str(value).strip().upper()
+    if text.lstrip("-").isdigit():
+        return int(text)
+    if text in Priority.__members__:
+        return int(Priority[text])
+    raise ValueError(f"unknown priority {value!r}")
+
+
+def base_priority(stored: int | None, requested_priority: str | None) -> int:
+    """The level a study is sorted at before the wait cap.
+
+    Parameters
+    ----------
+    stored : int or None
+        The priority stored with its latest result (None: not triaged yet).
+    requested_priority : str or None
+        The hospital's requested priority (used while there is no result).
+
+    Returns
+    -------
+    int
+    """
+    if stored is not None:
+        return int(stored)
+    hospital = hospital_level(requested_priority)
+    return int(hospital) if hospital is not None else PENDING_LEVEL
+
+
+def overdue_cutoff(now: datetime, wait_cap: timedelta) -> datetime:
+    """Arrival time before which a study has waited longer than ``wait_cap``.
+
+    A study is overdue exactly when ``arrived_at < overdue_cutoff(now, wait_cap)``
+    (the form the worklist's SQL query uses).
+
+    Parameters
+    ----------
+    now : datetime
+    wait_cap : timedelta
+
+    Returns
+    -------
+    datetime
+    """
+    return now - wait_cap
+
+
+def effective_priority(
+    priority: int, arrived_at: datetime, *, now: datetime, wait_cap: timedelta
+) -> int:
+    """The level a study is sorted and shown at, at time ``now``.
+
+    Parameters
+    ----------
+    priority : int
+        Its :func:`base_priority`.
+    arrived_at : datetime
+        When the study arrived (its first instance).
+    now : datetime
+        Current time (same timezone awareness as ``arrived_at``).
+    wait_cap : timedelta
+        The longest any study may wait before it is moved up to ``OVERDUE``.
+
+    Returns
+    -------
+    int
+        ``min(priority, OVERDUE)`` once the study is overdue, else ``priority``.
+    """
+    level = int(priority)
+    if arrived_at < overdue_cutoff(now, wait_cap):
+        level = min(level, int(Priority.OVERDUE))
+    return level
+
+
 def worklist_sort_key(
     priority: int, arrived_at: datetime, *, now: datetime, wait_cap: timedelta
 ) -> tuple[int, datetime]:
@@ -144,7 +263,7 @@ def worklist_sort_key(
     Parameters
     ----------
     priority : int
-        The stored priority (:func:`compute_priority`).
+        Its :func:`base_priority`.
     arrived_at : datetime
         When the study arrived (its first instance).
     now : datetime
@@ -157,7 +276,29 @@ def worklist_sort_key(
     tuple
         ``(effective priority, arrived_at)``; sort ascending.
     """
-    effective = int(priority)
-    if now - arrived_at > wait_cap:
-        effective = min(effective, int(Priority.OVERDUE))
-    return (effective, arrived_at)
+    return (effective_priority(priority, arrived_at, now=now, wait_cap=wait_cap), arrived_at)
+
+
+def priority_display(level: int, *, has_result: bool) -> tuple[str, str, str]:
+    """Name, label and colour of an effective level.
+
+    Parameters
+    ----------
+    level : int
+        The effective priority.
+    has_result : bool
+        Whether the study has a triage result (without one, the pending level is
+        shown as "Pending AI").
+
+    Returns
+    -------
+    tuple of str
+        ``(name, label, colour)``; a level between two known ones shows as the
+        nearest.
+    """
+    if not has_result and level == PENDING_LEVEL:
+        return _PENDING_DISPLAY
+    if level in PRIORITY_DISPLAY:
+        return PRIORITY_DISPLAY[level]
+    nearest = min(PRIORITY_DISPLAY, key=lambda k: abs(k - level))
+    return PRIORITY_DISPLAY[nearest]
