@@ -24,6 +24,7 @@ from pydicom.dataset import Dataset
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import sessionmaker
 
+from triage.operating_point import applied_operating_point
 from triage.options import TriageOptions
 from triage.scoring import score_study
 from triage.selection import Eligible, Skipped, select_instance, skipped_unreadable
@@ -263,12 +264,13 @@ def triage_study(
     batch = np.stack([im.tensor for im in scored]).astype(np.float32, copy=False)
     logits = np.asarray(clf.predict_logits(batch), dtype=np.float32).reshape(-1)
     timings["inference"] = time.perf_counter() - t0
-    operating_point = settings.operating_point
+    # the card's point, or its population's by the patient's age (header)
+    applied = applied_operating_point(card, settings.operating_point, [im.header for im in scored])
     study_score = score_study(
         logits,
         calibrate=card.calibrate,
-        threshold=card.threshold(operating_point),
-        operating_point=operating_point,
+        threshold=applied.threshold,
+        operating_point=applied.label,
         how=options.aggregation,
     )
     per_image = {
@@ -417,7 +419,7 @@ def _record(
         if score
         else (card.threshold(settings.operating_point) if card is not None else None),
         aggregation=options.aggregation,
-        operating_point=settings.operating_point,
+        operating_point=score.operating_point if score else settings.operating_point,
         model_name=card.name if card is not None else "",
         model_version=card.version if card is not None else "",
         model_sha256=card.sha256 if card is not None else "",
