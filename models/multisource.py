@@ -28,7 +28,7 @@ import numpy as np
 
 from models.card import POPULATIONS, ModelCard, embed_card, population_for_age
 from models.data import read_labels
-from models.evaluate import evaluate_model, fit_operating_points, score_records
+from models.evaluate import _plots, evaluate_model, fit_operating_points, score_records
 from models.metrics import (
     bootstrap_ci,
     brier_score,
@@ -343,9 +343,23 @@ def evaluate_sources(
             )
             if png is not None:
                 summary["cams"].append(png.name)
+    curves = {}
+    for name in summary["sources"]:
+        probs = _read_probs(out / name / "predictions.csv")
+        labels = _read_labels_of(out / name / "predictions.csv")
+        keys = [k for k in probs if k in labels]
+        curves[name] = (np.array([labels[k] for k in keys]), np.array([probs[k] for k in keys]))
+    summary["plots"] = _plots(out, curves, summary["title"])
     (out / "metrics.json").write_text(json.dumps(summary, indent=2, allow_nan=True))
     (out / "report.md").write_text(_report(summary, card))
     return summary
+
+
+def _read_labels_of(path: Path) -> dict[str, int]:
+    import csv
+
+    with path.open(newline="") as fh:
+        return {r["image"]: int(r["label"] == "abnormal") for r in csv.DictReader(fh)}
 
 
 def _read_probs(path: Path) -> dict[str, float]:
@@ -524,6 +538,12 @@ def _report(summary: dict[str, Any], card: ModelCard) -> str:
             "Red: regions that raise the abnormal logit (CAM of the last convolution, weighted by the linear head).",
             "",
         ] + [f"![CAM]({c})" for c in summary["cams"]]
+    lines += [
+        "",
+        "## Plots (one curve per source)",
+        "",
+        "![ROC](roc.png) ![Precision-recall](precision_recall.png) ![Calibration](calibration.png)",
+    ]
     lines += [
         "",
         "Per-source reports (plots, variants, all subgroups): "

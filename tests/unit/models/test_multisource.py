@@ -160,7 +160,12 @@ def test_multi_source_train_export_calibrate_evaluate(
     assert "histeq" in nih_m and "roc_auc" in nih_m
     report = (out / "report.md").read_text()
     assert "histogram baseline" in report and "cxr-nih512" in report
-    for f in ("cxr/report.md", "cxr-nih512/report.md", "cxr-nih512/predictions_histeq.csv"):
+    for f in (
+        "cxr/report.md",
+        "cxr-nih512/report.md",
+        "cxr-nih512/predictions_histeq.csv",
+        "roc.png",
+    ):
         assert (out / f).exists(), f
     probs = np.array(
         [float(r["probability"]) for r in csv.DictReader((out / "cxr/predictions.csv").open())]
