@@ -94,7 +94,13 @@ def draw_cams(
             cam = np.maximum(cam, 0)
             cam = cam / cam.max() if cam.max() > 0 else cam
             ax.imshow(x[0], cmap="gray")
-            ax.imshow(cam, cmap="jet", alpha=0.35, extent=(0, x.shape[2], x.shape[1], 0))
+            ax.imshow(
+                cam,
+                cmap="jet",
+                alpha=0.35,
+                extent=(0, x.shape[2], x.shape[1], 0),
+                interpolation="bilinear",
+            )
             ax.set_title(f"{kind}\np={float(r['probability']):.2f}", fontsize=7)
     fig.tight_layout()
     out_png = Path(out_png)

@@ -30,6 +30,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         histeq_p=args.histeq_p,
         load_side=args.load_side,
         init_from=args.init_from,
+        distill_weight=args.distill_weight,
         out_dir=args.out,
         backbone=args.backbone,
         input_size=args.input_size,
@@ -266,6 +267,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--load-side", type=int, default=256, help="longest side kept in memory")
     t.add_argument(
         "--init-from", default=None, help="ONNX model of the same backbone to start from"
+    )
+    t.add_argument(
+        "--distill-weight",
+        type=float,
+        default=0.0,
+        help="keep the --init-from model's outputs on pediatric training images (loss weight)",
     )
     t.add_argument(
         "--mii-checkpoint",

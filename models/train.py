@@ -81,6 +81,10 @@ class TrainConfig:
     load_side: int = 256
     #: ONNX model of the same backbone whose weights start the run
     init_from: str | None = None
+    #: weight of a distillation loss towards the ``init_from`` model's outputs on the
+    #: training images of ``distill_population`` (learning without forgetting); 0: off
+    distill_weight: float = 0.0
+    distill_population: str = "pediatric"
 
     def data_sources(self) -> list[DataSource]:
         """The run's sources (one when ``sources`` is empty)."""
@@ -203,19 +207,21 @@ class _TrainSet(Dataset):
         seed: int,
         aug: bool,
         histeq_p: float = 0.0,
+        flags: np.ndarray | None = None,
     ):
         self.images, self.labels, self.spec, self.seed, self.aug = images, labels, spec, seed, aug
         self.histeq_p = histeq_p
+        self.flags = np.zeros(len(images), np.float32) if flags is None else flags
         self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng((self.seed, self.epoch, i))
         img = augment(self.images[i], rng, self.histeq_p) if self.aug else _to_pil(self.images[i])
         x = preprocess_pil(img, self.spec)
-        return torch.from_numpy(x), torch.tensor(float(self.labels[i]))
+        return torch.from_numpy(x), torch.tensor(float(self.labels[i])), torch.tensor(self.flags[i])
 
 
 def preprocess_all(images: list[np.ndarray], spec: PreprocessSpec) -> torch.Tensor:
@@ -323,6 +329,17 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         from models.warmstart import init_from_onnx
 
         init_from_onnx(model, cfg.init_from, x_val[:: max(1, len(x_val) // 128)][:128])
+    teacher = None
+    if cfg.distill_weight > 0:
+        if not cfg.init_from:
+            raise ValueError("distillation needs init_from (the model to stay close to)")
+        from models.warmstart import init_from_onnx
+
+        teacher = build_model(cfg.backbone, in_chans=spec.channels)
+        init_from_onnx(teacher, cfg.init_from, x_val[:: max(1, len(x_val) // 128)][:128])
+        teacher.eval()
+        for prm in teacher.parameters():
+            prm.requires_grad_(False)
     ema = _Ema(model, cfg.ema_decay) if cfg.ema_decay else None
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     state: dict[str, Any] = {
@@ -344,7 +361,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         torch.set_rng_state(ckpt["torch_rng"])
         logger.info("resumed from %s at epoch %d", last, state["epoch"])
 
-    ds = _TrainSet(train_imgs, y_train, spec, cfg.seed, cfg.augment, cfg.histeq_p)
+    flags = np.array(
+        [it.population == cfg.distill_population for it in train_items], dtype=np.float32
+    )
+    ds = _TrainSet(train_imgs, y_train, spec, cfg.seed, cfg.augment, cfg.histeq_p, flags)
     gen = torch.Generator().manual_seed(cfg.seed)
     weighted = len(sources) > 1 or cfg.balance_view or cfg.epoch_size
     sampler = (
@@ -378,7 +398,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         model.train()
         losses = []
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False)
-        for i, (x, y) in enumerate(bar):
+        for i, (x, y, flag) in enumerate(bar):
             if cfg.max_minutes and time.time() - started >= 60 * cfg.max_minutes:
                 break
             step = epoch * steps_per_epoch + i
@@ -389,6 +409,13 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
                 g["lr"] = _lr_at(step, total, warm, cfg.lr, frac)
             logits, _ = model(x)
             loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y)
+            if teacher is not None and flag.sum() > 0:
+                with torch.no_grad():
+                    target = torch.sigmoid(teacher(x)[0])
+                kd = torch.nn.functional.binary_cross_entropy_with_logits(
+                    logits, target, reduction="none"
+                )
+                loss = loss + cfg.distill_weight * (kd * flag).sum() / flag.sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
