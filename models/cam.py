@@ -22,6 +22,7 @@ __all__ = ["class_activation_map", "draw_cams"]
 @torch.no_grad()
 def class_activation_map(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
     """CAM ``(H', W')`` of one preprocessed image ``(C, H, W)`` (plain-CNN backbones)."""
+    model = getattr(model, "general", model)  # a gated pair: the general (adult) expert
     trunk = model.backbone
     feats = (
         trunk.features(torch.from_numpy(x[None]))
