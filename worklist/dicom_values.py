@@ -94,8 +94,9 @@ def age_years_from_dates(birth_date: str | None, study_date: str | None) -> floa
 def header_age_years(header: object) -> float | None:
     """A patient's age in years from an image header.
 
-    Patient's Age (AS) when present and valid, else Patient's Birth Date with
-    Study Date; None when neither gives one.
+    Patient's Age (AS) when present, valid and not zero (``000Y`` is how senders
+    write an unknown age), else Patient's Birth Date with Study Date; None when
+    neither gives one.
 
     Parameters
     ----------
@@ -111,7 +112,7 @@ def header_age_years(header: object) -> float | None:
         return str(value) if value not in (None, "") else None
 
     age = age_years(text("PatientAge"))
-    if age is not None:
+    if age:  # senders write 000Y for an unknown age
         return age
     return age_years_from_dates(text("PatientBirthDate"), text("StudyDate"))
 

@@ -62,6 +62,7 @@ def test_header_age() -> None:
         == 6
     )
     assert header_age_years(_header()) is None
+    assert header_age_years(_header(PatientAge="000Y")) is None  # unknown, as senders write it
     assert age_years_from_dates("20300101", "20260101") is None  # born after the study
     assert age_years_from_dates("2020-01-01", "20260101") is None
 
