@@ -79,6 +79,11 @@ class ModelCard(BaseModel):
     sha256: str = ""
     manufacturer: str = MANUFACTURER
     intended_use: str = ""
+    intended_population: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Who the model is for: description, age_min_years, age_max_years"
+        " (models.population).",
+    )
     limitations: list[str] = Field(default_factory=list)
     architecture: dict[str, Any] = Field(default_factory=dict)
     input: dict[str, Any] = Field(default_factory=dict)
@@ -175,9 +180,8 @@ class ModelCard(BaseModel):
         try:
             return float(self.operating_points[name]["threshold"])
         except KeyError:
-            raise KeyError(
-                f"model card has no operating point {name!r}; known: {sorted(self.operating_points)}"
-            ) from None
+            known = sorted(self.operating_points)
+            raise KeyError(f"model card has no operating point {name!r}; known: {known}") from None
 
     def operating_point_for(self, age: float | None, name: str = "balanced") -> tuple[str, float]:
         """The population and threshold of operating point ``name`` for a patient's age.

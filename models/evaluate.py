@@ -26,6 +26,7 @@ from models.card import ModelCard, embed_card
 from models.data import LABELS, Record, read_labels
 from models.degrade import VARIANT_DESCRIPTIONS, apply_variant
 from models.demographics import age_band
+from models.extras import MissingExtra, missing_extra_line
 from models.metrics import (
     average_precision,
     bootstrap_ci,
@@ -185,7 +186,8 @@ def fit_operating_points(
     points["high_sensitivity"]["target_sensitivity"] = target_sensitivity
     points["balanced"]["rule"] = "maximum Youden J (sensitivity + specificity - 1)"
     points["high_sensitivity"]["rule"] = (
-        f"highest threshold with sensitivity >= {target_sensitivity}, capped at the balanced threshold"
+        f"highest threshold with sensitivity >= {target_sensitivity}, "
+        "capped at the balanced threshold"
     )
     return points
 
@@ -515,8 +517,10 @@ def _report(metrics: dict[str, Any], card: ModelCard) -> str:
             b, h = e.get("balanced", {}), e.get("high_sensitivity", {})
             lines.append(
                 f"| {g} | {e['n']} | {e['n_abnormal']} | {_fmt(e['roc_auc'])} | "
-                f"{_fmt(b.get('tpr'))} | {_fmt(b.get('fpr'))} | {_fmt(b.get('underdiagnosis_rate'))} | "
-                f"{_fmt(h.get('tpr'))} | {_fmt(h.get('fpr'))} | {_fmt(h.get('underdiagnosis_rate'))} |"
+                f"{_fmt(b.get('tpr'))} | {_fmt(b.get('fpr'))} | "
+                f"{_fmt(b.get('underdiagnosis_rate'))} | "
+                f"{_fmt(h.get('tpr'))} | {_fmt(h.get('fpr'))} | "
+                f"{_fmt(h.get('underdiagnosis_rate'))} |"
             )
         lines += [
             "",
@@ -625,12 +629,12 @@ def evaluate_model(
         prob = card.calibrate(logits)
         ok = np.isfinite(prob)
         y, p = y_all[ok], prob[ok]
-        recs_ok = [r for r, good in zip(records, ok) if good]
+        recs_ok = [r for r, good in zip(records, ok, strict=True) if good]
         name = "predictions.csv" if vi == 0 else f"predictions_{variant}.csv"
         with (out / name).open("w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(["image", "label", "probability"])
-            for r, pr in zip(records, prob):
+            for r, pr in zip(records, prob, strict=True):
                 w.writerow([r.image, LABELS[r.label], "" if not np.isfinite(pr) else f"{pr:.6f}"])
         metrics["variants"][variant] = {
             "description": VARIANT_DESCRIPTIONS.get(variant, variant),
@@ -648,7 +652,12 @@ def evaluate_model(
             brier_score(y, p),
             len(errors),
         )
-    metrics["plots"] = _plots(out, curves, metrics["title"])
+    # The numbers first: a missing plotting library must not cost the evaluation.
+    missing: ModuleNotFoundError | None = None
+    try:
+        metrics["plots"] = _plots(out, curves, metrics["title"])
+    except ModuleNotFoundError as exc:
+        missing, metrics["plots"] = exc, []
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=True))
     (out / "report.md").write_text(_report(metrics, card))
     if update_card:
@@ -683,4 +692,11 @@ def evaluate_model(
         }
         updated = card.model_copy(update={"metrics": new_metrics, "subgroups": new_sub})
         embed_card(model, updated)
+    if missing is not None:
+        line = missing_extra_line(
+            missing, "the plots (roc.png, precision_recall.png, calibration.png)"
+        )
+        if line is None:
+            raise missing
+        raise MissingExtra(f"metrics.json, predictions.csv and report.md are in {out}; {line}")
     return metrics

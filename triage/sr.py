@@ -9,7 +9,8 @@ Structure (Comprehensive SR Storage, a *Measurement Report*, TID 1500)::
     └── Imaging Measurements
         └── Measurement Group (TID 1501), tracking id "CXR triage", UID per revision
             ├── Algorithm Identification (TID 4019): name, version, manufacturer,
-            │   parameters ["operating point: <name>", "threshold: <t>", "model sha256: ..."]
+            │   parameters ["operating point: <name>", "threshold: <t>", "model sha256: ...",
+            │   "intended population: ..." and "warning: <patient outside it>" when known]
             ├── Source images for the group: the evaluated images
             ├── Qualitative evaluation  Finding (DCM 121071) = Abnormal (SCT 263654008)
             │                                                 | Normal (SCT 17621005)
@@ -36,6 +37,7 @@ from pathlib import Path
 
 from highdicom.sr import (
     AlgorithmIdentification,
+    CodedConcept,
     ComprehensiveSR,
     DeviceObserverIdentifyingAttributes,
     Measurement,
@@ -49,6 +51,7 @@ from highdicom.sr import (
 )
 from pydicom import Dataset, dcmread
 from pydicom.sr.coding import Code
+from pydicom.valuerep import DA, TM
 
 from worklist.core.files import fsync_directory
 
@@ -103,6 +106,10 @@ class SRContent:
         The node's AE title (observer device name).
     content_datetime : datetime
         Content Date/Time (the result's finish time; fixed so re-writes are equal).
+    intended_population : str
+        Who the model is for, from its card ("" when the card does not say).
+    population_warning : str
+        Why this patient is outside that population ("" when inside or unknown).
     """
 
     study_instance_uid: str
@@ -117,6 +124,8 @@ class SRContent:
     manufacturer: str
     device_name: str
     content_datetime: datetime
+    intended_population: str = ""
+    population_warning: str = ""
 
 
 _UID_NAMESPACE = uuid.UUID("6f1f3c1e-4a55-5b7e-9d0c-2f5a8c1e7b31")
@@ -200,6 +209,12 @@ def build_sr(
             f"operating point: {content.operating_point}",
             f"threshold: {content.threshold:.6g}",
             f"model sha256: {content.model_sha256}",
+            *(
+                [f"intended population: {content.intended_population}"]
+                if content.intended_population
+                else []
+            ),
+            *([f"warning: {content.population_warning}"] if content.population_warning else []),
         ],
     )
     finding = CODES.abnormal if content.decision == "abnormal" else CODES.normal
@@ -237,7 +252,7 @@ def build_sr(
         ],
     )
     observer = ObserverContext(
-        observer_type=Code("121007", "DCM", "Device"),
+        observer_type=CodedConcept("121007", "DCM", "Device"),
         observer_identifying_attributes=DeviceObserverIdentifyingAttributes(
             uid=_device_uid(content.device_name),
             name=content.device_name,
@@ -266,8 +281,8 @@ def build_sr(
         series_description=SERIES_DESCRIPTION,
     )
     when = content.content_datetime
-    sr.ContentDate = when.strftime("%Y%m%d")
-    sr.ContentTime = when.strftime("%H%M%S.%f")
+    sr.ContentDate = DA(when.strftime("%Y%m%d"))
+    sr.ContentTime = TM(when.strftime("%H%M%S.%f"))
     sr.InstanceCreationDate = sr.ContentDate
     sr.InstanceCreationTime = sr.ContentTime
     sr.SeriesDate = sr.ContentDate
@@ -276,8 +291,10 @@ def build_sr(
         if "ContributionDateTime" in item:
             item.ContributionDateTime = when.strftime("%Y%m%d%H%M%S.%f")
     sr.SoftwareVersions = f"{content.model_name} {content.model_version}"[:64]
-    sr.InstitutionName = getattr(evidence[0], "InstitutionName", None) or None
-    if sr.InstitutionName is None:
+    institution = getattr(evidence[0], "InstitutionName", None)
+    if institution:
+        sr.InstitutionName = institution
+    elif "InstitutionName" in sr:
         del sr.InstitutionName
     _add_private_coding_scheme(sr)
     return sr

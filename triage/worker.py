@@ -31,13 +31,15 @@ import subprocess
 import sys
 import threading
 from collections.abc import Sequence
-from typing import Any
 
+from celery import Celery
 from pydantic import SecretStr
 
 from triage.celery_app import make_celery
-from triage.options import TriageOptions, load_triage_options
+from triage.tasks import sweep
 from worklist.core.contracts import DELIVERY_QUEUE, INFERENCE_QUEUE
+from worklist.core.logs import configure_logging
+from worklist.core.settings import Settings, load_settings
 
 __all__ = ["EmbeddedWorker", "main", "run_worker", "settings_to_env", "start_embedded_worker"]
 
@@ -47,15 +49,13 @@ log = logging.getLogger(__name__)
 class _Sweeper(threading.Thread):
     """Background thread calling :func:`triage.tasks.sweep` every ``period`` seconds."""
 
-    def __init__(self, app: Any, period: float) -> None:
+    def __init__(self, app: Celery, period: float) -> None:
         super().__init__(name="triage-sweeper", daemon=True)
         self.app = app
         self.period = period
         self.stopped = threading.Event()
 
     def run(self) -> None:
-        from triage.tasks import sweep
-
         while not self.stopped.is_set():
             try:
                 counts = sweep(self.app)
@@ -67,11 +67,7 @@ class _Sweeper(threading.Thread):
 
 
 def run_worker(
-    settings: Any,
-    queues: Sequence[str],
-    concurrency: int = 1,
-    *,
-    options: TriageOptions | None = None,
+    settings: Settings, queues: Sequence[str], concurrency: int = 1, *, verbose: bool = False
 ) -> None:
     """Run a triage worker in this process until it is stopped (blocking).
 
@@ -84,18 +80,18 @@ def run_worker(
         ``inference``, ``delivery`` or both.
     concurrency : int
         Pool processes (inference) or threads (delivery).
-    options : TriageOptions, optional
+    verbose : bool
+        Print Celery's banner (queues, tasks, transport); off by default.
     """
     queues = [q.strip() for q in queues if q.strip()]
     unknown = set(queues) - {INFERENCE_QUEUE, DELIVERY_QUEUE}
     if not queues or unknown:
         raise ValueError(f"queues must be among inference, delivery; got {queues}")
-    options = options or load_triage_options(settings)
-    app = make_celery(settings, options)
+    app = make_celery(settings)
     pool = "prefork" if INFERENCE_QUEUE in queues else "threads"
     sweeper = None
     if DELIVERY_QUEUE in queues:
-        sweeper = _Sweeper(app, options.sweep_seconds)
+        sweeper = _Sweeper(app, settings.sweep_seconds)
         sweeper.start()
     log.info(
         "triage worker: queues %s, pool %s x%s, broker %s",
@@ -107,12 +103,13 @@ def run_worker(
         else settings.effective_broker_url.split("@")[-1],
     )
     argv = [
+        *([] if verbose else ["--quiet"]),
         "worker",
         f"--queues={','.join(queues)}",
         f"--concurrency={max(1, int(concurrency))}",
         f"--pool={pool}",
         f"--hostname={'-'.join(queues)}.{os.getpid()}@%h",
-        f"--loglevel={getattr(settings, 'log_level', 'INFO')}",
+        f"--loglevel={settings.log_level}",
         "--without-gossip",
         "--without-mingle",
         "--without-heartbeat",
@@ -125,7 +122,7 @@ def run_worker(
             sweeper.stopped.set()
 
 
-def settings_to_env(settings: Any) -> dict[str, str]:
+def settings_to_env(settings: Settings) -> dict[str, str]:
     """The ``TRIAGE_*`` environment variables that rebuild ``settings`` in a child.
 
     Parameters
@@ -137,7 +134,7 @@ def settings_to_env(settings: Any) -> dict[str, str]:
     dict of str
     """
     env: dict[str, str] = {}
-    for name in type(settings).model_fields:
+    for name in Settings.model_fields:
         value = getattr(settings, name)
         if value is None:
             continue
@@ -188,11 +185,12 @@ class EmbeddedWorker:
 
 
 def start_embedded_worker(
-    settings: Any,
+    settings: Settings,
     *,
     inference_concurrency: int = 1,
     delivery_concurrency: int = 4,
     extra_env: dict[str, str] | None = None,
+    verbose: bool = False,
 ) -> EmbeddedWorker:
     """Start the embedded workers (inference, delivery) as two subprocesses.
 
@@ -203,6 +201,8 @@ def start_embedded_worker(
     delivery_concurrency : int
     extra_env : dict, optional
         More environment for the children (tests).
+    verbose : bool
+        The workers print Celery's banner and start-up chatter.
 
     Returns
     -------
@@ -225,6 +225,7 @@ def start_embedded_worker(
                 queue,
                 "--concurrency",
                 str(concurrency),
+                *(["--verbose"] if verbose else []),
             ],
             env=env,
         )
@@ -246,16 +247,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     int
         Exit status.
     """
-    from worklist.core.logs import configure_logging
-    from worklist.core.settings import load_settings
-
     parser = argparse.ArgumentParser(prog="python -m triage.worker")
     parser.add_argument("--queues", default=f"{INFERENCE_QUEUE},{DELIVERY_QUEUE}")
     parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--verbose", action="store_true", help="Celery's banner and chatter")
     args = parser.parse_args(argv)
     settings = load_settings()
-    configure_logging(settings.log_level, with_process=True)
-    run_worker(settings, args.queues.split(","), args.concurrency)
+    configure_logging(settings.log_level, with_process=True, verbose=args.verbose)
+    run_worker(settings, args.queues.split(","), args.concurrency, verbose=args.verbose)
     return 0
 
 

@@ -12,6 +12,7 @@ __all__ = [
     "format_person_name",
     "header_age_years",
     "patient_age_band",
+    "sex_age",
     "sex_group",
 ]
 
@@ -145,3 +146,32 @@ def sex_group(patient_sex: str | None) -> str:
     """
     value = (patient_sex or "").strip().upper()
     return value if value in ("F", "M", "O") else "unknown"
+
+
+_AGE_UNIT_WORD = {"D": "d", "W": "wk", "M": "mo", "Y": ""}
+
+
+def sex_age(sex: str | None, age: str | None) -> str:
+    """Sex and age as people write them: ``"M 67"``, ``"F 18 mo"``, ``"F"``, ``""``.
+
+    An absent, empty or ``O`` sex is left out ("O 000Y" says nothing); an age of zero
+    is left out (senders write ``000Y`` for unknown).
+
+    Parameters
+    ----------
+    sex : str or None
+        DICOM Patient's Sex (``M``, ``F``, ``O``).
+    age : str or None
+        DICOM Patient's Age (``nnnD|W|M|Y``).
+
+    Returns
+    -------
+    str
+    """
+    sex_text = (sex or "").strip().upper()
+    sex_text = sex_text if sex_text in ("M", "F") else ""
+    age_text = ""
+    match = re.fullmatch(r"\s*(\d{1,3})\s*([YMWD])\s*", (age or "").upper())
+    if match and int(match[1]) > 0:
+        age_text = f"{int(match[1])} {_AGE_UNIT_WORD[match[2]]}".strip()
+    return " ".join(part for part in (sex_text, age_text) if part)

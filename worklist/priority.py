@@ -1,8 +1,9 @@
 """Worklist priority: the one rule and its display (smaller number = read sooner).
 
 Used by the triage worker (:func:`compute_priority`, stored with each result), the
-worklist (:func:`effective_priority` and :func:`priority_display`, in Python and in
-its SQL query through :func:`overdue_cutoff`) and the simulator.
+worklist (:func:`effective_priority` and :func:`priority_display`; its query orders by
+the same rule written as SQL, :func:`base_priority_sql` and
+:func:`effective_priority_sql`) and the simulator.
 
 Base priority of a triaged study (:func:`compute_priority`):
 
@@ -40,14 +41,18 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import IntEnum
 
+from sqlalchemy import ColumnElement, and_, case, func
+
 __all__ = [
     "PENDING_LEVEL",
     "PRIORITY_DISPLAY",
     "Priority",
     "PriorityDecision",
     "base_priority",
+    "base_priority_sql",
     "compute_priority",
     "effective_priority",
+    "effective_priority_sql",
     "hospital_level",
     "overdue_cutoff",
     "priority_display",
@@ -277,6 +282,59 @@ def worklist_sort_key(
         ``(effective priority, arrived_at)``; sort ascending.
     """
     return (effective_priority(priority, arrived_at, now=now, wait_cap=wait_cap), arrived_at)
+
+
+def base_priority_sql(
+    stored: ColumnElement[int | None], requested_priority: ColumnElement[str | None]
+) -> ColumnElement[int]:
+    """:func:`base_priority` as a SQL expression (SQLite and PostgreSQL).
+
+    Parameters
+    ----------
+    stored : ColumnElement
+        The latest result's stored priority (NULL without a result).
+    requested_priority : ColumnElement
+        The study's requested priority column.
+
+    Returns
+    -------
+    ColumnElement
+    """
+    hospital = case(
+        {name: int(level) for name, level in _HOSPITAL.items()},
+        value=func.upper(func.trim(requested_priority)),
+        else_=PENDING_LEVEL,
+    )
+    return func.coalesce(stored, hospital)
+
+
+def effective_priority_sql(
+    priority: ColumnElement[int],
+    arrived_at: ColumnElement[datetime],
+    *,
+    now: datetime,
+    wait_cap: timedelta,
+) -> ColumnElement[int]:
+    """:func:`effective_priority` as a SQL expression (SQLite and PostgreSQL).
+
+    Parameters
+    ----------
+    priority : ColumnElement
+        The study's base priority (:func:`base_priority_sql`).
+    arrived_at : ColumnElement
+        Its arrival column.
+    now : datetime
+    wait_cap : timedelta
+
+    Returns
+    -------
+    ColumnElement
+    """
+    overdue = int(Priority.OVERDUE)
+    return case(
+        (and_(arrived_at < overdue_cutoff(now, wait_cap), priority > overdue), overdue),
+        else_=priority,
+    )
 
 
 def priority_display(level: int, *, has_result: bool) -> tuple[str, str, str]:

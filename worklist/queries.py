@@ -12,26 +12,23 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any
 from urllib.parse import quote
 
-from sqlalchemy import and_, exists, func, or_, select
+from sqlalchemy import and_, exists, or_, select
 from sqlalchemy.orm import Session
 
 from worklist.core.clock import as_utc
 from worklist.dicom_values import format_person_name
-from worklist.http.schemas import (
-    DeliveryOut,
-    FeedbackOut,
-    ImageOut,
-    ModelSummary,
-    ResultOut,
-    StudyDetail,
-    WorklistFilters,
-    WorklistRow,
+from worklist.priority import (
+    Priority,
+    base_priority,
+    base_priority_sql,
+    effective_priority,
+    effective_priority_sql,
+    priority_display,
 )
-from worklist.priority import Priority, base_priority, effective_priority, priority_display
 from worklist.tables import (
+    AuditEvent,
     Delivery,
     Feedback,
     Instance,
@@ -42,6 +39,16 @@ from worklist.tables import (
     TriageImage,
     TriageResult,
     User,
+)
+from worklist.views import (
+    DeliveryOut,
+    FeedbackOut,
+    ImageOut,
+    ModelSummary,
+    ResultOut,
+    StudyDetail,
+    WorklistFilters,
+    WorklistRow,
 )
 
 __all__ = [
@@ -80,15 +87,6 @@ def viewer_url(template: str, study: Study) -> str | None:
         return None
 
 
-def _latest_results_subquery() -> Any:
-    latest = (
-        select(TriageResult.study_id, func.max(TriageResult.revision).label("revision"))
-        .group_by(TriageResult.study_id)
-        .subquery()
-    )
-    return latest
-
-
 def latest_result(session: Session, *, study_id: int) -> TriageResult | None:
     """The newest triage result of a study, or None.
 
@@ -124,6 +122,28 @@ def _modalities(session: Session, study_ids: Sequence[int]) -> dict[int, list[st
         if modality:
             found[study_id].add(modality)
     return {k: sorted(v) for k, v in found.items()}
+
+
+def _opened_by(session: Session, study_ids: Sequence[int]) -> dict[int, list[str]]:
+    """Who opened each study's page (audited views by a signed-in person), oldest first."""
+    found: dict[int, list[str]] = defaultdict(list)
+    if not study_ids:
+        return {}
+    query = (
+        select(AuditEvent.study_id, AuditEvent.username)
+        .where(
+            AuditEvent.study_id.in_(study_ids),
+            AuditEvent.action == "view_study",
+            AuditEvent.outcome == "success",
+            AuditEvent.auth_method == "session",
+            AuditEvent.username.is_not(None),
+        )
+        .order_by(AuditEvent.id)
+    )
+    for study_id, username in session.execute(query):
+        if username not in found[study_id]:
+            found[study_id].append(username)
+    return dict(found)
 
 
 def _row(
@@ -179,6 +199,19 @@ def _dicom_date(value: date) -> str:
     return value.strftime("%Y%m%d")
 
 
+def _latest_results(session: Session, study_ids: Sequence[int]) -> dict[int, TriageResult]:
+    latest: dict[int, TriageResult] = {}
+    if not study_ids:
+        return latest
+    for result in session.scalars(
+        select(TriageResult)
+        .where(TriageResult.study_id.in_(study_ids))
+        .order_by(TriageResult.study_id, TriageResult.revision)
+    ):
+        latest[result.study_id] = result
+    return latest
+
+
 def list_worklist(
     session: Session,
     *,
@@ -187,6 +220,13 @@ def list_worklist(
     wait_cap: timedelta,
 ) -> list[WorklistRow]:
     """The worklist: filtered, sorted by effective priority then waiting time.
+
+    One query filters, orders and pages in the database (SQLite and PostgreSQL): the
+    effective priority, wait cap included, is computed in it
+    (:func:`~worklist.priority.effective_priority_sql` over the latest result's
+    stored priority), and only the studies in the asked reading states are read,
+    through ``ix_studies_read_state_received``; the page's studies come with their
+    reading state, and two more queries load their results and modalities.
 
     Parameters
     ----------
@@ -200,32 +240,26 @@ def list_worklist(
     Returns
     -------
     list of WorklistRow
-        At most ``filters.limit`` rows from ``filters.offset`` on.
+        At most ``filters.limit`` rows from ``filters.offset`` on, in order of
+        (effective priority, arrival, Study Instance UID).
     """
-    latest = _latest_results_subquery()
-    query = (
-        select(Study, TriageResult, StudyRead, User.username)
-        .outerjoin(latest, latest.c.study_id == Study.id)
-        .outerjoin(
-            TriageResult,
-            and_(
-                TriageResult.study_id == Study.id,
-                TriageResult.revision == latest.c.revision,
-            ),
-        )
-        .outerjoin(StudyRead, StudyRead.study_id == Study.id)
-        .outerjoin(User, User.id == StudyRead.user_id)
+    stored = (
+        select(TriageResult.priority)
+        .where(TriageResult.study_id == Study.id)
+        .order_by(TriageResult.revision.desc())
+        .limit(1)
+        .scalar_subquery()
     )
+    level = effective_priority_sql(
+        base_priority_sql(stored, Study.requested_priority),
+        Study.first_received_at,
+        now=now,
+        wait_cap=wait_cap,
+    ).label("level")
+    read_states = filters.read_state or [ReadState.UNREAD.value, ReadState.CLAIMED.value]
+    query = select(Study.id, level).where(Study.read_state.in_(read_states))
     if filters.state:
         query = query.where(Study.state.in_(filters.state))
-    read_states = filters.read_state or [ReadState.UNREAD.value, ReadState.CLAIMED.value]
-    conditions = []
-    if ReadState.UNREAD.value in read_states:
-        conditions.append(StudyRead.id.is_(None))
-    others = [s for s in read_states if s != ReadState.UNREAD.value]
-    if others:
-        conditions.append(StudyRead.state.in_(others))
-    query = query.where(or_(*conditions)) if conditions else query.where(False)
     if filters.date_from is not None:
         start = datetime.combine(filters.date_from, time.min, tzinfo=UTC)
         query = query.where(
@@ -251,24 +285,40 @@ def list_worklist(
         query = query.where(
             exists().where(Series.study_id == Study.id, Series.modality.in_(wanted))
         )
-    records = session.execute(query).all()
-    modalities = _modalities(session, [r[0].id for r in records])
-    rows = [
+    if filters.priority:
+        query = query.where(level.in_(sorted(set(filters.priority))))
+    uid = Study.study_instance_uid
+    if session.get_bind().dialect.name == "postgresql":
+        uid = uid.collate("C")  # code-point order, as Python compares strings
+    page = (
+        query.order_by(level, Study.first_received_at, uid)
+        .offset(filters.offset)
+        .limit(filters.limit)
+        .subquery("page")
+    )
+    records = session.execute(
+        select(Study, StudyRead, User.username)
+        .join(page, page.c.id == Study.id)
+        .outerjoin(StudyRead, StudyRead.study_id == Study.id)
+        .outerjoin(User, User.id == StudyRead.user_id)
+        .order_by(page.c.level, Study.first_received_at, uid)
+    ).all()
+    ids = [study.id for study, _read, _claimer in records]
+    results = _latest_results(session, ids)
+    modalities = _modalities(session, ids)
+    opened = _opened_by(session, ids)
+    return [
         _row(
             study,
-            result,
+            results.get(study.id),
             read,
             claimer,
             modalities.get(study.id, []),
             now=now,
             wait_cap=wait_cap,
-        )
-        for study, result, read, claimer in records
+        ).model_copy(update={"opened_by": opened.get(study.id, [])})
+        for study, read, claimer in records
     ]
-    if filters.priority:
-        rows = [r for r in rows if r.priority in set(filters.priority)]
-    rows.sort(key=lambda r: (r.priority, r.received_at, r.study_instance_uid))
-    return rows[filters.offset : filters.offset + filters.limit]
 
 
 def _delivery_state(deliveries: Iterable[Delivery]) -> str:
@@ -310,6 +360,7 @@ def study_detail(
     claimer = read.user.username if read is not None else None
     modalities = _modalities(session, [study.id]).get(study.id, [])
     row = _row(study, result, read, claimer, modalities, now=now, wait_cap=wait_cap)
+    row = row.model_copy(update={"opened_by": _opened_by(session, [study.id]).get(study.id, [])})
 
     by_instance: dict[int, TriageImage] = {}
     by_sop: dict[str, TriageImage] = {}

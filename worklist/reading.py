@@ -94,6 +94,7 @@ def claim_study(session: Session, *, study: Study, user: User, force: bool = Fal
         read.claimed_at = now
         read.completed_at = None
         read.revision = study.revision
+    study.read_state = read.state
     session.flush()
     return read
 
@@ -122,6 +123,7 @@ def release_study(session: Session, *, study: Study, user: User, force: bool = F
     if read.user_id != user.id and not force:
         raise ReadingConflict(f"the study is claimed by {read.user.username}")
     session.delete(read)
+    study.read_state = ReadState.UNREAD.value
     session.flush()
 
 
@@ -149,6 +151,7 @@ def complete_study(session: Session, *, study: Study, user: User) -> StudyRead:
     read.state = ReadState.COMPLETED.value
     read.completed_at = utcnow()
     read.revision = study.revision
+    study.read_state = read.state
     session.flush()
     return read
 

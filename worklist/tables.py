@@ -55,6 +55,18 @@ class StudyState(StrEnum):
     FAILED = "failed"
 
 
+class ReadState(StrEnum):
+    """Reading state of a study on the worklist.
+
+    ``unread`` when it has no :class:`StudyRead` row; the study keeps a copy in
+    ``Study.read_state``.
+    """
+
+    UNREAD = "unread"
+    CLAIMED = "claimed"
+    COMPLETED = "completed"
+
+
 class Study(Base):
     """A study, identified by its Study Instance UID."""
 
@@ -82,11 +94,20 @@ class Study(Base):
     last_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     stable_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: The :class:`StudyRead` state, or ``unread`` without one (set with it by
+    #: :mod:`worklist.reading`), so that the worklist reads only the studies in reading.
+    read_state: Mapped[str] = mapped_column(
+        String(16), default=ReadState.UNREAD, server_default=ReadState.UNREAD.value
+    )
 
     series: Mapped[list[Series]] = relationship(back_populates="study")
     instances: Mapped[list[Instance]] = relationship(back_populates="study")
 
-    __table_args__ = (Index("ix_studies_state_last", "state", "last_received_at"),)
+    __table_args__ = (
+        Index("ix_studies_state_last", "state", "last_received_at"),
+        # The worklist's query: the studies in reading, oldest first.
+        Index("ix_studies_read_state_received", "read_state", "first_received_at"),
+    )
 
 
 class Series(Base):
@@ -290,14 +311,6 @@ class Role(StrEnum):
     RADIOLOGIST = "radiologist"
     ADMIN = "admin"
     SERVICE = "service"
-
-
-class ReadState(StrEnum):
-    """Reading state of a study on the worklist (``unread`` when it has no row)."""
-
-    UNREAD = "unread"
-    CLAIMED = "claimed"
-    COMPLETED = "completed"
 
 
 class User(Base):

@@ -51,7 +51,7 @@ class Destination:
     port: int
 
     @classmethod
-    def parse(cls, text: str) -> "Destination":
+    def parse(cls, text: str) -> Destination:
         """Parse ``AE@host:port``.
 
         Parameters
@@ -184,8 +184,13 @@ class Settings(BaseSettings):
     wait_cap_minutes: float = Field(
         60.0, gt=0, description="No study waits longer on the worklist (then OVERDUE)."
     )
+    time_zone: str = Field(
+        "UTC",
+        description="IANA time zone of every time on the web page (24-hour, zone shown),"
+        " e.g. Europe/Berlin.",
+    )
 
-    # Triage tuning (read by the workers through triage.options.load_triage_options)
+    # Triage tuning (read by the workers)
     aggregation: Literal["max", "mean"] = Field(
         "max", description="Study score from image scores: max or mean."
     )
@@ -236,6 +241,19 @@ class Settings(BaseSettings):
             raise ValueError("AE title must be 1-16 printable characters, no backslash")
         return value.strip()
 
+    @field_validator("time_zone")
+    @classmethod
+    def _check_time_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {value!r} (an IANA name, e.g. Europe/Berlin)"
+            ) from None
+        return value
+
     @field_validator("destinations", mode="before")
     @classmethod
     def _parse_destinations(cls, value: Any) -> Any:
@@ -258,7 +276,7 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _check_tls(self) -> "Settings":
+    def _check_tls(self) -> Settings:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key must be set together")
         if self.tls_ca is not None and self.tls_cert is None:

@@ -18,7 +18,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 import dicom_scp.sink as sink_module
-from dicom_scp.server import start_scp
+from dicom_scp.ae import start_scp
 from dicom_scp.sink import (
     TEMP_SUFFIX,
     ReceivedInstance,

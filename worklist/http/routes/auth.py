@@ -12,7 +12,7 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from worklist.auth import SESSION_COOKIE, LoginFailed, LoginRateLimited
+from worklist.auth import SESSION_COOKIE, LoginFailed, LoginRateLimited, ServiceAccountLogin
 from worklist.http.deps import (
     AuthenticatorDep,
     Caller,
@@ -54,18 +54,13 @@ def login(
     except LoginRateLimited as exc:
         retry = {"Retry-After": str(exc.retry_after)}
         return login_form(request, templates, next, TOO_MANY, status_code=429, headers=retry)
+    except ServiceAccountLogin as exc:
+        return login_form(request, templates, next, f"{exc}.", status_code=403)
     except LoginFailed:
         return login_form(request, templates, next, WRONG, status_code=401)
     response = RedirectResponse(safe_next(next), status_code=303)
-    response.set_cookie(
-        SESSION_COOKIE,
-        token,
-        max_age=int(authenticator.session_lifetime.total_seconds()),
-        httponly=True,
-        secure=settings.session_cookie_secure,
-        samesite="strict",
-        path="/",
-    )
+    lifetime = int(authenticator.session_lifetime.total_seconds())
+    set_session_cookie(response, token, lifetime, secure=settings.session_cookie_secure)
     return response
 
 
@@ -107,6 +102,19 @@ def login_form(
     """The sign-in page, with an error message after a failed attempt."""
     context = {"next": safe_next(next_url), "error": error}
     return templates.TemplateResponse(request, "login.html", context, **response)
+
+
+def set_session_cookie(response: Response, token: str, max_age: int, *, secure: bool) -> None:
+    """The session cookie: ``HttpOnly``, ``SameSite=Strict``, the whole site."""
+    response.set_cookie(
+        SESSION_COOKIE,
+        token,
+        max_age=max_age,
+        httponly=True,
+        secure=secure,
+        samesite="strict",
+        path="/",
+    )
 
 
 def safe_next(value: str) -> str:
