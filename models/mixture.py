@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -159,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     summary = build_gated_run(args.pediatric, args.general, args.out)
-    print(json.dumps(summary["gate"], indent=2))
+    sys.stdout.write(json.dumps(summary["gate"], indent=2) + "\n")
     return 0
 
 

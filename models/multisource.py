@@ -312,8 +312,8 @@ def evaluate_sources(
             for attr, block in m["variants"][vs[0]]["subgroups"].items()
         }
         era = era_matched(recs)
-        if any(era) and 0 < sum(r.label for r, e in zip(recs, era) if e) < sum(era):
-            ids = {r.image for r, e in zip(recs, era) if e}
+        if any(era) and 0 < sum(r.label for r, e in zip(recs, era, strict=True) if e) < sum(era):
+            ids = {r.image for r, e in zip(recs, era, strict=True) if e}
             evaluate_model(
                 model,
                 labels=src.labels,
@@ -431,7 +431,7 @@ def _source_summary(
                 "baseline_roc_auc": _ci(
                     roc_auc,
                     y[ok],
-                    base_eq.scores([root / r.image for r, o in zip(keep, ok) if o]),
+                    base_eq.scores([root / r.image for r, o in zip(keep, ok, strict=True) if o]),
                     n_boot,
                 ),
             }
@@ -452,15 +452,15 @@ def _report(summary: dict[str, Any], card: ModelCard) -> str:
     lines = [
         f"# Evaluation: {summary['title']}",
         "",
-        f"Model **{card.name} {card.version}** (weights sha256 `{card.sha256[:16]}…`), split `{summary['split']}` of every source.",
+        f"Model **{card.name} {card.version}** (weights sha256 `{card.sha256[:16]}…`), split `{summary['split']}` of every source.",  # noqa: E501 (a markdown table row)
         (
-            "95 % intervals: percentile bootstrap over images. Histogram baseline: logistic regression on the "
-            "32-bin intensity histogram, fitted on the source's train split, scored on the same images as the "
+            "95 % intervals: percentile bootstrap over images. Histogram baseline: logistic regression on the "  # noqa: E501 (a markdown table row)
+            "32-bin intensity histogram, fitted on the source's train split, scored on the same images as the "  # noqa: E501 (a markdown table row)
             "model. Each source is judged at its population's validation-fitted operating points; "
             "'node rule' judges every image at the point the node would pick from its age."
         ),
         "",
-        "| source | n (abn.) | ROC-AUC | histogram baseline | margin | histeq: model / baseline | era-matched: model / baseline | spec. @ sens. 0.9 | Brier | node rule: sens. / spec. |",
+        "| source | n (abn.) | ROC-AUC | histogram baseline | margin | histeq: model / baseline | era-matched: model / baseline | spec. @ sens. 0.9 | Brier | node rule: sens. / spec. |",  # noqa: E501 (a markdown table row)
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, e in s.items():
@@ -469,15 +469,15 @@ def _report(summary: dict[str, Any], card: ModelCard) -> str:
         era = e.get("era_matched", {})
         nr = e["node_rule_balanced"]
         lines.append(
-            f"| [{name}]({e['report']}) | {e['n']} ({e['n_abnormal']}) | {_fmt(e['roc_auc'])} | {_fmt(hb)} | "
+            f"| [{name}]({e['report']}) | {e['n']} ({e['n_abnormal']}) | {_fmt(e['roc_auc'])} | {_fmt(hb)} | "  # noqa: E501 (a markdown table row)
             f"{_fmt(e.get('margin_over_baseline'))} | "
             f"{_fmt(he.get('roc_auc'))} / {_fmt(he.get('baseline_roc_auc'))} | "
             + (
-                f"[{_fmt(era['roc_auc'])}]({e['era_matched_report']}) / {_fmt(era['baseline_roc_auc'])} (n={era['n']}, {era['n_abnormal']} abn.)"
+                f"[{_fmt(era['roc_auc'])}]({e['era_matched_report']}) / {_fmt(era['baseline_roc_auc'])} (n={era['n']}, {era['n_abnormal']} abn.)"  # noqa: E501 (a markdown table row)
                 if era
                 else "n/a"
             )
-            + f" | {_fmt(e['specificity_at_sensitivity_0.9'])} | {_fmt(e['brier'])} | {nr['sensitivity']:.3f} / {nr['specificity']:.3f} |"
+            + f" | {_fmt(e['specificity_at_sensitivity_0.9'])} | {_fmt(e['brier'])} | {nr['sensitivity']:.3f} / {nr['specificity']:.3f} |"  # noqa: E501 (a markdown table row)
         )
     lines += ["", "## Largest subgroup gaps (balanced point of the source's population)", ""]
     lines += [
@@ -503,7 +503,7 @@ def _report(summary: dict[str, Any], card: ModelCard) -> str:
         for gname, ge in e["subgroups"].get("view", {}).items():
             b = ge.get("balanced", {})
             lines.append(
-                f"| {name} | {gname} | {ge['n']} | {_fmt(ge['roc_auc'])} | {_fmt(b.get('tpr'))} | {_fmt(b.get('fpr'))} |"
+                f"| {name} | {gname} | {ge['n']} | {_fmt(ge['roc_auc'])} | {_fmt(b.get('tpr'))} | {_fmt(b.get('fpr'))} |"  # noqa: E501 (a markdown table row)
             )
     lines += [
         "",
@@ -516,26 +516,26 @@ def _report(summary: dict[str, Any], card: ModelCard) -> str:
         for gname, ge in e["subgroups"].get("age_band", {}).items():
             b = ge.get("balanced", {})
             lines.append(
-                f"| {name} | {gname} | {ge['n']} | {_fmt(ge['roc_auc'])} | {_fmt(b.get('tpr'))} | {_fmt(b.get('fpr'))} |"
+                f"| {name} | {gname} | {ge['n']} | {_fmt(ge['roc_auc'])} | {_fmt(b.get('tpr'))} | {_fmt(b.get('fpr'))} |"  # noqa: E501 (a markdown table row)
             )
     lines += ["", "## Operating points", ""]
     lines.append("| population | point | threshold | val sensitivity | val specificity |")
     lines.append("|---|---|---|---|---|")
     for k, v in card.operating_points.items():
         lines.append(
-            f"| all (card-wide) | {k} | {v['threshold']:.4f} | {v['sensitivity']:.3f} | {v['specificity']:.3f} |"
+            f"| all (card-wide) | {k} | {v['threshold']:.4f} | {v['sensitivity']:.3f} | {v['specificity']:.3f} |"  # noqa: E501 (a markdown table row)
         )
     for pop, pts in card.population_operating_points.items():
         for k, v in pts.items():
             lines.append(
-                f"| {pop} | {k} | {v['threshold']:.4f} | {v['sensitivity']:.3f} | {v['specificity']:.3f} |"
+                f"| {pop} | {k} | {v['threshold']:.4f} | {v['sensitivity']:.3f} | {v['specificity']:.3f} |"  # noqa: E501 (a markdown table row)
             )
     if summary.get("cams"):
         lines += [
             "",
             "## Class-activation maps (adult true and false positives)",
             "",
-            "Red: regions that raise the abnormal logit (CAM of the last convolution, weighted by the linear head).",
+            "Red: regions that raise the abnormal logit (CAM of the last convolution, weighted by the linear head).",  # noqa: E501 (a markdown table row)
             "",
         ] + [f"![CAM]({c})" for c in summary["cams"]]
     lines += [

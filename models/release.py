@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -123,17 +124,20 @@ def _limitations(metrics: dict[str, Any]) -> list[str]:
             "1-5, Guangzhou; Kermany et al. 2018, 'abnormal' = pneumonia), then on those together "
             "with 493 adult NIH ChestX-ray14 radiographs (cxr-nih512: 'No Finding' vs 'Pneumonia', "
             "labels mined from report text, about 90 % accurate). Other findings (nodules, "
-            "pneumothorax, cardiomegaly, lines and tubes, fractures) were not in the training labels."
+            "pneumothorax, cardiomegaly, lines and tubes, fractures) were not in the training "
+            "labels."
         ),
         (
             f"Adults: weak. On held-out adult NIH patients (cxr-nih512 test, n={adult.get('n')}) "
-            f"ROC-AUC {f(_v(adult, 'roc_auc', 'value'))}, against {f(_v(adult, 'histogram_baseline', 'roc_auc', 'value'))} "
+            f"ROC-AUC {f(_v(adult, 'roc_auc', 'value'))}, against "
+            f"{f(_v(adult, 'histogram_baseline', 'roc_auc', 'value'))} "
             "for a logistic regression on nothing but the intensity histogram of the same images; "
             f"on the era-matched patients (nih-1280..3970, n={era.get('n')}, "
             f"{era.get('n_abnormal')} abnormal) {f(_v(era, 'roc_auc', 'value'))} "
             f"(baseline {f(_v(era, 'baseline_roc_auc', 'value'))}); specificity at 90 % "
             f"sensitivity {f(_v(adult, 'specificity_at_sensitivity_0.9'))}. On 64 px adult "
-            f"thumbnails with any finding (cxr-nih64 test) ROC-AUC {f(_v(a64, 'roc_auc', 'value'))}. "
+            "thumbnails with any finding (cxr-nih64 test) ROC-AUC "
+            f"{f(_v(a64, 'roc_auc', 'value'))}. "
             "The issue's adult bars (ROC-AUC >= 0.90, era-matched >= 0.85, >= 0.08 above the "
             "histogram baseline, specificity >= 0.6 at sensitivity >= 0.9) are not all met: see "
             "training.acceptance. Treat the adult ordering as a weak hint and validate locally."
@@ -238,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.selected,
         extra=json.loads(args.extra) if args.extra else None,
     )
-    print(json.dumps(card.training["acceptance"], indent=2))
+    sys.stdout.write(json.dumps(card.training["acceptance"], indent=2) + "\n")
     return 0
 
 

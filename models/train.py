@@ -115,7 +115,9 @@ def load_images(
     """
     roots = images_root if isinstance(images_root, list) else [images_root] * len(records)
     out = []
-    for rec, root in tqdm(list(zip(records, roots)), desc="decode", unit="img", leave=False):
+    for rec, root in tqdm(
+        list(zip(records, roots, strict=True)), desc="decode", unit="img", leave=False
+    ):
         with Image.open(Path(root) / rec.image) as img:
             img.load()
             if max(img.size) > max_side:

@@ -72,7 +72,7 @@ def init_from_onnx(model: nn.Module, onnx_path: str | Path, sample: torch.Tensor
         raise ValueError(
             f"{onnx_path}: {len(convs)} convolutions, the model has {len(pairs)} conv+BN pairs"
         )
-    for (conv, bn), (w, b) in zip(pairs, convs):
+    for (conv, bn), (w, b) in zip(pairs, convs, strict=True):
         if tuple(conv.weight.shape) != w.shape:
             raise ValueError(f"conv weight shape {tuple(conv.weight.shape)} != ONNX {w.shape}")
         conv.weight.copy_(torch.from_numpy(np.array(w)))
@@ -94,7 +94,7 @@ def init_from_onnx(model: nn.Module, onnx_path: str | Path, sample: torch.Tensor
     model(sample)
     for h in handles:
         h.remove()
-    for (conv, bn), (_w, b) in zip(pairs, convs):
+    for (conv, bn), (_w, b) in zip(pairs, convs, strict=True):
         mu, var = stats[conv]
         bn.running_mean.copy_(mu)
         bn.running_var.copy_(var)

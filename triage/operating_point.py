@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from models.card import ModelCard
 from worklist.dicom_values import header_age_years
 
 __all__ = ["AppliedPoint", "applied_operating_point", "study_age_years"]
@@ -46,7 +47,7 @@ def study_age_years(headers: Sequence[object]) -> float | None:
     return None
 
 
-def applied_operating_point(card: object, name: str, headers: Sequence[object]) -> AppliedPoint:
+def applied_operating_point(card: ModelCard, name: str, headers: Sequence[object]) -> AppliedPoint:
     """The operating point ``name`` of ``card`` for the patient of ``headers``.
 
     Parameters
@@ -63,7 +64,5 @@ def applied_operating_point(card: object, name: str, headers: Sequence[object]) 
     AppliedPoint
     """
     age = study_age_years(headers)
-    if not hasattr(card, "operating_point_for"):  # a card-like object without populations
-        return AppliedPoint(name, "all", float(card.threshold(name)), age)
     population, threshold = card.operating_point_for(age, name)
     return AppliedPoint(name, population, threshold, age)
