@@ -115,7 +115,7 @@ def calibrate_sources(
     prob = card.calibrate(z)
     points = fit_operating_points(y, prob, split=split, target_sensitivity=target_sensitivity)
     for pt in points.values():
-        pt["fitted_on"] = f"{split} (pooled: {', '.join(s.name for s in sources)})"
+        pt["pooled_sources"] = [s.name for s in sources]
     pop_points: dict[str, dict[str, Any]] = {}
     check: dict[str, Any] = {}
     for pop in POPULATIONS:
@@ -126,7 +126,7 @@ def calibrate_sources(
             y[m], prob[m], split=split, target_sensitivity=target_sensitivity
         )
         for pt in own.values():
-            pt["fitted_on"] = f"{split}, {pop} rows"
+            pt["population"] = pop
         pop_points[pop] = own
         j_own = _youden(y[m], prob[m], own["balanced"]["threshold"])
         j_all = _youden(y[m], prob[m], points["balanced"]["threshold"])
@@ -160,7 +160,8 @@ def calibrate_sources(
             "calibration": {
                 "method": "temperature",
                 "temperature": temperature,
-                "fitted_on": f"{split} (pooled over {len(sources)} sources)",
+                "fitted_on": split,
+                "pooled_sources": [s.name for s in sources],
                 "n": len(y),
                 "val_brier_before": brier_score(y, uncal),
                 "val_brier_after": brier_score(y, prob),
