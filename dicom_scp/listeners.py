@@ -155,7 +155,7 @@ def serve_listener(
         Set once this process accepts associations.
     """
     _die_with_parent()
-    from dicom_scp.server import DIMSE_TIMEOUT_S, NETWORK_TIMEOUT_S, chunked_receive, start_scp
+    from dicom_scp.server import DIMSE_TIMEOUT_S, chunked_receive, start_scp
     from dicom_scp.sink import SpoolSink, incoming_dir
     from worklist.db import make_engine, make_session_factory
     from worklist.logs import configure_logging
@@ -170,7 +170,7 @@ def serve_listener(
         spool,
         make_session_factory(engine),
         settings.min_free_mb,
-        abandoned_after_s=NETWORK_TIMEOUT_S + DIMSE_TIMEOUT_S,
+        abandoned_after_s=settings.network_timeout_seconds + DIMSE_TIMEOUT_S,
     )
     restore = chunked_receive(incoming_dir(spool))
     server = start_scp(

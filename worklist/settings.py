@@ -142,6 +142,18 @@ class Settings(BaseSettings):
         description="Processes sharing the DICOM port (SO_REUSEPORT), each with its share "
         "of max_associations; more use more cores for concurrent associations.",
     )
+    acse_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="ARTIM/ACSE timeout: a connection must complete its A-ASSOCIATE-RQ "
+        "(and a TLS handshake) within it, or is closed.",
+    )
+    network_timeout_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="An association idle this long is aborted; each PDU must arrive "
+        "whole within it.",
+    )
     tls_cert: Path | None = Field(None, description="PEM certificate; enables DICOM TLS.")
     tls_key: Path | None = Field(None, description="PEM private key for tls_cert.")
     tls_ca: Path | None = Field(None, description="PEM CA bundle; requires client certs.")
