@@ -17,27 +17,23 @@ behind on its port, and a listener that exits on its own is started again.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import ctypes.util
 import errno
 import logging
 import multiprocessing
 import os
 import signal
 import socket
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event as EventType
 
+from worklist.processes import die_with_parent
 from worklist.settings import Settings
 
 log = logging.getLogger(__name__)
 
-_PR_SET_PDEATHSIG = 1
 _RESTART_CHECK_S = 1.0
 _STOP_TIMEOUT_S = 10.0
 _READY_TIMEOUT_S = 60.0
@@ -124,15 +120,6 @@ def open_listening_socket(host: str, port: int, *, backlog: int = 64) -> socket.
     return sock
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when its parent dies (no-op elsewhere)."""
-    if not sys.platform.startswith("linux"):
-        return
-    name = ctypes.util.find_library("c")
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(name, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-
-
 def serve_listener(
     settings: Settings,
     listen_socket: socket.socket,
@@ -154,7 +141,7 @@ def serve_listener(
     ready : multiprocessing.Event, optional
         Set once this process accepts associations.
     """
-    _die_with_parent()
+    die_with_parent(parent_pid)
     from dicom_scp.server import DIMSE_TIMEOUT_S, chunked_receive, start_scp
     from dicom_scp.sink import SpoolSink, incoming_dir
     from worklist.db import make_engine, make_session_factory

@@ -93,19 +93,25 @@ def cmd_serve(settings: Settings) -> int:
     from worklist.api import create_app
     from worklist.db import make_engine, make_session_factory
     from worklist.migrate import upgrade
+    from worklist.processes import DataDirLock
 
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    # One node per data directory: the lock is inherited by the workers, so a node
+    # cannot start beside processes left over from a killed one.
+    lock = DataDirLock(settings.data_dir).acquire()
     upgrade(settings.effective_database_url)
     engine = make_engine(settings.effective_database_url)
     session_factory = make_session_factory(engine)
     stop = _stop_event()
 
-    worker = start_embedded_worker(settings)
+    worker = start_embedded_worker(settings, inherit_fds=[] if lock.fd is None else [lock.fd])
+    for process in worker.processes.values():
+        lock.record_child(process.pid)
     try:
         scp = start_node_scp(settings, session_factory, processes=scp_process_count(settings))
     except BaseException:
         worker.stop()
         engine.dispose()
+        lock.release()
         raise
     server = uvicorn.Server(
         uvicorn.Config(
@@ -136,6 +142,7 @@ def cmd_serve(settings: Settings) -> int:
         http.join(timeout=10)
         worker.stop()
         engine.dispose()
+        lock.release()
     return 0
 
 
@@ -198,10 +205,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_level)
     if args.command in ("serve", "scp"):
         from dicom_scp.listeners import PortInUseError
+        from worklist.processes import DataDirInUseError
 
         try:
             return cmd_serve(settings) if args.command == "serve" else cmd_scp(settings)
-        except PortInUseError as exc:
+        except (PortInUseError, DataDirInUseError) as exc:
             print(f"triage-node: {exc}", file=sys.stderr)  # noqa: T201
             return 2
     if args.command == "worker":
