@@ -37,6 +37,7 @@ from dicom_scp.listeners import (
     scp_process_count,
 )
 from dicom_scp.queue import CeleryTriageQueue
+from dicom_scp.receive_files import guard_receive_files
 from dicom_scp.sink import InstanceSink, SpoolSink, clean_stale_temp_files, incoming_dir
 from dicom_scp.socket_reads import read_pdus_in_full
 from dicom_scp.watcher import StabilityWatcher
@@ -303,7 +304,9 @@ def chunked_receive(directory: Path) -> Callable[[], None]:
     ``tempfile.tempdir`` is set to ``directory``; both are process-wide. With
     ``directory`` inside the spool the sink fsyncs and renames the file into place
     instead of writing the dataset a second time. pynetdicom removes the file after
-    the handler returns unless the sink has moved it.
+    the handler returns unless the sink has moved it. A write that fails (a full
+    disk) removes the partial file at once and the C-STORE is refused with 0xA700
+    (:mod:`dicom_scp.receive_files`).
 
     Parameters
     ----------
@@ -320,9 +323,11 @@ def chunked_receive(directory: Path) -> Callable[[], None]:
     previous = (_config.STORE_RECV_CHUNKED_DATASET, tempfile.tempdir)
     _config.STORE_RECV_CHUNKED_DATASET = True
     tempfile.tempdir = str(directory)
+    unguard = guard_receive_files()
 
     def restore() -> None:
         _config.STORE_RECV_CHUNKED_DATASET, tempfile.tempdir = previous
+        unguard()
 
     return restore
 

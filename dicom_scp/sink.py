@@ -468,6 +468,9 @@ class SpoolSink:
             return len(instance.encoded)
         try:
             return os.stat(instance.dataset_path).st_size
+        except FileNotFoundError as exc:
+            # dicom_scp.receive_files removed it: writing it failed while it arrived.
+            raise OutOfResources("spool write failed while receiving (disk full?)") from exc
         except OSError as exc:
             raise OutOfResources(f"received file unusable: {exc.strerror or exc}") from exc
 
