@@ -158,6 +158,7 @@ def serve_listener(
         make_session_factory(engine),
         settings.min_free_mb,
         abandoned_after_s=settings.network_timeout_seconds + DIMSE_TIMEOUT_S,
+        resent_policy=settings.resent_instance_policy,
     )
     restore = chunked_receive(incoming_dir(spool))
     server = start_scp(

@@ -413,6 +413,7 @@ def start_node_scp(
         session_factory,
         settings.min_free_mb,
         abandoned_after_s=settings.network_timeout_seconds + DIMSE_TIMEOUT_S,
+        resent_policy=settings.resent_instance_policy,
     )
     queue = queue if queue is not None else CeleryTriageQueue(settings)
     watcher = StabilityWatcher(

@@ -8,6 +8,7 @@ worker      a Celery worker (``--queues inference,delivery``)
 api         the HTTP server (API, web page, metrics)
 db upgrade  apply the database migrations
 config      print the effective settings (secrets hidden)
+study       study release UID: triage a study held for a patient mismatch
 user        local accounts: add, passwd, disable, list (worklist.admin_cli)
 token       bearer tokens for systems (RIS): add, revoke
 
@@ -146,6 +147,29 @@ def cmd_serve(settings: Settings) -> int:
     return 0
 
 
+def cmd_study_release(settings: Settings, study_uid: str) -> int:
+    """Release a study held for a patient mismatch (it is triaged again once stable)."""
+    import getpass
+
+    from worklist.audit import Action, Actor, record
+    from worklist.db import make_engine, make_session_factory
+    from worklist.ingest import release_study
+
+    engine = make_engine(settings.effective_database_url)
+    try:
+        with make_session_factory(engine)() as session:
+            if not release_study(session, study_uid):
+                print(f"triage-node: study {study_uid} is not held", file=sys.stderr)  # noqa: T201
+                return 1
+            actor = Actor(None, f"cli:{getpass.getuser()}", "admin", "cli", None)
+            record(session, actor=actor, action=Action.RELEASE_HOLD, study_instance_uid=study_uid)
+            session.commit()
+    finally:
+        engine.dispose()
+    log.info("study %s released: it is triaged again once stable", study_uid)
+    return 0
+
+
 def cmd_config(settings: Settings) -> int:
     """Print the effective settings as JSON."""
     print(settings.model_dump_json(indent=2))  # noqa: T201 - CLI output
@@ -176,6 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
     db_sub = db.add_subparsers(dest="db_command", required=True)
     db_sub.add_parser("upgrade", help="apply migrations")
     sub.add_parser("config", help="print the effective settings")
+    study = sub.add_parser("study", help="studies held for an administrator")
+    study_sub = study.add_subparsers(dest="study_command", required=True)
+    release = study_sub.add_parser(
+        "release", help="triage a study held for a patient mismatch after checking it"
+    )
+    release.add_argument("study_uid", help="Study Instance UID")
     # Accounts (worklist.admin_cli): user add|passwd|disable|list, token add|revoke
     from worklist.admin_cli import add_account_commands
 
@@ -221,6 +251,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_db_upgrade(settings)
     if args.command == "config":
         return cmd_config(settings)
+    if args.command == "study":
+        return cmd_study_release(settings, args.study_uid)
     if args.command in ("user", "token"):
         from worklist.admin_cli import run_account_command
 

@@ -24,7 +24,15 @@ from sqlalchemy.orm import Session
 
 from worklist.accounts import Feedback, ReadState, StudyRead, User
 from worklist.ingest import as_utc
-from worklist.tables import Delivery, Instance, Series, Study, TriageImage, TriageResult
+from worklist.tables import (
+    Delivery,
+    Instance,
+    Series,
+    Study,
+    StudyState,
+    TriageImage,
+    TriageResult,
+)
 
 __all__ = [
     "AGE_BANDS",
@@ -90,6 +98,15 @@ class WorklistFilters(BaseModel):
     offset: int = Field(0, ge=0)
 
 
+STATE_REASONS: dict[str, str] = {
+    StudyState.PATIENT_MISMATCH: (
+        "Held, not triaged: an instance with another Patient ID arrived in this study. "
+        "An administrator checks it, then runs `triage-node study release UID`."
+    ),
+}
+"""Shown with the study's state where it needs an administrator."""
+
+
 class WorklistRow(BaseModel):
     """One study on the worklist."""
 
@@ -103,6 +120,9 @@ class WorklistRow(BaseModel):
     study_description: str | None
     modalities: list[str]
     state: str
+    state_reason: str | None = Field(
+        None, description="Why the study is in its state, when it needs an administrator."
+    )
     read_state: str
     claimed_by: str | None
     priority: int = Field(description="Effective priority (smaller is read first).")
@@ -423,6 +443,7 @@ def _row(
         study_description=study.study_description,
         modalities=modalities,
         state=study.state,
+        state_reason=STATE_REASONS.get(study.state),
         read_state=read.state if read is not None else ReadState.UNREAD.value,
         claimed_by=claimer,
         priority=level,

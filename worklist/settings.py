@@ -116,6 +116,13 @@ class Settings(BaseSettings):
         512, ge=0, description="Refuse C-STORE (0xA700) below this free space in the spool."
     )
 
+    resent_instance_policy: Literal["version", "refuse"] = Field(
+        "version",
+        description="A known SOP Instance UID re-sent with other content: 'version' keeps "
+        "the new content (the old one under spool/.superseded) and triages the study "
+        "again; 'refuse' answers 0xC004 (cannot understand: a changed duplicate) and keeps the old one.",
+    )
+
     # Study stability
     stable_seconds: float = Field(
         10.0, gt=0, description="Quiet period after which a study is complete."

@@ -29,6 +29,7 @@ class ScpNode:
     proc: Proc
     port: int
     data_dir: Path
+    env: dict[str, str]
 
     def pids(self) -> list[int]:
         """The main process and every process it started."""
@@ -36,6 +37,11 @@ class ScpNode:
 
     def log(self) -> str:
         return self.proc.log()
+
+    @property
+    def database_url(self) -> str:
+        """The node's SQLite database (the default in its data directory)."""
+        return f"sqlite:///{self.data_dir / 'triage.db'}"
 
 
 @pytest.fixture
@@ -47,19 +53,21 @@ def scp_node(tmp_path: Path) -> Iterator[Callable[..., ScpNode]]:
     def _start(**settings: Any) -> ScpNode:
         data_dir = tmp_path / "node"
         port = free_port()
-        env = node_env(
-            data_dir=data_dir,
-            dicom_host="127.0.0.1",
-            dicom_port=port,
-            min_free_mb=0,
-            stable_seconds=86400,
-            scp_processes=2,
-            **settings,
-        )
+        values: dict[str, Any] = {
+            "data_dir": data_dir,
+            "dicom_host": "127.0.0.1",
+            "dicom_port": port,
+            "min_free_mb": 0,
+            "stable_seconds": 86400,
+            "stability_poll_seconds": 0.2,
+            "scp_processes": 2,
+        }
+        values.update(settings)
+        env = node_env(**values)
         run_triage_node(["db", "upgrade"], env)
         proc = triage_node("scp", ["scp"], env, tmp_path / "logs")
         started.append(proc)
-        node = ScpNode(proc, port, data_dir)
+        node = ScpNode(proc, port, data_dir, env)
         wait_until(
             lambda: "DICOM port shared by 2 SCP processes" in node.log() or not proc.running(),
             timeout=90,

@@ -81,7 +81,8 @@ function renderRows(rows) {
       el("td", { class: "num waiting", "data-received": r.received_at }, waiting(r.received_at, r.waiting_seconds)),
       patient, study,
       el("td", {}, (r.modalities || []).join(", ")),
-      el("td", { class: "state" }, state)));
+      el("td", { class: "state" }, state,
+        r.state_reason ? el("small", { class: "state-reason" }, el("br"), r.state_reason) : "")));
   }
   if (!out.length) out.push(el("tr", {}, el("td", { colspan: 7 }, "No studies.")));
   tbody.replaceChildren(...out);
