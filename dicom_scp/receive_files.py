@@ -23,6 +23,9 @@ from pynetdicom import dimse_messages
 
 log = logging.getLogger(__name__)
 
+_FACTORY = "NamedTemporaryFile"
+"""The name pynetdicom's ``dimse_messages`` creates its receive files with."""
+
 
 class GuardedReceiveFile:
     """A ``NamedTemporaryFile(delete=False)`` that is removed when a write fails.
@@ -94,10 +97,10 @@ def guard_receive_files() -> Callable[[], None]:
     callable
         Restores pynetdicom's own ``NamedTemporaryFile``.
     """
-    previous = dimse_messages.NamedTemporaryFile
-    dimse_messages.NamedTemporaryFile = GuardedReceiveFile  # type: ignore[assignment,misc]
+    previous = getattr(dimse_messages, _FACTORY)
+    setattr(dimse_messages, _FACTORY, GuardedReceiveFile)
 
     def restore() -> None:
-        dimse_messages.NamedTemporaryFile = previous  # type: ignore[assignment,misc]
+        setattr(dimse_messages, _FACTORY, previous)
 
     return restore

@@ -49,7 +49,7 @@ from typing import BinaryIO, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_scp.headers import (
     check_complete,
@@ -64,8 +64,9 @@ from dicom_scp.status import (
     StoreStatus,
     status_for_exception,
 )
-from worklist.files import fsync_directory
-from worklist.ingest import RecordOutcome, record_instance
+from worklist.core.contracts import RecordOutcome
+from worklist.core.files import fsync_directory
+from worklist.ingest import record_instance
 from worklist.tables import Instance
 
 log = logging.getLogger(__name__)
@@ -346,7 +347,7 @@ class SpoolSink:
     def __init__(
         self,
         spool_dir: Path,
-        session_factory: sessionmaker,
+        session_factory: sessionmaker[Session],
         min_free_mb: int,
         *,
         free_bytes: Callable[[Path], int] = _free_bytes,

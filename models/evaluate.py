@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import math
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -26,6 +25,7 @@ from tqdm import tqdm
 from models.card import ModelCard, embed_card
 from models.data import LABELS, Record, read_labels
 from models.degrade import VARIANT_DESCRIPTIONS, apply_variant
+from models.demographics import age_band
 from models.metrics import (
     average_precision,
     bootstrap_ci,
@@ -44,8 +44,6 @@ from models.preprocess import PreprocessError, PreprocessSpec, preprocess_file
 from models.runtime import Classifier
 
 __all__ = [
-    "AGE_BANDS",
-    "age_band",
     "calibrate_model",
     "evaluate_model",
     "score_records",
@@ -55,25 +53,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Age bands of the subgroup analysis (lower bound inclusive).
-AGE_BANDS: tuple[tuple[str, float, float], ...] = (
-    ("<18", 0, 18),
-    ("18-40", 18, 40),
-    ("40-60", 40, 60),
-    ("60-75", 60, 75),
-    ("75+", 75, math.inf),
-)
 MISSING = "missing"
-
-
-def age_band(age: float | None) -> str:
-    """Age band label of an age in years; ``'missing'`` when unknown."""
-    if age is None or not np.isfinite(age):
-        return MISSING
-    for name, lo, hi in AGE_BANDS:
-        if lo <= age < hi:
-            return name
-    return MISSING
 
 
 def _attributes(rec: Record) -> dict[str, str]:
@@ -226,7 +206,8 @@ def calibrate_model(
     points["high_sensitivity"]["target_sensitivity"] = target_sensitivity
     points["balanced"]["rule"] = "maximum Youden J (sensitivity + specificity - 1)"
     points["high_sensitivity"]["rule"] = (
-        f"highest threshold with sensitivity >= {target_sensitivity}, capped at the balanced threshold"
+        f"highest threshold with sensitivity >= {target_sensitivity}, "
+        "capped at the balanced threshold"
     )
     uncal = 0.5 * (1 + np.tanh(0.5 * z))
     card = card.model_copy(
@@ -509,8 +490,10 @@ def _report(metrics: dict[str, Any], card: ModelCard) -> str:
             b, h = e.get("balanced", {}), e.get("high_sensitivity", {})
             lines.append(
                 f"| {g} | {e['n']} | {e['n_abnormal']} | {_fmt(e['roc_auc'])} | "
-                f"{_fmt(b.get('tpr'))} | {_fmt(b.get('fpr'))} | {_fmt(b.get('underdiagnosis_rate'))} | "
-                f"{_fmt(h.get('tpr'))} | {_fmt(h.get('fpr'))} | {_fmt(h.get('underdiagnosis_rate'))} |"
+                f"{_fmt(b.get('tpr'))} | {_fmt(b.get('fpr'))} | "
+                f"{_fmt(b.get('underdiagnosis_rate'))} | "
+                f"{_fmt(h.get('tpr'))} | {_fmt(h.get('fpr'))} | "
+                f"{_fmt(h.get('underdiagnosis_rate'))} |"
             )
         lines += [
             "",
@@ -610,12 +593,12 @@ def evaluate_model(
         prob = card.calibrate(logits)
         ok = np.isfinite(prob)
         y, p = y_all[ok], prob[ok]
-        recs_ok = [r for r, good in zip(records, ok) if good]
+        recs_ok = [r for r, good in zip(records, ok, strict=True) if good]
         name = "predictions.csv" if vi == 0 else f"predictions_{variant}.csv"
         with (out / name).open("w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(["image", "label", "probability"])
-            for r, pr in zip(records, prob):
+            for r, pr in zip(records, prob, strict=True):
                 w.writerow([r.image, LABELS[r.label], "" if not np.isfinite(pr) else f"{pr:.6f}"])
         metrics["variants"][variant] = {
             "description": VARIANT_DESCRIPTIONS.get(variant, variant),

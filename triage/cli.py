@@ -12,8 +12,10 @@ study       study release UID: triage a study held for a patient mismatch
 user        local accounts: add, passwd, disable, list (worklist.admin_cli)
 token       bearer tokens for systems (RIS): add, revoke
 
-Settings come from ``TRIAGE_*`` environment variables and ``--config FILE`` (TOML).
-Heavy imports happen inside the subcommands, so ``scp`` never imports worker code.
+Settings come from ``TRIAGE_*`` environment variables and ``--config FILE`` (TOML), read
+once by :func:`main`, which calls the subcommand's ``cmd_*(args, settings)`` (bound to
+its parser with ``set_defaults(run=...)``). Heavy imports happen inside the
+subcommands, so ``scp`` never imports worker code.
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
-from worklist.logs import configure_logging
-from worklist.settings import Settings, SettingsError, load_settings
+from worklist.core.logs import configure_logging
+from worklist.core.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("triage.cli")
 
@@ -45,9 +47,9 @@ def _stop_event() -> threading.Event:
     return stop
 
 
-def cmd_db_upgrade(settings: Settings) -> int:
+def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
     """Apply the migrations to the configured database."""
-    from worklist.migrate import upgrade
+    from worklist.core.migrate import upgrade
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade(settings.effective_database_url)
@@ -55,7 +57,7 @@ def cmd_db_upgrade(settings: Settings) -> int:
     return 0
 
 
-def cmd_scp(settings: Settings) -> int:
+def cmd_scp(args: argparse.Namespace, settings: Settings) -> int:
     """Run the DICOM SCP and the stability watcher until stopped."""
     from dicom_scp.server import run_scp
 
@@ -63,45 +65,44 @@ def cmd_scp(settings: Settings) -> int:
     return 0
 
 
-def cmd_worker(settings: Settings, queues: list[str], concurrency: int) -> int:
-    """Run a Celery worker on ``queues`` until stopped."""
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    """Run a Celery worker on ``--queues`` (comma-separated) until stopped."""
     from triage.worker import run_worker
 
-    run_worker(settings, queues=queues, concurrency=concurrency)
+    queues = [q.strip() for q in args.queues.split(",") if q.strip()]
+    run_worker(settings, queues=queues, concurrency=args.concurrency)
     return 0
 
 
-def cmd_api(settings: Settings) -> int:
+def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     """Run the HTTP server until stopped."""
     import uvicorn
 
-    from worklist.api import create_app
-    from worklist.db import make_engine, make_session_factory
+    from worklist.core.db import open_database
+    from worklist.http.app import create_app
 
-    engine = make_engine(settings.effective_database_url)
-    app = create_app(settings, make_session_factory(engine))
+    app = create_app(settings, open_database(settings).session_factory)
     uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_level="warning")
     return 0
 
 
-def cmd_serve(settings: Settings) -> int:
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     """Run the whole node in one process (the embedded default)."""
     import uvicorn
 
-    from dicom_scp.listeners import scp_process_count
-    from dicom_scp.server import start_node_scp
+    from dicom_scp.server import scp_process_count, start_node_scp
     from triage.worker import start_embedded_worker
-    from worklist.api import create_app
-    from worklist.db import make_engine, make_session_factory
-    from worklist.migrate import upgrade
-    from worklist.processes import DataDirLock
+    from worklist.core.db import open_database
+    from worklist.core.migrate import upgrade
+    from worklist.core.processes import DataDirLock
+    from worklist.http.app import create_app
 
     # One node per data directory: the lock is inherited by the workers, so a node
     # cannot start beside processes left over from a killed one.
     lock = DataDirLock(settings.data_dir).acquire()
     upgrade(settings.effective_database_url)
-    engine = make_engine(settings.effective_database_url)
-    session_factory = make_session_factory(engine)
+    database = open_database(settings)
+    session_factory = database.session_factory
     stop = _stop_event()
 
     worker = start_embedded_worker(settings, inherit_fds=[] if lock.fd is None else [lock.fd])
@@ -111,7 +112,7 @@ def cmd_serve(settings: Settings) -> int:
         scp = start_node_scp(settings, session_factory, processes=scp_process_count(settings))
     except BaseException:
         worker.stop()
-        engine.dispose()
+        database.dispose()
         lock.release()
         raise
     server = uvicorn.Server(
@@ -122,7 +123,6 @@ def cmd_serve(settings: Settings) -> int:
             log_level="warning",
         )
     )
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     http = threading.Thread(target=server.run, name="http", daemon=True)
     http.start()
     log.info(
@@ -142,35 +142,40 @@ def cmd_serve(settings: Settings) -> int:
         server.should_exit = True
         http.join(timeout=10)
         worker.stop()
-        engine.dispose()
+        database.dispose()
         lock.release()
     return 0
 
 
-def cmd_study_release(settings: Settings, study_uid: str) -> int:
+def cmd_study_release(args: argparse.Namespace, settings: Settings) -> int:
     """Release a study held for a patient mismatch (it is triaged again once stable)."""
     import getpass
 
     from worklist.audit import Action, Actor, record
-    from worklist.db import make_engine, make_session_factory
+    from worklist.core.db import open_database
     from worklist.ingest import release_study
 
-    engine = make_engine(settings.effective_database_url)
+    database = open_database(settings)
     try:
-        with make_session_factory(engine)() as session:
-            if not release_study(session, study_uid):
-                print(f"triage-node: study {study_uid} is not held", file=sys.stderr)  # noqa: T201
+        with database.session_factory() as session:
+            if not release_study(session, args.study_uid):
+                print(f"triage-node: study {args.study_uid} is not held", file=sys.stderr)  # noqa: T201
                 return 1
             actor = Actor(None, f"cli:{getpass.getuser()}", "admin", "cli", None)
-            record(session, actor=actor, action=Action.RELEASE_HOLD, study_instance_uid=study_uid)
+            record(
+                session,
+                actor=actor,
+                action=Action.RELEASE_HOLD,
+                study_instance_uid=args.study_uid,
+            )
             session.commit()
     finally:
-        engine.dispose()
-    log.info("study %s released: it is triaged again once stable", study_uid)
+        database.dispose()
+    log.info("study %s released: it is triaged again once stable", args.study_uid)
     return 0
 
 
-def cmd_config(settings: Settings) -> int:
+def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
     """Print the effective settings as JSON."""
     print(settings.model_dump_json(indent=2))  # noqa: T201 - CLI output
     return 0
@@ -188,28 +193,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", help="TOML settings file (default: $TRIAGE_CONFIG)")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("serve", help="run everything in one process (embedded default)")
-    sub.add_parser("scp", help="run the DICOM SCP and the stability watcher")
+    serve = sub.add_parser("serve", help="run everything in one process (embedded default)")
+    serve.set_defaults(run=cmd_serve)
+    scp = sub.add_parser("scp", help="run the DICOM SCP and the stability watcher")
+    scp.set_defaults(run=cmd_scp)
     worker = sub.add_parser("worker", help="run a triage worker")
     worker.add_argument(
         "--queues", default="inference,delivery", help="comma-separated queues to consume"
     )
     worker.add_argument("--concurrency", type=int, default=1, help="worker processes")
-    sub.add_parser("api", help="run the HTTP server")
+    worker.set_defaults(run=cmd_worker)
+    api = sub.add_parser("api", help="run the HTTP server")
+    api.set_defaults(run=cmd_api)
     db = sub.add_parser("db", help="database commands")
     db_sub = db.add_subparsers(dest="db_command", required=True)
-    db_sub.add_parser("upgrade", help="apply migrations")
-    sub.add_parser("config", help="print the effective settings")
+    upgrade = db_sub.add_parser("upgrade", help="apply migrations")
+    upgrade.set_defaults(run=cmd_db_upgrade)
+    config = sub.add_parser("config", help="print the effective settings")
+    config.set_defaults(run=cmd_config)
     study = sub.add_parser("study", help="studies held for an administrator")
     study_sub = study.add_subparsers(dest="study_command", required=True)
     release = study_sub.add_parser(
         "release", help="triage a study held for a patient mismatch after checking it"
     )
     release.add_argument("study_uid", help="Study Instance UID")
+    release.set_defaults(run=cmd_study_release)
     # Accounts (worklist.admin_cli): user add|passwd|disable|list, token add|revoke
-    from worklist.admin_cli import add_account_commands
+    from worklist.admin_cli import add_account_commands, run_account_command
 
     add_account_commands(sub)
+    for name in ("user", "token"):
+        sub.choices[name].set_defaults(run=run_account_command)
     return parser
 
 
@@ -233,31 +247,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"triage-node: {exc}", file=sys.stderr)  # noqa: T201
         return 2
     configure_logging(settings.log_level)
-    if args.command in ("serve", "scp"):
-        from dicom_scp.listeners import PortInUseError
-        from worklist.processes import DataDirInUseError
+    if args.command not in ("serve", "scp"):
+        return int(args.run(args, settings))
+    from dicom_scp.ae import PortInUseError
+    from worklist.core.processes import DataDirInUseError
 
-        try:
-            return cmd_serve(settings) if args.command == "serve" else cmd_scp(settings)
-        except (PortInUseError, DataDirInUseError) as exc:
-            print(f"triage-node: {exc}", file=sys.stderr)  # noqa: T201
-            return 2
-    if args.command == "worker":
-        queues = [q.strip() for q in args.queues.split(",") if q.strip()]
-        return cmd_worker(settings, queues, args.concurrency)
-    if args.command == "api":
-        return cmd_api(settings)
-    if args.command == "db":
-        return cmd_db_upgrade(settings)
-    if args.command == "config":
-        return cmd_config(settings)
-    if args.command == "study":
-        return cmd_study_release(settings, args.study_uid)
-    if args.command in ("user", "token"):
-        from worklist.admin_cli import run_account_command
-
-        return run_account_command(args, settings)
-    return 2  # pragma: no cover - argparse rejects unknown commands
+    try:
+        return int(args.run(args, settings))
+    except (PortInUseError, DataDirInUseError) as exc:
+        print(f"triage-node: {exc}", file=sys.stderr)  # noqa: T201
+        return 2
 
 
 if __name__ == "__main__":

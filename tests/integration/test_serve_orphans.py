@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import environment_without_settings, free_port, wait_until
 from tests.integration.hostile_dicom.helpers import descendants
-from worklist.processes import LOCK_FILE
+from worklist.core.processes import LOCK_FILE
 
 BIN = Path(sys.executable).parent
 _STARTED: list[subprocess.Popen[bytes]] = []

@@ -49,7 +49,9 @@ def pdu_header(pdu_type: int, length: int) -> bytes:
     return struct.pack(">BBL", pdu_type, 0, length)
 
 
-def connect(port: int, *, tls: ssl.SSLContext | None = None, timeout: float = 10.0) -> socket.socket:
+def connect(
+    port: int, *, tls: ssl.SSLContext | None = None, timeout: float = 10.0
+) -> socket.socket:
     """A TCP (or TLS, handshake done) connection to 127.0.0.1:``port``."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     if tls is not None:

@@ -25,7 +25,7 @@ from tests.integration.reliability.helpers import (
     send,
     wait_exactly_once,
 )
-from worklist.db import make_engine
+from worklist.core.db import make_engine
 from worklist.tables import Instance, Study, TriageClaim
 
 pytestmark = [pytest.mark.postgres]
@@ -99,7 +99,8 @@ def test_redis_restarted_while_studies_are_queued(
     assert_no_phi(cluster.all_logs())
     print(
         f"\nredis restart: all {len(studies)} studies triaged and delivered "
-        f"{outcome.seconds:.1f} s after Redis went down (lease {cluster.env()['TRIAGE_LEASE_SECONDS']} s)"
+        f"{outcome.seconds:.1f} s after Redis went down "
+        f"(lease {cluster.env()['TRIAGE_LEASE_SECONDS']} s)"
     )
 
 
@@ -275,7 +276,7 @@ def _cpu_seconds(pid: int) -> float:
 @pytest.fixture(scope="module")
 def slow_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A classifier whose inference takes seconds (as in the triage e2e tests)."""
-    from triage.testing import build_tiny_model
+    from tests.support.tiny_model import build_tiny_model
 
     path = tmp_path_factory.mktemp("slow") / "slow.onnx"
     build_tiny_model(path, input_size=512, slow_matmuls=1500, name="slow-test-model")

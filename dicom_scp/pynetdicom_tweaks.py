@@ -1,4 +1,9 @@
-"""Read each PDU from the socket in as few system calls as the kernel allows.
+"""What the node changes in pynetdicom: how it reads PDUs (fast, and bounded in time
+and size) and where it receives datasets.
+
+The changes are process-wide (every association of the process, SCP or SCU).
+
+Read each PDU from the socket in as few system calls as the kernel allows.
 
 pynetdicom 3.0 reads a PDU with ``socket.recv(4096)`` in a loop and appends each
 piece to a ``bytearray``: about 1 800 system calls and as many Python iterations
@@ -32,14 +37,21 @@ and are made only for the pynetdicom versions they were checked against.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import struct
+import tempfile
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import pynetdicom
+from pynetdicom import _config
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import AssociationSocket
+
+from dicom_scp.receive_files import guard_receive_files
 
 log = logging.getLogger(__name__)
 
@@ -215,10 +227,8 @@ def read_pdu_bounded(self: DULServiceProvider) -> None:
 
 
 def _restore_timeout(sock: socket.socket, timeout: float | None) -> None:
-    try:
+    with contextlib.suppress(OSError):  # closed meanwhile
         sock.settimeout(timeout)
-    except OSError:
-        pass  # closed meanwhile
 
 
 def read_pdus_in_full() -> bool:
@@ -239,3 +249,42 @@ def read_pdus_in_full() -> bool:
     AssociationSocket.recv = recv_in_full  # type: ignore[method-assign]
     DULServiceProvider._read_pdu_data = read_pdu_bounded  # type: ignore[method-assign]
     return True
+
+
+def chunked_receive(directory: Path) -> Callable[[], None]:
+    """Have pynetdicom receive C-STORE datasets into files in ``directory``.
+
+    Sets pynetdicom's ``_config.STORE_RECV_CHUNKED_DATASET``: each dataset is
+    written, File Meta first, to a temporary file while it arrives, instead of
+    being gathered in memory, and the handler gets its path
+    (``event.dataset_path``). pynetdicom creates that file with
+    :class:`tempfile.NamedTemporaryFile` in the default temporary directory, so
+    ``tempfile.tempdir`` is set to ``directory``; both are process-wide. With
+    ``directory`` inside the spool the sink fsyncs and renames the file into place
+    instead of writing the dataset a second time. pynetdicom removes the file after
+    the handler returns unless the sink has moved it. A write that fails (a full
+    disk) removes the partial file at once and the C-STORE is refused with 0xA700
+    (:mod:`dicom_scp.receive_files`).
+
+    Parameters
+    ----------
+    directory : Path
+        Where datasets are received; created when missing. Use
+        :func:`dicom_scp.sink.incoming_dir` of the spool.
+
+    Returns
+    -------
+    callable
+        Restores both settings as they were.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    previous = (_config.STORE_RECV_CHUNKED_DATASET, tempfile.tempdir)
+    _config.STORE_RECV_CHUNKED_DATASET = True
+    tempfile.tempdir = str(directory)
+    unguard = guard_receive_files()
+
+    def restore() -> None:
+        _config.STORE_RECV_CHUNKED_DATASET, tempfile.tempdir = previous
+        unguard()
+
+    return restore
