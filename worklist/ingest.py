@@ -329,7 +329,9 @@ def record_instance(
     return RecordOutcome.NEW
 
 
-def release_study(session: Session, study_instance_uid: str, *, now: datetime | None = None) -> bool:
+def release_study(
+    session: Session, study_instance_uid: str, *, now: datetime | None = None
+) -> bool:
     """Release a study held for a patient mismatch: it is triaged again once stable.
 
     For an administrator who has checked the study (and removed the other patient's
