@@ -19,16 +19,6 @@ from sqlalchemy.orm import Session
 
 from worklist.core.clock import as_utc
 from worklist.dicom_values import format_person_name
-from worklist.http.schemas import (
-    DeliveryOut,
-    FeedbackOut,
-    ImageOut,
-    ModelSummary,
-    ResultOut,
-    StudyDetail,
-    WorklistFilters,
-    WorklistRow,
-)
 from worklist.priority import (
     Priority,
     base_priority,
@@ -49,6 +39,16 @@ from worklist.tables import (
     TriageImage,
     TriageResult,
     User,
+)
+from worklist.views import (
+    DeliveryOut,
+    FeedbackOut,
+    ImageOut,
+    ModelSummary,
+    ResultOut,
+    StudyDetail,
+    WorklistFilters,
+    WorklistRow,
 )
 
 __all__ = [

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from tests.conftest import wait_until
 from tests.integration.deploy.helpers import TRIAGE_NODE
 from tests.integration.reliability.helpers import PATIENT_ID, make_studies
-from worklist.http.schemas import WorklistFilters
+from worklist.views import WorklistFilters
 from worklist.queries import list_worklist
 from worklist.tables import Instance, Study
 
