@@ -26,9 +26,9 @@ from sqlalchemy.orm import Session
 from tests.conftest import wait_until
 from tests.integration.deploy.helpers import TRIAGE_NODE
 from tests.integration.reliability.helpers import PATIENT_ID, make_studies
-from worklist.views import WorklistFilters
 from worklist.queries import list_worklist
 from worklist.tables import Instance, Study
+from worklist.views import WorklistFilters
 
 STORESCU = "/usr/bin/storescu"
 STABLE_S = 1.0
