@@ -66,7 +66,9 @@ class _Sweeper(threading.Thread):
             self.stopped.wait(self.period)
 
 
-def run_worker(settings: Settings, queues: Sequence[str], concurrency: int = 1) -> None:
+def run_worker(
+    settings: Settings, queues: Sequence[str], concurrency: int = 1, *, verbose: bool = False
+) -> None:
     """Run a triage worker in this process until it is stopped (blocking).
 
     Migrations are already applied by the caller.
@@ -78,6 +80,8 @@ def run_worker(settings: Settings, queues: Sequence[str], concurrency: int = 1) 
         ``inference``, ``delivery`` or both.
     concurrency : int
         Pool processes (inference) or threads (delivery).
+    verbose : bool
+        Print Celery's banner (queues, tasks, transport); off by default.
     """
     queues = [q.strip() for q in queues if q.strip()]
     unknown = set(queues) - {INFERENCE_QUEUE, DELIVERY_QUEUE}
@@ -99,6 +103,7 @@ def run_worker(settings: Settings, queues: Sequence[str], concurrency: int = 1) 
         else settings.effective_broker_url.split("@")[-1],
     )
     argv = [
+        *([] if verbose else ["--quiet"]),
         "worker",
         f"--queues={','.join(queues)}",
         f"--concurrency={max(1, int(concurrency))}",
@@ -186,6 +191,7 @@ def start_embedded_worker(
     delivery_concurrency: int = 4,
     extra_env: dict[str, str] | None = None,
     inherit_fds: Sequence[int] = (),
+    verbose: bool = False,
 ) -> EmbeddedWorker:
     """Start the embedded workers (inference, delivery) as two subprocesses.
 
@@ -203,6 +209,8 @@ def start_embedded_worker(
     inherit_fds : sequence of int
         Descriptors the children keep open (the data directory's lock,
         :class:`worklist.core.processes.DataDirLock`).
+    verbose : bool
+        The workers print Celery's banner and start-up chatter.
 
     Returns
     -------
@@ -227,6 +235,7 @@ def start_embedded_worker(
                 str(concurrency),
                 "--parent-pid",
                 str(os.getpid()),
+                *(["--verbose"] if verbose else []),
             ],
             env=env,
             pass_fds=tuple(inherit_fds),
@@ -255,14 +264,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--parent-pid", type=int, default=None, help="die with this process (embedded mode)"
     )
+    parser.add_argument("--verbose", action="store_true", help="Celery's banner and chatter")
     args = parser.parse_args(argv)
     if args.parent_pid is not None:
         from worklist.core.processes import die_with_parent
 
         die_with_parent(args.parent_pid)
     settings = load_settings()
-    configure_logging(settings.log_level, with_process=True)
-    run_worker(settings, args.queues.split(","), args.concurrency)
+    configure_logging(settings.log_level, with_process=True, verbose=args.verbose)
+    run_worker(settings, args.queues.split(","), args.concurrency, verbose=args.verbose)
     return 0
 
 

@@ -41,6 +41,7 @@ class Action(StrEnum):
     ACCESS_DENIED = "access_denied"
     RELEASE_HOLD = "release_hold"
     """An administrator released a study held for a patient mismatch."""
+    RETRIAGE = "retriage"
 
 
 class Outcome(StrEnum):
