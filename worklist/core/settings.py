@@ -194,11 +194,12 @@ class Settings(BaseSettings):
     )
     batch_size: int = Field(8, ge=1, description="Images per ONNX Runtime batch.")
     inference_processes: int = Field(
-        2,
+        1,
         ge=1,
         description=(
             "Inference worker processes of the embedded mode (one ONNX Runtime session "
-            "each); studies that become stable together are triaged in parallel."
+            "each); 2 drains a burst of studies faster on 2 cores but slows single "
+            "studies (bench/TRIAGE.md)."
         ),
     )
     delivery_max_attempts: int = Field(
