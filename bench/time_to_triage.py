@@ -2,9 +2,10 @@
 
 The node runs as in production: the SCP and stability watcher in this process (as
 ``triage-node serve`` does), the Celery workers as subprocesses
-(:func:`triage.worker.start_embedded_worker`: one inference worker and one delivery
-worker, concurrency 4 in embedded mode and 2 in Redis mode, where ``redis://`` is the
-broker). A dcmtk ``storescp`` acts as the PACS.
+(:func:`triage.worker.start_embedded_worker`: one inference worker with
+``--inference-concurrency`` pool processes, default the setting
+``inference_processes``, and one delivery worker, concurrency 4 in embedded mode and
+2 in Redis mode, where ``redis://`` is the broker). A dcmtk ``storescp`` acts as the PACS.
 
 Each study is a copy of the real chest radiograph ``RG1_J2KI.dcm`` (CR, 1955x1841,
 JPEG 2000, so decoding is included) with new UIDs, sent alone with ``storescu``;
