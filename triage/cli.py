@@ -173,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     from worklist.admin_cli import add_account_commands
 
     add_account_commands(sub)
+    from worklist.simulate_cli import add_simulate_command
+
+    add_simulate_command(sub)
     return parser
 
 
@@ -217,6 +220,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from worklist.admin_cli import run_account_command
 
         return run_account_command(args, settings)
+    if args.command == "simulate":
+        from worklist.simulate_cli import run_simulate_command
+
+        return run_simulate_command(args, settings)
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 

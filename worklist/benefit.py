@@ -26,7 +26,7 @@ import json
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +93,9 @@ class Scenario:
     hours : float
         Measured time per seed (a warm-up of 10 % (constant) or one day (profile)
         before it is simulated and not measured).
+    arrivals : tuple of float, optional
+        Given arrival times (s); then ``utilisation``, ``profile`` and ``hours`` are
+        not used and every study is measured.
     """
 
     name: str
@@ -100,6 +103,7 @@ class Scenario:
     readers: int | tuple[int, ...] = 2
     profile: bool = False
     hours: float = 48.0
+    arrivals: tuple[float, ...] | None = None
 
 
 # Inputs ------------------------------------------------------------------------------
@@ -271,7 +275,10 @@ def _stream(
     mean_read = share_abnormal * reading.mean(True) + (1 - share_abnormal) * reading.mean(False)
     rate = scenario.utilisation * float(np.mean(scenario.readers)) / mean_read
     measured_s = scenario.hours * 3600
-    if scenario.profile:
+    if scenario.arrivals is not None:
+        warmup = 0.0
+        arrival = np.asarray(scenario.arrivals, dtype=float)
+    elif scenario.profile:
         warmup = 86400.0
         arrival = sim.profile_arrivals(rate, warmup + measured_s, rng)
     else:
@@ -444,6 +451,7 @@ class _Section:
     caps: list[dict[str, Any]]
     levels: list[dict[str, Any]]
     curves: dict[str, dict[str, np.ndarray]]
+    given: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _policy_table(aggs: Sequence[dict[str, Any]], cap_min: float) -> list[str]:
@@ -541,24 +549,31 @@ def write_report(
             "",
             *_policy_table(section.realistic, cap_min),
             "",
+            *(["### Given arrival times (`--arrivals`)", "", *_policy_table(section.given, cap_min),
+               ""] if section.given else []),  # fmt: skip
             "### Benefit against utilisation and model quality (node rules + cap)",
             "",
-            "| utilisation | " + " | ".join(f"{m}" for m in ("shipped", "oracle", "random"))
-            + " | score-sorted (shipped) | longest wait FIFO / node / score |",
-            "|---|---|---|---|---|---|",
+            "Reduction of the abnormal turnaround against FIFO, p50 and mean (shipped model with"
+            " its 95 % interval). The p50 also falls with a random score when many studies are"
+            " flagged (the median abnormal study is among those moved forward); the mean shows"
+            " what the model's information adds.",
+            "",
+            "| utilisation | p50: shipped | oracle | random | mean: shipped | oracle | random"
+            " | score-sorted p50 (shipped) | longest wait (min) FIFO / node / score |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for u in settings["utilisations"]:
-            cells = [_cell(_find(section.sweep, utilisation=u, model=m, policy="node"),
-                           "benefit_p50") for m in ("shipped", "oracle", "random")]  # fmt: skip
-            score = _cell(
-                _find(section.sweep, utilisation=u, model="shipped", policy="score"),
-                "benefit_p50",
-            )
-            longest = " / ".join(
-                f"{_find(section.sweep, utilisation=u, model=m, policy=p)['max_wait'] / 60:.0f}"
-                for m, p in (("-", "fifo"), ("shipped", "node"), ("shipped", "score"))
-            )
-            lines.append(f"| {u:g} | {' | '.join(cells)} | {score} | {longest} |")
+            def get(model: str, policy: str = "node", u: float = u) -> dict[str, Any]:
+                return _find(section.sweep, utilisation=u, model=model, policy=policy)
+
+            cells = [_cell(get("shipped"), "benefit_p50")]
+            cells += [f"{100 * get(m)['benefit_p50']:.1f} %" for m in ("oracle", "random")]
+            cells += [_cell(get("shipped"), "benefit_mean")]
+            cells += [f"{100 * get(m)['benefit_mean']:.1f} %" for m in ("oracle", "random")]
+            cells.append(_cell(get("shipped", "score"), "benefit_p50"))
+            cells.append(" / ".join(f"{get(m, p)['max_wait'] / 60:.0f}" for m, p in
+                                    (("-", "fifo"), ("shipped", "node"), ("shipped", "score"))))  # fmt: skip
+            lines.append(f"| {u:g} | {' | '.join(cells)} |")
         lines += [
             "",
             "### Wait cap (node rules, shipped model)",
@@ -691,6 +706,7 @@ def _section(
     utilisations: Sequence[float],
     realistic_utilisation: float,
     hours: float,
+    arrivals: Sequence[float] | None = None,
 ) -> _Section:
     pools = model_variants(data, np.random.default_rng(20261129))
     common = {"seeds": seeds, "reading": reading, "cap_s": cap_s, "high_confidence": high_confidence}
@@ -711,6 +727,10 @@ def _section(
                              policies=("node",))  # fmt: skip
             caps += [{**a, "scenario": scenario.name, "cap_min": cap_min}
                      for a in aggregate(rows) if a["policy"] == "node"]  # fmt: skip
+    given = []
+    if arrivals is not None:
+        scenario = Scenario("given arrivals", math.nan, readers, arrivals=tuple(arrivals))
+        given = aggregate(run_seeds(shipped, scenario, **common))
     levels = []
     for hc in HIGH_CONFIDENCES:
         rows = run_seeds(shipped, headline_sc, **{**common, "high_confidence": hc},
@@ -734,6 +754,7 @@ def _section(
         caps=caps,
         levels=levels,
         curves={k: {p: np.asarray(v) for p, v in d.items()} for k, d in curves.items()},
+        given=given,
     )
 
 
@@ -750,6 +771,7 @@ def run_benefit(
     utilisations: Sequence[float] = UTILISATIONS,
     realistic_utilisation: float = 0.75,
     hours: float = 48.0,
+    arrivals: Sequence[float] | None = None,
     command: str = "",
     plots: bool = True,
 ) -> Path:
@@ -775,6 +797,8 @@ def run_benefit(
         Mean utilisation of the day with the hourly profile.
     hours : float
         Measured hours per seed at constant rate.
+    arrivals : sequence of float, optional
+        Arrival times (s) to replay as an extra scenario (``--arrivals``).
     command : str
         The command line, quoted in the report.
     plots : bool
@@ -794,7 +818,7 @@ def run_benefit(
             _section(data, seeds=seed_list, reading=reading, readers=readers,
                      cap_s=cap_minutes * 60, high_confidence=high_confidence,
                      utilisations=utilisations, realistic_utilisation=realistic_utilisation,
-                     hours=hours)  # fmt: skip
+                     hours=hours, arrivals=arrivals)  # fmt: skip
         )
     settings = {
         "reading": reading,
@@ -820,3 +844,4 @@ def run_benefit(
         else:
             report = write_report(sections, out, settings=settings, command=command)
     return report
+
