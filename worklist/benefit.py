@@ -64,6 +64,7 @@ METRICS = (
     "over_cap",
     "over_cap_plus_read",
     "read_p95",
+    "read_max",
 )
 
 
@@ -311,6 +312,7 @@ def _metrics(
         "over_cap": sum(over_cap(w, cap_s) for w in waits) / n,
         "over_cap_plus_read": sum(over_cap(w, cap_s + read_p95) for w in waits) / n,
         "read_p95": read_p95,
+        "read_max": float(stream.reading[stream.measured].max(initial=0.0)),
         "studies": len(times),
     }
 
@@ -482,6 +484,46 @@ def _find(aggs: Sequence[dict[str, Any]], **match: Any) -> dict[str, Any]:
     raise KeyError(match)
 
 
+def _goal_lines(section: _Section, *, cap_s: float) -> list[str]:
+    node = _find(section.headline, model="shipped", policy="node")
+    node_rows = [r for r in section.headline_rows if r["policy"] == "node"]
+    sweep = {m: _find(section.sweep, utilisation=0.9, model=m, policy="node")
+             for m in ("shipped", "oracle", "random")}  # fmt: skip
+    reached = node["benefit_p50"] >= 0.30
+    by_chance = sweep["random"]["benefit_p50"] >= 0.30
+    longest = max(r["max_wait"] for r in node_rows)
+    read_p95 = float(np.mean([r["read_p95"] for r in node_rows]))
+    read_max = float(np.mean([r["read_max"] for r in node_rows]))
+    over = sum(round(r["over_cap_plus_read"] * r["studies"]) for r in node_rows)
+    studies = sum(r["studies"] for r in node_rows)
+    verdict = "reached" if reached else "not reached"
+    if reached and by_chance:
+        verdict = "reached in the figure, but not by the model"
+    return [
+        "",
+        "### Goal at utilisation 0.9",
+        "",
+        f"- Abnormal p50 turnaround at least 30 % shorter than FIFO: {_cell(node, 'benefit_p50')}"
+        f" -> **{verdict}**. The same rules with a random score flagging as many studies give"
+        f" {100 * sweep['random']['benefit_p50']:.1f} % (p50); on the *mean* abnormal"
+        f" turnaround the shipped model gives {_cell(node, 'benefit_mean')}, an oracle"
+        f" {100 * sweep['oracle']['benefit_mean']:.1f} %, a random score"
+        f" {100 * sweep['random']['benefit_mean']:.1f} %.",
+        f"- No study waits longer than the cap plus one reading time: the longest wait in"
+        f" {len(node_rows)} seeds ({studies} studies) is {longest / 60:.1f} min, the cap"
+        f" {cap_s / 60:g} min plus {(longest - cap_s) / 60:.1f} min; {over} studies waited longer"
+        f" than the cap plus the 95th percentile read ({read_p95 / 60:.1f} min) -> **"
+        + ("reached" if over == 0 else "not reached")
+        + f"** against that bound; against the longest single read of a seed (mean"
+        f" {read_max / 60:.1f} min) -> **"
+        + ("reached" if all(r["max_wait"] <= cap_s + r["read_max"] for r in node_rows)
+           else "not reached")
+        + "**. A study passes the cap behind reads in progress; when two pass it at once,"
+        " the second waits for a second read.",
+        "",
+    ]
+
+
 def write_report(
     sections: Sequence[_Section],
     out: Path,
@@ -535,8 +577,9 @@ def write_report(
             f"## {data.name}",
             "",
             f"Input `{data.source}`: {len(data.cases)} studies, {n_abn} abnormal"
-            f" ({100 * n_abn / len(data.cases):.0f} %), {flagged} flagged abnormal at threshold"
-            f" {data.threshold if data.threshold is not None else 'stored'}."
+            f" ({100 * n_abn / len(data.cases):.0f} %), {flagged}"
+            f" ({100 * flagged / len(data.cases):.0f} %) flagged abnormal at threshold"
+            f" {f'{data.threshold:.4f}' if data.threshold is not None else 'stored'}."
             " Each simulated study is drawn from these with replacement.",
             "",
             f"### Utilisation 0.9, constant arrival rate (about {head['studies']} studies"
@@ -600,26 +643,7 @@ def write_report(
                 f"| {agg['high_confidence']:g} | {_cell(agg, 'benefit_p50')}"
                 f" | {_cell(agg, 'abnormal_p90')} | {_cell(agg, 'max_wait')} |"
             )
-        node = _find(section.headline, model="shipped", policy="node")
-        node_rows = [r for r in section.headline_rows if r["policy"] == "node"]
-        longest = max(r["max_wait"] for r in node_rows)
-        bound = max(r["read_p95"] for r in node_rows) + settings["cap_s"]
-        lines += [
-            "",
-            "### Goal at utilisation 0.9",
-            "",
-            "- Abnormal p50 turnaround at least 30 % shorter than FIFO:"
-            f" {_cell(node, 'benefit_p50')} -> **"
-            + ("reached" if node["benefit_p50"] >= 0.30 else "not reached")
-            + "** (mean over seeds"
-            + ("; the whole interval is above 30 %" if node["benefit_p50_lo"] >= 0.30 else
-               "; the interval reaches below 30 %")  # fmt: skip
-            + ").",
-            f"- No study waits longer than the cap plus one reading time (p95 read,"
-            f" {bound / 60:.1f} min): the longest wait in {len(node_rows)} seeds is"
-            f" {longest / 60:.1f} min -> **{'reached' if longest <= bound else 'not reached'}**.",
-            "",
-        ]
+        lines += _goal_lines(section, cap_s=settings["cap_s"])
     if settings.get("plots"):
         lines += ["## Plots", ""]
         lines += [f"![{p.stem}]({p.name})" for p in settings["plots"]]
@@ -673,21 +697,24 @@ def write_plots(sections: Sequence[_Section], out: Path, *, utilisations: Sequen
     fig.savefig(paths[-1], dpi=80)
     plt.close(fig)
 
-    fig, axes = plt.subplots(1, len(sections), figsize=(5 * len(sections), 3.6), squeeze=False)
-    for ax, section in zip(axes[0], sections, strict=True):
-        for model in ("shipped", "oracle", "random"):
-            aggs = [_find(section.sweep, utilisation=u, model=model, policy="node")
-                    for u in utilisations]  # fmt: skip
-            mean = [100 * a["benefit_p50"] for a in aggs]
-            ax.plot(utilisations, mean, marker="o", label=f"node rules, {model}")
-            ax.fill_between(utilisations, [100 * a["benefit_p50_lo"] for a in aggs],
-                            [100 * a["benefit_p50_hi"] for a in aggs], alpha=0.2)  # fmt: skip
-        ax.axhline(30, color="grey", linestyle="--", linewidth=1)
-        ax.set_title(section.data.name)
-        ax.set_xlabel("utilisation")
-        ax.set_ylabel("abnormal p50 turnaround reduction vs FIFO (%)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    fig, axes = plt.subplots(2, len(sections), figsize=(5 * len(sections), 7), squeeze=False)
+    for col, section in enumerate(sections):
+        for ax, metric in zip(axes[:, col], ("benefit_p50", "benefit_mean"), strict=True):
+            for model in ("shipped", "oracle", "random"):
+                aggs = [_find(section.sweep, utilisation=u, model=model, policy="node")
+                        for u in utilisations]  # fmt: skip
+                ax.plot(utilisations, [100 * a[metric] for a in aggs], marker="o",
+                        label=f"node rules, {model}")  # fmt: skip
+                ax.fill_between(utilisations, [100 * a[f"{metric}_lo"] for a in aggs],
+                                [100 * a[f"{metric}_hi"] for a in aggs], alpha=0.2)  # fmt: skip
+            ax.axhline(30 if metric == "benefit_p50" else 0, color="grey", linestyle="--",
+                       linewidth=1)  # fmt: skip
+            ax.set_title(section.data.name)
+            ax.set_xlabel("utilisation")
+            which = "p50" if metric == "benefit_p50" else "mean"
+            ax.set_ylabel(f"abnormal {which} turnaround\nreduction vs FIFO (%)")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
     fig.tight_layout()
     paths.append(out / "benefit_vs_utilisation.png")
     fig.savefig(paths[-1], dpi=80)

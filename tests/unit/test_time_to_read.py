@@ -110,3 +110,21 @@ def test_daily_trend(figures: dict) -> None:
     assert days["2026-11-29"]["arrived"] == 5
     assert days["2026-11-29"]["turnaround"]["n"] == 2
     assert days["2026-11-29"]["over_cap"] == 2
+
+
+def test_metrics_expose_the_same_figures(
+    figures: dict, session_factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prometheus_client import generate_latest
+
+    import worklist.metrics
+    from worklist.metrics import make_registry
+
+    monkeypatch.setattr(worklist.metrics, "utcnow", lambda: NOW)
+    text = generate_latest(make_registry(session_factory, wait_cap=60 * MIN)).decode()
+    assert 'triage_turnaround_seconds{group="level",stat="p50",value="ABNORMAL_HIGH"} 540.0' in text
+    assert 'triage_turnaround_seconds{group="truth",stat="p50",value="normal"} 4320.0' in text
+    assert 'triage_turnaround_studies{group="level",value="NORMAL"} 2.0' in text
+    assert f"triage_read_wait_longest_seconds {10 * 86400:.1f}" in text
+    assert 'triage_read_over_cap{scope="waiting"} 2.0' in text
+    assert 'triage_read_over_cap{scope="window"} 2.0' in text
