@@ -128,3 +128,14 @@ def test_metrics_expose_the_same_figures(
     assert f"triage_read_wait_longest_seconds {10 * 86400:.1f}" in text
     assert 'triage_read_over_cap{scope="waiting"} 2.0' in text
     assert 'triage_read_over_cap{scope="window"} 2.0' in text
+
+
+def test_simulator_input_from_the_database(figures: dict, session_factory) -> None:
+    from worklist.benefit import cases_from_database
+
+    with session_factory() as session:
+        cases, durations = cases_from_database(session)
+    # Studies 1 and 2 have a result and a label; reads completed: studies 1, 2, 3.
+    assert sorted(c.abnormal for c in cases) == [False, True]
+    assert all(c.decision == "normal" and c.probability == 0.1 for c in cases)
+    assert sorted(durations) == [120.0, 120.0, 240.0]
