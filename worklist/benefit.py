@@ -490,7 +490,8 @@ def _goal_lines(section: _Section, *, cap_s: float) -> list[str]:
     sweep = {m: _find(section.sweep, utilisation=0.9, model=m, policy="node")
              for m in ("shipped", "oracle", "random")}  # fmt: skip
     reached = node["benefit_p50"] >= 0.30
-    by_chance = sweep["random"]["benefit_p50"] >= 0.30
+    # The model adds to the ordering when its mean benefit clearly beats a random score's.
+    by_chance = not node["benefit_mean_lo"] > sweep["random"]["benefit_mean"]
     longest = max(r["max_wait"] for r in node_rows)
     read_p95 = float(np.mean([r["read_p95"] for r in node_rows]))
     read_max = float(np.mean([r["read_max"] for r in node_rows]))
@@ -508,7 +509,8 @@ def _goal_lines(section: _Section, *, cap_s: float) -> list[str]:
         f" {100 * sweep['random']['benefit_p50']:.1f} % (p50); on the *mean* abnormal"
         f" turnaround the shipped model gives {_cell(node, 'benefit_mean')}, an oracle"
         f" {100 * sweep['oracle']['benefit_mean']:.1f} %, a random score"
-        f" {100 * sweep['random']['benefit_mean']:.1f} %.",
+        f" {100 * sweep['random']['benefit_mean']:.1f} % (the mean moves only when the flags"
+        " carry information).",
         f"- No study waits longer than the cap plus one reading time: the longest wait in"
         f" {len(node_rows)} seeds ({studies} studies) is {longest / 60:.1f} min, the cap"
         f" {cap_s / 60:g} min plus {(longest - cap_s) / 60:.1f} min; {over} studies waited longer"
