@@ -208,3 +208,15 @@ def test_cli_simulate_writes_the_report(tmp_path: Path, monkeypatch: pytest.Monk
     assert f"triage-node simulate --predictions tiny={path}" in text
     assert "wait cap 60 min" in text  # the node's default wait_cap_minutes
     assert main(["simulate", "--out", str(out)]) == 2  # no input: a clear error
+
+
+def test_given_arrival_times_are_replayed(tmp_path: Path) -> None:
+    data = benefit.load_predictions(_tiny_predictions(tmp_path / "eval"))
+    arrivals = [60.0 * k for k in range(200)]  # one study a minute
+    scenario = benefit.Scenario("given", float("nan"), 1, arrivals=tuple(arrivals))
+    rows = benefit.run_seeds({"shipped": data.cases}, scenario, seeds=[1, 2],
+                             reading=sim.ReadingTimes(), cap_s=3600, high_confidence=0.9)  # fmt: skip
+    assert {r["studies"] for r in rows} == {200}
+    report = benefit.run_benefit([data], tmp_path / "out", seeds=2, utilisations=(0.9,),
+                                 hours=2.0, arrivals=arrivals, plots=False)  # fmt: skip
+    assert "### Given arrival times" in report.read_text()
