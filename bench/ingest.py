@@ -468,7 +468,7 @@ def start_pynetdicom(work: Path) -> Receiver:
 
 
 def _node_default_processes() -> int:
-    from worklist.settings import Settings
+    from worklist.core.settings import Settings
 
     return int(Settings.model_fields["scp_processes"].default)
 

@@ -74,7 +74,7 @@ def counted_gflops(size: int = 480) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from models.mii import build_mii_model
+    from models.mii.network import build_mii_model
 
     with torch.device("meta"):
         model = build_mii_model("full").eval()
@@ -88,15 +88,16 @@ def export_random(directory: Path) -> dict[str, Path]:
     """Export the full-size classifier with random weights, fp32 and fp16 (no parity check)."""
     import torch
 
-    from models.export import export_onnx
-    from models.mii import _Fp16Graph, build_mii_model, mii_preprocess_spec
+    from models.mii.export import Fp16Graph
+    from models.mii.network import build_mii_model, mii_preprocess_spec
+    from models.onnx_export import export_onnx
 
     model = build_mii_model("full").eval()
     spec = mii_preprocess_spec(480)
     paths = {"fp32": directory / "mii-full.onnx", "fp16": directory / "mii-full.fp16.onnx"}
     export_onnx(model, spec, paths["fp32"])
     with torch.no_grad():
-        export_onnx(_Fp16Graph(model), spec, paths["fp16"])
+        export_onnx(Fp16Graph(model), spec, paths["fp16"])
     return paths
 
 

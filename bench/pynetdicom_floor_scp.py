@@ -32,8 +32,7 @@ from typing import Any
 from pynetdicom import AE, _config, evt
 
 from dicom_scp.contexts import supported_contexts
-from dicom_scp.listeners import open_listening_socket
-from dicom_scp.server import MAX_PDU_BYTES, SharedSocketAssociationServer
+from dicom_scp.ae import MAX_PDU_BYTES, SharedSocketAssociationServer, open_listening_socket
 
 
 def main() -> None:

@@ -162,9 +162,9 @@ def run_mode(
     from dicom_scp.server import start_node_scp
     from triage.sr import sr_uids
     from triage.worker import start_embedded_worker
-    from worklist.db import make_engine, make_session_factory
-    from worklist.migrate import upgrade
-    from worklist.settings import load_settings
+    from worklist.core.db import make_engine, make_session_factory
+    from worklist.core.migrate import upgrade
+    from worklist.core.settings import load_settings
     from worklist.tables import Study, TriageResult
 
     root = workdir / mode

@@ -203,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     subcommand, config = parse_command(pid1_command())
     role = role_for(subcommand) if args.role == "auto" else args.role
 
-    from worklist.settings import SettingsError, load_settings
+    from worklist.core.settings import SettingsError, load_settings
 
     try:
         settings = load_settings(config)

@@ -19,8 +19,16 @@ queue
     ``CeleryTriageQueue``: sends ``triage.triage_study`` by name.
 watcher
     ``StabilityWatcher``: runs the stability rounds in a thread.
+pynetdicom_tweaks
+    What the node changes in pynetdicom, process-wide: PDUs read into one buffer,
+    datasets received into files in the spool.
+ae
+    One process's SCP: ``build_ae``, ``event_handlers``, ``ssl_context``,
+    ``start_scp``, the shared listening socket and ``spool_sink``.
+listeners
+    ``ListenerPool``: the extra SCP processes that share the DICOM port.
 server
-    ``build_ae``, ``start_scp``, ``start_node_scp``, ``run_scp``.
+    The node's ingest side: ``start_node_scp``, ``run_scp``.
 
 Nothing is imported here, so ``import dicom_scp`` stays cheap.
 """

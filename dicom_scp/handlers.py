@@ -1,7 +1,7 @@
 """pynetdicom event handlers: thin, event in, status out, never raising.
 
 Bound with ``(evt.EVT_X, handler, [args])`` so that their dependencies arrive as
-arguments (see :func:`dicom_scp.server.build_ae`).
+arguments (see :func:`dicom_scp.ae.build_ae`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pydicom.dataset import Dataset
 
 from dicom_scp.sink import InstanceSink, ReceivedInstance
 from dicom_scp.status import StoreStatus, status_dataset, status_for_exception
-from worklist.settings import Settings
+from worklist.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def handle_echo(event: Any) -> int:
 def received_instance(event: Any) -> ReceivedInstance:
     """Turn a C-STORE event into what a sink takes, without decoding the dataset.
 
-    With pynetdicom's chunked receive on (:func:`dicom_scp.server.chunked_receive`)
+    With pynetdicom's chunked receive on (:func:`dicom_scp.pynetdicom_tweaks.chunked_receive`)
     the dataset is already in a file, File Meta included, and is passed by path;
     otherwise its encoded bytes are.
 

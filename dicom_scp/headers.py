@@ -27,7 +27,7 @@ from dicom_scp.status import (
     MissingUID,
     SOPInstanceMismatch,
 )
-from worklist.ingest import InstanceInfo
+from worklist.core.contracts import InstanceInfo
 from worklist.tables import Instance, Series, Study
 
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")

@@ -3,7 +3,7 @@
 One Python process serves its associations one bytecode at a time (the GIL), so
 four senders at once get little more than one. The node therefore runs
 ``settings.scp_processes`` processes that accept from one listening socket, opened
-once by the main process (:func:`open_listening_socket`) and handed to the others,
+once by the main process (:func:`dicom_scp.ae.open_listening_socket`) and handed to the others,
 as pre-forking servers do. Every process waits on it; whichever gets to
 ``accept()`` first takes the connection, which tends to be the least busy one. The
 main process keeps everything that must run once (stale-file clean-up at start-up,
@@ -33,7 +33,12 @@ from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event as EventType
 
-from worklist.settings import Settings
+from dicom_scp.ae import associations_per_process, spool_sink, start_scp
+from dicom_scp.pynetdicom_tweaks import chunked_receive
+from dicom_scp.sink import incoming_dir
+from worklist.core.db import open_database
+from worklist.core.logs import configure_logging
+from worklist.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -41,87 +46,6 @@ _PR_SET_PDEATHSIG = 1
 _RESTART_CHECK_S = 1.0
 _STOP_TIMEOUT_S = 10.0
 _READY_TIMEOUT_S = 60.0
-
-
-class PortInUseError(RuntimeError):
-    """Another program already listens on the DICOM port."""
-
-
-def scp_process_count(settings: Settings) -> int:
-    """How many processes serve the DICOM port.
-
-    ``settings.scp_processes``, but never more than ``settings.max_associations``:
-    a process that may not hold one association is of no use.
-
-    Parameters
-    ----------
-    settings : Settings
-
-    Returns
-    -------
-    int
-        At least 1.
-    """
-    return max(1, min(settings.scp_processes, settings.max_associations))
-
-
-def associations_per_process(settings: Settings, processes: int) -> int:
-    """Each process's share of ``settings.max_associations`` (rounded up).
-
-    Parameters
-    ----------
-    settings : Settings
-    processes : int
-        How many processes share the port.
-
-    Returns
-    -------
-    int
-        ``ceil(max_associations / processes)``: the node as a whole never holds
-        more than ``max_associations`` plus ``processes - 1`` associations.
-    """
-    return -(-settings.max_associations // max(1, processes))
-
-
-def open_listening_socket(host: str, port: int, *, backlog: int = 64) -> socket.socket:
-    """Bind and listen on ``host:port`` for every SCP process of the node.
-
-    The socket is non-blocking: all processes wait on it, one ``accept()`` wins and
-    the others get nothing and go back to waiting.
-
-    Parameters
-    ----------
-    host, port : str, int
-        The DICOM address (``settings.dicom_host``, ``settings.dicom_port``).
-    backlog : int
-        Connections the kernel queues before the processes take them.
-
-    Returns
-    -------
-    socket.socket
-        Listening; close it after the last process stopped using it.
-
-    Raises
-    ------
-    PortInUseError
-        With the address, when another program (another node?) listens there.
-    """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(backlog)
-        sock.setblocking(False)
-    except OSError as exc:
-        sock.close()
-        if exc.errno == errno.EADDRINUSE:
-            raise PortInUseError(
-                f"DICOM port {host}:{port} is already in use by another program "
-                "(another node?); stop it or set TRIAGE_DICOM_PORT"
-            ) from exc
-        raise
-    return sock
 
 
 def _die_with_parent() -> None:
@@ -146,7 +70,7 @@ def serve_listener(
     ----------
     settings : Settings
     listen_socket : socket.socket
-        The node's listening socket (:func:`open_listening_socket`).
+        The node's listening socket (:func:`dicom_scp.ae.open_listening_socket`).
     processes : int
         How many processes share the port (for this one's association limit).
     parent_pid : int
@@ -155,24 +79,13 @@ def serve_listener(
         Set once this process accepts associations.
     """
     _die_with_parent()
-    from dicom_scp.server import DIMSE_TIMEOUT_S, NETWORK_TIMEOUT_S, chunked_receive, start_scp
-    from dicom_scp.sink import SpoolSink, incoming_dir
-    from worklist.db import make_engine, make_session_factory
-    from worklist.logs import configure_logging
-
     configure_logging(settings.log_level, with_process=True)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda _signum, _frame: stop.set())
-    engine = make_engine(settings.effective_database_url)
-    spool = settings.spool_dir.absolute()
-    sink = SpoolSink(
-        spool,
-        make_session_factory(engine),
-        settings.min_free_mb,
-        abandoned_after_s=NETWORK_TIMEOUT_S + DIMSE_TIMEOUT_S,
-    )
-    restore = chunked_receive(incoming_dir(spool))
+    database = open_database(settings)
+    sink = spool_sink(settings, database.session_factory)
+    restore = chunked_receive(incoming_dir(sink.spool_dir))
     server = start_scp(
         settings, sink, listen_socket=listen_socket, processes=processes, announce=False
     )
@@ -187,7 +100,7 @@ def serve_listener(
         if server is not None:
             server.shutdown()
         restore()
-        engine.dispose()
+        database.dispose()
 
 
 @dataclass
@@ -198,7 +111,7 @@ class ListenerPool:
     ----------
     settings : Settings
     listen_socket : socket.socket
-        The node's listening socket (:func:`open_listening_socket`).
+        The node's listening socket (:func:`dicom_scp.ae.open_listening_socket`).
     processes : int
         How many processes share the port in all, the main one included; the pool
         runs ``processes - 1``.

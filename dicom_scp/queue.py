@@ -9,16 +9,16 @@ import logging
 import threading
 from typing import Any
 
-from worklist.settings import Settings
-from worklist.stability import INFERENCE_QUEUE, TRIAGE_TASK_NAME
+from worklist.core.contracts import INFERENCE_QUEUE, TASK_TRIAGE
+from worklist.core.settings import Settings
 
-__all__ = ["INFERENCE_QUEUE", "TRIAGE_TASK_NAME", "CeleryTriageQueue"]
+__all__ = ["CeleryTriageQueue"]
 
 log = logging.getLogger(__name__)
 
 
 class CeleryTriageQueue:
-    """A :class:`worklist.stability.TriageQueue` that sends Celery tasks by name.
+    """A :class:`worklist.core.contracts.TriageQueue` that sends Celery tasks by name.
 
     The Celery app is created lazily on the first :meth:`enqueue`, from
     ``settings.effective_broker_url``. The queue is a plain one (exchange and routing
@@ -72,9 +72,9 @@ class CeleryTriageQueue:
             Whatever the broker raises; the caller retries on its next round.
         """
         self.app.send_task(
-            TRIAGE_TASK_NAME, args=(int(study_id), int(revision)), queue=INFERENCE_QUEUE
+            TASK_TRIAGE, args=(int(study_id), int(revision)), queue=INFERENCE_QUEUE
         )
-        log.debug("sent %s(%s, %s)", TRIAGE_TASK_NAME, study_id, revision)
+        log.debug("sent %s(%s, %s)", TASK_TRIAGE, study_id, revision)
 
     def close(self) -> None:
         """Release the broker connections, if any were made."""

@@ -1,145 +1,40 @@
-"""The node's DICOM Application Entity: building it, starting it, running it.
+"""The node's ingest side: spool sink, stability watcher and its SCP processes.
 
-``build_ae`` configures the AE (contexts, limits, timeouts), ``event_handlers``
-binds the thin handlers to their dependencies, ``start_scp`` serves them,
-``start_node_scp`` adds the spool sink and the stability watcher, and ``run_scp``
-is what ``triage-node scp`` runs until SIGTERM or Ctrl-C.
+``start_node_scp`` cleans the spool, starts the stability watcher, opens the DICOM
+port and serves it from this process (:mod:`dicom_scp.ae`) and, when the settings
+ask for more, from a pool of extra processes (:mod:`dicom_scp.listeners`);
+``run_scp`` is what ``triage-node scp`` runs until SIGTERM or Ctrl-C.
 """
 
 from __future__ import annotations
 
 import logging
 import signal
-import socket
-import ssl
-import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from pynetdicom import AE, _config, evt
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.orm import sessionmaker
 
-from dicom_scp.contexts import supported_contexts
-from dicom_scp.handlers import handle_association_request, handle_echo, handle_store
-from dicom_scp.listeners import (
-    ListenerPool,
-    associations_per_process,
-    open_listening_socket,
-    scp_process_count,
-)
+from dicom_scp.ae import open_listening_socket, spool_sink, start_scp
+from dicom_scp.listeners import ListenerPool
+from dicom_scp.pynetdicom_tweaks import chunked_receive
 from dicom_scp.queue import CeleryTriageQueue
-from dicom_scp.sink import InstanceSink, SpoolSink, clean_stale_temp_files, incoming_dir
-from dicom_scp.socket_reads import read_pdus_in_full
+from dicom_scp.sink import SpoolSink, clean_stale_temp_files, incoming_dir
 from dicom_scp.watcher import StabilityWatcher
-from worklist.settings import Settings
-from worklist.stability import TriageQueue
+from worklist.core.contracts import TriageQueue
+from worklist.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
-ACSE_TIMEOUT_S = 30.0
-"""Seconds to wait for association request/release messages."""
-DIMSE_TIMEOUT_S = 120.0
-"""Seconds to wait for the next DIMSE message on an association."""
-NETWORK_TIMEOUT_S = 300.0
-"""Seconds an idle association is kept open."""
-MAX_PDU_BYTES = 1048576
-"""Largest P-DATA-TF PDU the node accepts: fewer, larger PDUs cost less per byte."""
 
+def scp_process_count(settings: Settings) -> int:
+    """How many processes serve the DICOM port.
 
-class SharedSocketAssociationServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server on a listening socket that several processes share.
-
-    The socket comes from :func:`dicom_scp.listeners.open_listening_socket`,
-    already bound, listening and non-blocking: this server neither binds it nor,
-    when it stops, shuts it down (that would stop the other processes too); it only
-    closes its own handle.
-
-    Parameters
-    ----------
-    *args, **kwargs
-        As for :class:`pynetdicom.transport.AssociationServer`.
-    listen_socket : socket.socket
-        The shared listening socket.
-    """
-
-    def __init__(self, *args: Any, listen_socket: socket.socket, **kwargs: Any) -> None:
-        self._listen_socket = listen_socket
-        super().__init__(*args, **kwargs)
-
-    def server_bind(self) -> None:
-        """Use the shared socket instead of binding a new one."""
-        if self.socket is not None:
-            self.socket.close()  # the one socketserver made for us, unused
-        self.socket = self._listen_socket
-        self.server_address = self.socket.getsockname()
-
-    def server_activate(self) -> None:
-        """Nothing to do: the shared socket is listening already."""
-
-    def server_close(self) -> None:
-        """Close this process's handle only."""
-        if self.socket is not None:
-            self.socket.close()
-
-
-def build_ae(settings: Settings, *, processes: int = 1) -> AE:
-    """Configure the node's Application Entity (not yet serving).
-
-    Verification and every storage SOP class with the transfer syntaxes of
-    :mod:`dicom_scp.contexts`; only our own called AE title; this process's share
-    of ``settings.max_associations`` concurrent associations; ACSE, DIMSE and
-    network timeouts.
-
-    Parameters
-    ----------
-    settings : Settings
-    processes : int
-        How many processes share the DICOM port (each gets its share of the
-        association limit).
-
-    Returns
-    -------
-    pynetdicom.AE
-    """
-    ae = AE(ae_title=settings.ae_title)
-    ae.supported_contexts = supported_contexts()
-    ae.require_called_aet = True
-    ae.maximum_associations = associations_per_process(settings, processes)
-    ae.acse_timeout = ACSE_TIMEOUT_S
-    ae.dimse_timeout = DIMSE_TIMEOUT_S
-    ae.network_timeout = NETWORK_TIMEOUT_S
-    ae.maximum_pdu_size = MAX_PDU_BYTES
-    return ae
-
-
-def event_handlers(settings: Settings, sink: InstanceSink) -> list[tuple[Any, ...]]:
-    """Bind the handlers to their dependencies.
-
-    Parameters
-    ----------
-    settings : Settings
-        For the association allow-lists.
-    sink : InstanceSink
-        Where received instances go.
-
-    Returns
-    -------
-    list of tuple
-        ``(event, handler[, args])`` items for ``AE.start_server``.
-    """
-    return [
-        (evt.EVT_REQUESTED, handle_association_request, [settings]),
-        (evt.EVT_C_ECHO, handle_echo),
-        (evt.EVT_C_STORE, handle_store, [sink]),
-    ]
-
-
-def ssl_context(settings: Settings) -> ssl.SSLContext | None:
-    """Build the server's TLS context when ``tls_cert``/``tls_key`` are set.
+    ``settings.scp_processes``, but never more than ``settings.max_associations``:
+    a process that may not hold one association is of no use.
 
     Parameters
     ----------
@@ -147,118 +42,10 @@ def ssl_context(settings: Settings) -> ssl.SSLContext | None:
 
     Returns
     -------
-    ssl.SSLContext or None
-        TLS 1.2 or newer; client certificates required (and checked against
-        ``tls_ca``) when ``tls_ca`` is set. None when TLS is off.
+    int
+        At least 1.
     """
-    if settings.tls_cert is None or settings.tls_key is None:
-        return None
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(certfile=str(settings.tls_cert), keyfile=str(settings.tls_key))
-    if settings.tls_ca is not None:
-        context.verify_mode = ssl.CERT_REQUIRED
-        context.load_verify_locations(cafile=str(settings.tls_ca))
-    return context
-
-
-def start_scp(
-    settings: Settings,
-    sink: InstanceSink,
-    *,
-    block: bool = False,
-    listen_socket: socket.socket | None = None,
-    processes: int = 1,
-    announce: bool = True,
-) -> ThreadedAssociationServer | None:
-    """Serve C-ECHO and C-STORE on ``settings.dicom_host:dicom_port``.
-
-    Parameters
-    ----------
-    settings : Settings
-    sink : InstanceSink
-        Where received instances go.
-    block : bool
-        Serve in this thread until interrupted (returns None) instead of in a
-        background thread.
-    listen_socket : socket.socket, optional
-        Accept from this socket, shared with the node's other SCP processes
-        (:mod:`dicom_scp.listeners`), instead of binding the address.
-    processes : int
-        How many processes share the port, for this one's association limit.
-    announce : bool
-        Log the listening address at INFO (the main process does; the extra
-        ones don't repeat it).
-
-    Returns
-    -------
-    ThreadedAssociationServer or None
-        The running server (call ``shutdown()`` to stop it); None when ``block``.
-    """
-    read_pdus_in_full()
-    ae = build_ae(settings, processes=processes)
-    context = ssl_context(settings)
-    if announce:
-        log.info(
-            "DICOM SCP %s listening on %s:%s%s (%d storage SOP classes)",
-            settings.ae_title,
-            settings.dicom_host,
-            settings.dicom_port,
-            " with TLS" if context else "",
-            len(ae.supported_contexts) - 1,
-        )
-    address = (settings.dicom_host, settings.dicom_port)
-    handlers = event_handlers(settings, sink)
-    if listen_socket is None:
-        return ae.start_server(address, block=block, evt_handlers=handlers, ssl_context=context)
-    server = ae.make_server(
-        address,
-        evt_handlers=handlers,
-        ssl_context=context,
-        server_class=SharedSocketAssociationServer,
-        listen_socket=listen_socket,
-    )
-    if block:
-        server.serve_forever()
-        return None
-    threading.Thread(target=server.serve_forever, name="AcceptorServer", daemon=True).start()
-    ae._servers.append(server)  # as ae.start_server does; server.shutdown() removes it
-    return server
-
-
-def chunked_receive(directory: Path) -> Callable[[], None]:
-    """Have pynetdicom receive C-STORE datasets into files in ``directory``.
-
-    Sets pynetdicom's ``_config.STORE_RECV_CHUNKED_DATASET``: each dataset is
-    written, File Meta first, to a temporary file while it arrives, instead of
-    being gathered in memory, and the handler gets its path
-    (``event.dataset_path``). pynetdicom creates that file with
-    :class:`tempfile.NamedTemporaryFile` in the default temporary directory, so
-    ``tempfile.tempdir`` is set to ``directory``; both are process-wide. With
-    ``directory`` inside the spool the sink fsyncs and renames the file into place
-    instead of writing the dataset a second time. pynetdicom removes the file after
-    the handler returns unless the sink has moved it.
-
-    Parameters
-    ----------
-    directory : Path
-        Where datasets are received; created when missing. Use
-        :func:`dicom_scp.sink.incoming_dir` of the spool.
-
-    Returns
-    -------
-    callable
-        Restores both settings as they were.
-    """
-    directory.mkdir(parents=True, exist_ok=True)
-    previous = (_config.STORE_RECV_CHUNKED_DATASET, tempfile.tempdir)
-    _config.STORE_RECV_CHUNKED_DATASET = True
-    tempfile.tempdir = str(directory)
-
-    def restore() -> None:
-        _config.STORE_RECV_CHUNKED_DATASET, tempfile.tempdir = previous
-
-    return restore
+    return max(1, min(settings.scp_processes, settings.max_associations))
 
 
 def _no_restore() -> None:
@@ -308,10 +95,10 @@ def start_node_scp(
 
     Stale temp files are removed from the spool first. The database must be
     migrated already. Datasets are received into files in the spool's incoming
-    directory (:func:`chunked_receive`) until ``stop()``.
+    directory (:func:`~dicom_scp.pynetdicom_tweaks.chunked_receive`) until ``stop()``.
 
-    The listening socket is opened here (:func:`~dicom_scp.listeners.open_listening_socket`:
-    a port in use is a :class:`~dicom_scp.listeners.PortInUseError`). With
+    The listening socket is opened here (:func:`~dicom_scp.ae.open_listening_socket`:
+    a port in use is a :class:`~dicom_scp.ae.PortInUseError`). With
     ``processes`` above 1, ``processes - 1`` more SCP processes
     (:class:`~dicom_scp.listeners.ListenerPool`) accept from it too; only this one
     cleans the spool and runs the watcher.
@@ -327,7 +114,7 @@ def start_node_scp(
         Receive datasets into files in the spool (default) rather than in memory.
     processes : int
         How many processes serve the DICOM port (see
-        :func:`dicom_scp.listeners.scp_process_count`).
+        :func:`scp_process_count`).
 
     Returns
     -------
@@ -337,12 +124,7 @@ def start_node_scp(
     spool = settings.spool_dir.absolute()
     spool.mkdir(parents=True, exist_ok=True)
     clean_stale_temp_files(spool)
-    sink = SpoolSink(
-        spool,
-        session_factory,
-        settings.min_free_mb,
-        abandoned_after_s=NETWORK_TIMEOUT_S + DIMSE_TIMEOUT_S,
-    )
+    sink = spool_sink(settings, session_factory)
     queue = queue if queue is not None else CeleryTriageQueue(settings)
     watcher = StabilityWatcher(
         session_factory,
@@ -394,7 +176,7 @@ def run_scp(settings: Settings, *, stop: threading.Event | None = None) -> None:
     stop : threading.Event, optional
         Set it to stop (signals are only installed from the main thread).
     """
-    from worklist.db import make_engine, make_session_factory
+    from worklist.core.db import open_database
 
     stop = stop or threading.Event()
     previous: dict[int, Any] = {}
@@ -408,11 +190,11 @@ def run_scp(settings: Settings, *, stop: threading.Event | None = None) -> None:
             previous[signum] = signal.signal(signum, _on_signal)
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.effective_database_url)
+    database = open_database(settings)
     node: NodeScp | None = None
     try:
         node = start_node_scp(
-            settings, make_session_factory(engine), processes=scp_process_count(settings)
+            settings, database.session_factory, processes=scp_process_count(settings)
         )
         while not stop.wait(1.0):
             pass
@@ -421,6 +203,6 @@ def run_scp(settings: Settings, *, stop: threading.Event | None = None) -> None:
     finally:
         if node is not None:
             node.stop()
-        engine.dispose()
+        database.dispose()
         for signum, handler in previous.items():
             signal.signal(signum, handler)

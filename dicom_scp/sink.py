@@ -63,8 +63,9 @@ from dicom_scp.status import (
     StoreStatus,
     status_for_exception,
 )
-from worklist.files import fsync_directory
-from worklist.ingest import RecordOutcome, record_instance
+from worklist.core.contracts import RecordOutcome
+from worklist.core.files import fsync_directory
+from worklist.ingest import record_instance
 from worklist.tables import Instance
 
 log = logging.getLogger(__name__)

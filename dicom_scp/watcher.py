@@ -7,7 +7,8 @@ import threading
 
 from sqlalchemy.orm import sessionmaker
 
-from worklist.stability import Handoff, TriageQueue, run_stability_round
+from worklist.core.contracts import TriageQueue
+from worklist.stability import Handoff, run_stability_round
 
 log = logging.getLogger(__name__)
 

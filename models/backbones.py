@@ -6,7 +6,7 @@ backbone (created with ``pretrained=False``: no download ever) with its pooled
 features as the embedding and a single linear unit giving the abnormal logit.
 
 A later backbone (e.g. MedImageInsight's DaViT encoder, timm ``davit_huge_fl``)
-is added by registering another spec, optionally with a ``checkpoint`` loader.
+is another entry of :data:`BACKBONES`, optionally with its own ``builder``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import timm
 import torch
 from torch import nn
 
-__all__ = ["BACKBONES", "BackboneSpec", "TriageNet", "build_model", "register_backbone"]
+__all__ = ["BACKBONES", "BackboneSpec", "TriageNet", "build_model"]
 
 
 @dataclass(frozen=True)
@@ -53,14 +53,14 @@ class BackboneSpec:
 
 def _mii_builder(variant: str) -> Callable[..., nn.Module]:
     def build(*, in_chans: int = 3, drop: float = 0.0) -> nn.Module:
-        from models.mii import build_mii_model
+        from models.mii.network import build_mii_model
 
         return build_mii_model(variant, in_chans=in_chans, drop=drop)
 
     return build
 
 
-#: MedImageInsight's preprocessing (see ``models.mii.mii_preprocess_spec``).
+#: MedImageInsight's preprocessing (see ``models.mii.network.mii_preprocess_spec``).
 _MII_PREPROCESS = {
     "channels": 3,
     "window": "percentile",
@@ -160,11 +160,6 @@ BACKBONES: dict[str, BackboneSpec] = {
         preprocess={**_MII_PREPROCESS, "input_size": 96},
     ),
 }
-
-
-def register_backbone(name: str, spec: BackboneSpec) -> None:
-    """Register (or replace) a backbone under ``name``."""
-    BACKBONES[name] = spec
 
 
 class TriageNet(nn.Module):

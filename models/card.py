@@ -26,6 +26,7 @@ from models.preprocess import PreprocessSpec
 
 __all__ = [
     "CARD_KEY",
+    "INTENDED_USE",
     "ModelCard",
     "embed_card",
     "read_card",
@@ -39,6 +40,13 @@ logger = logging.getLogger(__name__)
 #: ONNX ``metadata_props`` key holding the card JSON.
 CARD_KEY = "model_card"
 MANUFACTURER = "cxr-triage-node project"
+#: The intended use every card of a triage model states (the default model, MedImageInsight).
+INTENDED_USE = (
+    "Worklist prioritisation of frontal (PA/AP) chest radiographs (CR/DX): the calibrated "
+    "probability that an image is abnormal is used to move likely abnormal studies up a "
+    "radiologist's reading list. Every study is still read by a radiologist; the output is not "
+    "a diagnosis and must not be used to withhold or delay a read, nor on its own to treat."
+)
 
 
 class ModelCard(BaseModel):

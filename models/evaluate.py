@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import math
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -26,6 +25,7 @@ from tqdm import tqdm
 from models.card import ModelCard, embed_card
 from models.data import LABELS, Record, read_labels
 from models.degrade import VARIANT_DESCRIPTIONS, apply_variant
+from models.demographics import age_band
 from models.metrics import (
     average_precision,
     bootstrap_ci,
@@ -44,8 +44,6 @@ from models.preprocess import PreprocessError, PreprocessSpec, preprocess_file
 from models.runtime import Classifier
 
 __all__ = [
-    "AGE_BANDS",
-    "age_band",
     "calibrate_model",
     "evaluate_model",
     "score_records",
@@ -55,25 +53,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Age bands of the subgroup analysis (lower bound inclusive).
-AGE_BANDS: tuple[tuple[str, float, float], ...] = (
-    ("<18", 0, 18),
-    ("18-40", 18, 40),
-    ("40-60", 40, 60),
-    ("60-75", 60, 75),
-    ("75+", 75, math.inf),
-)
 MISSING = "missing"
-
-
-def age_band(age: float | None) -> str:
-    """Age band label of an age in years; ``'missing'`` when unknown."""
-    if age is None or not np.isfinite(age):
-        return MISSING
-    for name, lo, hi in AGE_BANDS:
-        if lo <= age < hi:
-            return name
-    return MISSING
 
 
 def _attributes(rec: Record) -> dict[str, str]:

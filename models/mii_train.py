@@ -39,16 +39,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.mii import (
-    LoadReport,
-    MiiTriageNet,
-    build_mii_model,
-    export_mii_onnx,
-    file_sha256,
-    load_mii_checkpoint,
-    mii_card,
-    mii_preprocess_spec,
-)
+from models.mii.checkpoint import LoadReport, MiiError, file_sha256, load_mii_checkpoint
+from models.mii.export import export_mii_onnx, mii_card
+from models.mii.network import MII_VARIANTS, MiiTriageNet, build_mii_model, mii_preprocess_spec
 from models.preprocess import PreprocessSpec
 
 __all__ = [
@@ -108,8 +101,6 @@ class MiiConfig:
 
     def spec(self) -> PreprocessSpec:
         """MedImageInsight's preprocessing at this run's input size."""
-        from models.mii import MII_VARIANTS
-
         return mii_preprocess_spec(self.input_size or MII_VARIANTS[self.variant].input_size)
 
     def torch_device(self) -> torch.device:
@@ -574,8 +565,6 @@ def _config(args: argparse.Namespace) -> MiiConfig:
 
 def mii_main(argv: Sequence[str] | None = None) -> int:
     """Entry point: ``triage-model mii {finetune,probe,export} ...``."""
-    from models.mii import MiiError
-
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

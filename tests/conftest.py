@@ -125,7 +125,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 @pytest.fixture
 def migrated_url(database_url: str) -> str:
     """``database_url`` with every migration applied."""
-    from worklist.migrate import upgrade
+    from worklist.core.migrate import upgrade
 
     upgrade(database_url)
     return database_url
@@ -134,7 +134,7 @@ def migrated_url(database_url: str) -> str:
 @pytest.fixture
 def session_factory(migrated_url: str) -> Iterator[object]:
     """A session factory over a migrated database (SQLite and PostgreSQL)."""
-    from worklist.db import make_engine, make_session_factory
+    from worklist.core.db import make_engine, make_session_factory
 
     engine = make_engine(migrated_url)
     try:

@@ -25,8 +25,8 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
-from worklist.logs import configure_logging
-from worklist.settings import Settings, SettingsError, load_settings
+from worklist.core.logs import configure_logging
+from worklist.core.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("triage.cli")
 
@@ -46,7 +46,7 @@ def _stop_event() -> threading.Event:
 
 def cmd_db_upgrade(settings: Settings) -> int:
     """Apply the migrations to the configured database."""
-    from worklist.migrate import upgrade
+    from worklist.core.migrate import upgrade
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade(settings.effective_database_url)
@@ -74,11 +74,10 @@ def cmd_api(settings: Settings) -> int:
     """Run the HTTP server until stopped."""
     import uvicorn
 
-    from worklist.api import create_app
-    from worklist.db import make_engine, make_session_factory
+    from worklist.core.db import open_database
+    from worklist.http.app import create_app
 
-    engine = make_engine(settings.effective_database_url)
-    app = create_app(settings, make_session_factory(engine))
+    app = create_app(settings, open_database(settings).session_factory)
     uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_level="warning")
     return 0
 
@@ -87,17 +86,16 @@ def cmd_serve(settings: Settings) -> int:
     """Run the whole node in one process (the embedded default)."""
     import uvicorn
 
-    from dicom_scp.listeners import scp_process_count
-    from dicom_scp.server import start_node_scp
+    from dicom_scp.server import scp_process_count, start_node_scp
     from triage.worker import start_embedded_worker
-    from worklist.api import create_app
-    from worklist.db import make_engine, make_session_factory
-    from worklist.migrate import upgrade
+    from worklist.core.db import open_database
+    from worklist.core.migrate import upgrade
+    from worklist.http.app import create_app
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade(settings.effective_database_url)
-    engine = make_engine(settings.effective_database_url)
-    session_factory = make_session_factory(engine)
+    database = open_database(settings)
+    session_factory = database.session_factory
     stop = _stop_event()
 
     worker = start_embedded_worker(settings)
@@ -105,7 +103,7 @@ def cmd_serve(settings: Settings) -> int:
         scp = start_node_scp(settings, session_factory, processes=scp_process_count(settings))
     except BaseException:
         worker.stop()
-        engine.dispose()
+        database.dispose()
         raise
     server = uvicorn.Server(
         uvicorn.Config(
@@ -135,7 +133,7 @@ def cmd_serve(settings: Settings) -> int:
         server.should_exit = True
         http.join(timeout=10)
         worker.stop()
-        engine.dispose()
+        database.dispose()
     return 0
 
 
@@ -200,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_level)
     if args.command in ("serve", "scp"):
-        from dicom_scp.listeners import PortInUseError
+        from dicom_scp.ae import PortInUseError
 
         try:
             return cmd_serve(settings) if args.command == "serve" else cmd_scp(settings)

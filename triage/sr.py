@@ -50,7 +50,7 @@ from highdicom.sr import (
 from pydicom import Dataset, dcmread
 from pydicom.sr.coding import Code
 
-from worklist.files import fsync_directory
+from worklist.core.files import fsync_directory
 
 __all__ = [
     "CODES",

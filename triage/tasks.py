@@ -22,13 +22,33 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from celery import Celery
+from celery import Celery, Task
+from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import sessionmaker
 
-from triage.celery_app import DELIVERY_QUEUE, INFERENCE_QUEUE, TASK_DELIVER, TASK_SWEEP, TASK_TRIAGE
+from models.runtime import Classifier
+from triage.delivery import retry_delay, store_file
 from triage.errors import DestinationUnavailable, StoreRejected, TransientError
-from triage.options import TriageOptions
+from triage.inference import get_classifier
+from triage.pipeline import triage_study
+from worklist.core.contracts import (
+    DELIVERY_QUEUE,
+    INFERENCE_QUEUE,
+    TASK_DELIVER,
+    TASK_SWEEP,
+    TASK_TRIAGE,
+)
+from worklist.core.db import open_database
+from worklist.core.settings import Settings
+from worklist.outbox import (
+    claim_delivery,
+    due_deliveries,
+    mark_delivered,
+    mark_failed_attempt,
+    mark_redispatched,
+)
+from worklist.results import stalled_revisions
 
 __all__ = ["WorkerContext", "deliver_one", "register_tasks", "sweep"]
 
@@ -38,7 +58,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class _Engine:
     pid: int
-    engine: Any
+    engine: Engine
     session_factory: sessionmaker
 
 
@@ -46,14 +66,8 @@ class WorkerContext:
     """Per-process resources of a worker: the engine and session factory, built
     lazily (and again in a forked child)."""
 
-    def __init__(
-        self,
-        settings: Any,
-        options: TriageOptions,
-        session_factory: sessionmaker | None = None,
-    ) -> None:
+    def __init__(self, settings: Settings, session_factory: sessionmaker | None = None) -> None:
         self.settings = settings
-        self.options = options
         self._lock = threading.Lock()
         self._engine: _Engine | None = None
         self._given_factory = session_factory
@@ -65,23 +79,19 @@ class WorkerContext:
             return self._given_factory
         with self._lock:
             if self._engine is None or self._engine.pid != os.getpid():
-                from worklist.db import make_engine, make_session_factory
-
-                engine = make_engine(self.settings.effective_database_url)
-                self._engine = _Engine(os.getpid(), engine, make_session_factory(engine))
+                database = open_database(self.settings)
+                self._engine = _Engine(os.getpid(), database.engine, database.session_factory)
             return self._engine.session_factory
 
-    def classifier(self) -> Any:
+    def classifier(self) -> Classifier:
         """This process's classifier (loaded on first use)."""
-        from triage.inference import get_classifier
-
-        return get_classifier(self.settings, batch_size=self.options.batch_size)
+        return get_classifier(self.settings, batch_size=self.settings.batch_size)
 
 
 def _context(app: Celery) -> WorkerContext:
     ctx = getattr(app, "triage_context", None)
     if ctx is None:
-        ctx = WorkerContext(app.conf.triage_settings, app.conf.triage_options)
+        ctx = WorkerContext(app.conf.triage_settings)
         app.triage_context = ctx  # type: ignore[attr-defined]
     return ctx
 
@@ -99,16 +109,13 @@ def deliver_one(ctx: WorkerContext, delivery_id: int) -> str:
     str
         ``delivered``, ``pending`` (will be retried), ``failed`` or ``not due``.
     """
-    from triage.delivery import store_file
-    from worklist.outbox import claim_delivery, mark_delivered, mark_failed_attempt
-
-    options = ctx.options
+    settings = ctx.settings
     with ctx.session_factory.begin() as session:
-        job = claim_delivery(session, delivery_id=delivery_id, lease_seconds=options.lease_seconds)
+        job = claim_delivery(session, delivery_id=delivery_id, lease_seconds=settings.lease_seconds)
     if job is None:
         return "not due"
     try:
-        store_file(job.file_path, job.destination, calling_ae=ctx.settings.ae_title)
+        store_file(job.file_path, job.destination, calling_ae=settings.ae_title)
     except (DestinationUnavailable, StoreRejected, FileNotFoundError, OSError) as exc:
         transient = (
             isinstance(exc, DestinationUnavailable)
@@ -116,8 +123,8 @@ def deliver_one(ctx: WorkerContext, delivery_id: int) -> str:
             or (isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError))
         )
         retry_in = (
-            options.backoff(job.attempts)
-            if transient and job.attempts < options.delivery_max_attempts
+            retry_delay(settings, job.attempts)
+            if transient and job.attempts < settings.delivery_max_attempts
             else None
         )
         with ctx.session_factory.begin() as session:
@@ -152,13 +159,10 @@ def sweep(app: Celery) -> dict[str, int]:
     dict
         ``{"deliveries": n, "revisions": m}`` sent.
     """
-    from worklist.outbox import due_deliveries, mark_redispatched
-    from worklist.results import stalled_revisions
-
     ctx = _context(app)
     with ctx.session_factory() as session:
         due = due_deliveries(session)
-        stalled = stalled_revisions(session, lease_seconds=ctx.options.lease_seconds)
+        stalled = stalled_revisions(session, lease_seconds=ctx.settings.lease_seconds)
     for delivery_id in due:
         app.send_task(TASK_DELIVER, args=(delivery_id,), queue=DELIVERY_QUEUE)
     for study_id, revision in stalled:
@@ -188,17 +192,10 @@ def register_tasks(app: Celery) -> None:
         retry_jitter=True,
         max_retries=8,
     )
-    def triage_study_task(self: Any, study_id: int, revision: int) -> dict[str, Any]:
-        from triage.pipeline import triage_study
-
+    def triage_study_task(self: Task, study_id: int, revision: int) -> dict[str, Any]:
         ctx = _context(app)
         outcome = triage_study(
-            ctx.session_factory,
-            ctx.settings,
-            ctx.classifier,
-            int(study_id),
-            int(revision),
-            options=ctx.options,
+            ctx.session_factory, ctx.settings, ctx.classifier, int(study_id), int(revision)
         )
         for delivery_id in outcome.deliveries:
             app.send_task(TASK_DELIVER, args=(delivery_id,), queue=DELIVERY_QUEUE)
@@ -220,7 +217,7 @@ def register_tasks(app: Celery) -> None:
         retry_backoff_max=30,
         max_retries=8,
     )
-    def deliver_task(self: Any, delivery_id: int) -> str:
+    def deliver_task(self: Task, delivery_id: int) -> str:
         return deliver_one(_context(app), int(delivery_id))
 
     @app.task(name=TASK_SWEEP, acks_late=True, autoretry_for=(OperationalError,), max_retries=3)

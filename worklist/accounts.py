@@ -1,18 +1,9 @@
-"""Accounts, API tokens, web sessions, audit events, reading state and feedback.
+"""Accounts: the password and token services.
 
-The tables of the node's people and their actions (the triage tables are in
-:mod:`worklist.tables`). Service functions take ``session=`` first and flush but do
-not commit; the caller owns the transaction.
-
-Roles
------
-``radiologist``
-    Reads the worklist and studies, claims/releases/completes studies, gives feedback.
-``admin``
-    Everything a radiologist can, plus the audit log and monitoring.
-``service``
-    A system such as the RIS (with a bearer token): reads the worklist, studies and
-    the model card; no actions.
+Passwords are Argon2id hashes, bearer tokens are stored as their SHA-256; the tables
+(:class:`~worklist.tables.User`, :class:`~worklist.tables.ApiToken`...) and the roles
+(:class:`~worklist.tables.Role`) are in :mod:`worklist.tables`. Service functions take
+``session=`` first and flush but do not commit; the caller owns the transaction.
 
 There is no built-in account and no default password: accounts are created with
 ``triage-node user add`` (:func:`create_user`).
@@ -24,40 +15,22 @@ import contextlib
 import hashlib
 import secrets
 from datetime import datetime
-from enum import StrEnum
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from sqlalchemy import (
-    Boolean,
-    DateTime,
-    Float,
-    ForeignKey,
-    Index,
-    Integer,
-    String,
-    UniqueConstraint,
-    select,
-)
-from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from worklist import tables as _tables  # noqa: F401 - the tables referenced below
-from worklist.db import Base
-from worklist.ingest import utcnow
+from worklist.core.clock import utcnow
+from worklist.tables import ApiToken, Role, User, WebSession
 
 __all__ = [
     "AccountError",
-    "ApiToken",
-    "AuditEvent",
-    "Feedback",
     "MIN_PASSWORD_LENGTH",
-    "ReadState",
-    "Role",
-    "StudyRead",
-    "User",
-    "WebSession",
+    "check_password_policy",
     "create_token",
     "create_user",
+    "get_user",
     "hash_password",
     "hash_token",
     "revoke_token",
@@ -74,151 +47,6 @@ _HASHER = PasswordHasher()
 
 class AccountError(ValueError):
     """An account or token cannot be created or changed as asked."""
-
-
-class Role(StrEnum):
-    """Roles of a user (see the module docstring)."""
-
-    RADIOLOGIST = "radiologist"
-    ADMIN = "admin"
-    SERVICE = "service"
-
-
-class ReadState(StrEnum):
-    """Reading state of a study on the worklist (``unread`` when it has no row)."""
-
-    UNREAD = "unread"
-    CLAIMED = "claimed"
-    COMPLETED = "completed"
-
-
-class User(Base):
-    """A local account; the password is stored as an Argon2id hash only."""
-
-    __tablename__ = "users"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    username: Mapped[str] = mapped_column(String(64), unique=True)
-    password_hash: Mapped[str | None] = mapped_column(String(256))
-    role: Mapped[str] = mapped_column(String(16))
-    active: Mapped[bool] = mapped_column(Boolean, default=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    last_login_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-
-
-class ApiToken(Base):
-    """A bearer token of a system (RIS); only its SHA-256 is stored."""
-
-    __tablename__ = "api_tokens"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
-    name: Mapped[str] = mapped_column(String(64))
-    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-
-    user: Mapped[User] = relationship()
-
-
-class WebSession(Base):
-    """A web page session; the cookie holds a random key, the row its keyed hash."""
-
-    __tablename__ = "web_sessions"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
-    session_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    client_ip: Mapped[str | None] = mapped_column(String(64))
-    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-
-    user: Mapped[User] = relationship()
-
-
-class AuditEvent(Base):
-    """One view of patient data, action or authentication event (append-only).
-
-    ``detail`` never holds patient names or IDs; studies are referenced by their
-    Study Instance UID.
-    """
-
-    __tablename__ = "audit_events"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
-    username: Mapped[str | None] = mapped_column(String(64))
-    role: Mapped[str | None] = mapped_column(String(16))
-    auth_method: Mapped[str | None] = mapped_column(String(16))
-    action: Mapped[str] = mapped_column(String(64))
-    outcome: Mapped[str] = mapped_column(String(16))
-    study_id: Mapped[int | None] = mapped_column(ForeignKey("studies.id"))
-    study_instance_uid: Mapped[str | None] = mapped_column(String(64))
-    object_uid: Mapped[str | None] = mapped_column(String(64))
-    client_ip: Mapped[str | None] = mapped_column(String(64))
-    detail: Mapped[str | None] = mapped_column(String(1024))
-
-    __table_args__ = (
-        Index("ix_audit_events_at", "at"),
-        Index("ix_audit_events_action_at", "action", "at"),
-        Index("ix_audit_events_username_at", "username", "at"),
-        Index("ix_audit_events_client_ip_at", "client_ip", "at"),
-    )
-
-
-class StudyRead(Base):
-    """Reading state of a study: who claimed it, whether the read is complete."""
-
-    __tablename__ = "study_reads"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), unique=True)
-    state: Mapped[str] = mapped_column(String(16))
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
-    claimed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    revision: Mapped[int] = mapped_column(Integer, default=0)
-
-    user: Mapped[User] = relationship()
-
-
-class Feedback(Base):
-    """A radiologist's label of a study and whether it agrees with the AI decision.
-
-    The AI decision, probability, model and the patient's sex and age band are copied
-    at feedback time so that monitoring never re-derives them.
-    """
-
-    __tablename__ = "feedback"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
-    result_id: Mapped[int | None] = mapped_column(ForeignKey("triage_results.id"), index=True)
-    revision: Mapped[int] = mapped_column(Integer)
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
-    label: Mapped[str] = mapped_column(String(16))
-    agree: Mapped[bool | None] = mapped_column(Boolean)
-    ai_decision: Mapped[str | None] = mapped_column(String(16))
-    ai_probability: Mapped[float | None] = mapped_column(Float)
-    model_name: Mapped[str | None] = mapped_column(String(128))
-    model_version: Mapped[str | None] = mapped_column(String(64))
-    patient_sex: Mapped[str | None] = mapped_column(String(16))
-    age_band: Mapped[str | None] = mapped_column(String(16))
-    comment: Mapped[str | None] = mapped_column(String(1024))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-
-    user: Mapped[User] = relationship()
-
-    __table_args__ = (
-        UniqueConstraint("study_id", "revision", "user_id", name="uq_feedback_study_rev_user"),
-        Index("ix_feedback_created_at", "created_at"),
-    )
 
 
 # Passwords -------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import getpass
 import sys
 from datetime import timedelta
 
-from worklist.settings import Settings
+from worklist.core.settings import Settings
 
 __all__ = ["add_account_commands", "run_account_command"]
 
@@ -75,16 +75,17 @@ def run_account_command(args: argparse.Namespace, settings: Settings) -> int:
     from sqlalchemy import select
 
     from worklist import accounts
-    from worklist.db import make_engine, make_session_factory
-    from worklist.ingest import utcnow
-    from worklist.migrate import upgrade
+    from worklist.core.clock import utcnow
+    from worklist.core.db import open_database
+    from worklist.core.migrate import upgrade
+    from worklist.tables import User
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade(settings.effective_database_url)
-    engine = make_engine(settings.effective_database_url)
+    database = open_database(settings)
     out = sys.stdout
     try:
-        with make_session_factory(engine)() as session:
+        with database.session_factory() as session:
             try:
                 if args.command == "user" and args.user_command == "add":
                     password = _read_password(args.password_stdin)
@@ -103,7 +104,7 @@ def run_account_command(args: argparse.Namespace, settings: Settings) -> int:
                     user.active = False
                     out.write(f"disabled {user.username}\n")
                 elif args.command == "user":
-                    for user in session.scalars(select(accounts.User).order_by(accounts.User.id)):
+                    for user in session.scalars(select(User).order_by(User.id)):
                         state = "active" if user.active else "disabled"
                         out.write(f"{user.username}\t{user.role}\t{state}\n")
                 elif args.token_command == "add":
@@ -125,5 +126,5 @@ def run_account_command(args: argparse.Namespace, settings: Settings) -> int:
                 sys.stderr.write(f"triage-node: {exc}\n")
                 return 1
     finally:
-        engine.dispose()
+        database.dispose()
     return 0

@@ -17,8 +17,8 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from worklist.accounts import AuditEvent
-from worklist.ingest import utcnow
+from worklist.core.clock import utcnow
+from worklist.tables import AuditEvent
 
 __all__ = ["Action", "Actor", "Outcome", "count_events", "list_events", "record"]
 

@@ -1,4 +1,4 @@
-"""Authentication for the API and the web page: sessions, bearer tokens, roles.
+"""Authentication for the API and the web page: sessions and bearer tokens.
 
 - **People** sign in on ``/login`` with a local account (Argon2id hash, see
   :mod:`worklist.accounts`); they get a session cookie (``HttpOnly``,
@@ -9,6 +9,9 @@
 - Failed sign-ins are counted in the audit log; past ``login_max_failures`` per user
   name, or five times that per client address, within ``login_window_seconds``, the
   answer is HTTP 429 without checking the password.
+
+The FastAPI dependencies that ask this module who the caller is, and check the role,
+are in :mod:`worklist.http.deps`.
 """
 
 from __future__ import annotations
@@ -17,27 +20,18 @@ import hashlib
 import hmac
 import logging
 import secrets
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 
-from fastapi import Depends, HTTPException, Request
 from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session
 
 from worklist import audit
-from worklist.accounts import (
-    ApiToken,
-    Role,
-    User,
-    WebSession,
-    get_user,
-    hash_token,
-    verify_password,
-)
+from worklist.accounts import get_user, hash_token, verify_password
 from worklist.audit import Action, Actor, Outcome
-from worklist.ingest import as_utc, utcnow
-from worklist.settings import Settings
+from worklist.core.clock import as_utc, utcnow
+from worklist.core.settings import Settings
+from worklist.tables import ApiToken, User, WebSession
 
 __all__ = [
     "CSRF_HEADER",
@@ -45,12 +39,7 @@ __all__ = [
     "Authenticator",
     "LoginFailed",
     "LoginRateLimited",
-    "LoginRequired",
     "Principal",
-    "get_db",
-    "get_principal",
-    "page_principal",
-    "require_roles",
     "session_key",
 ]
 
@@ -58,7 +47,6 @@ log = logging.getLogger(__name__)
 
 SESSION_COOKIE = "triage_session"
 CSRF_HEADER = "X-CSRF-Token"
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _TOUCH_EVERY = timedelta(seconds=60)
 
 
@@ -72,14 +60,6 @@ class LoginRateLimited(Exception):
     def __init__(self, retry_after: int) -> None:
         super().__init__(f"too many failed sign-ins; retry in {retry_after} s")
         self.retry_after = retry_after
-
-
-class LoginRequired(Exception):
-    """A web page was asked for without a session (the app redirects to /login)."""
-
-    def __init__(self, next_url: str) -> None:
-        super().__init__("login required")
-        self.next_url = next_url
 
 
 def session_key(settings: Settings) -> bytes:
@@ -337,102 +317,3 @@ class Authenticator:
             return Principal(row.user, "session", client_ip, session_token=cookie)
         return None
 
-
-# FastAPI dependencies ----------------------------------------------------------------
-
-
-def get_db(request: Request) -> Iterator[Session]:
-    """One session per request, from the app's session factory."""
-    with request.app.state.session_factory() as session:
-        yield session
-
-
-def client_ip(request: Request) -> str | None:
-    """The caller's address as the socket sees it (proxies are not trusted)."""
-    return request.client.host if request.client else None
-
-
-def _authenticate(request: Request, db: Session) -> Principal | None:
-    authenticator: Authenticator = request.app.state.authenticator
-    return authenticator.authenticate(
-        db,
-        authorization=request.headers.get("authorization"),
-        cookie=request.cookies.get(SESSION_COOKIE),
-        client_ip=client_ip(request),
-    )
-
-
-def get_principal(request: Request, db: Session = Depends(get_db)) -> Principal:
-    """The authenticated caller of an API endpoint (HTTP 401 when none).
-
-    A session caller of a state-changing method must send the CSRF token
-    (HTTP 403 otherwise).
-    """
-    principal = _authenticate(request, db)
-    if principal is None:
-        raise HTTPException(
-            status_code=401,
-            detail="authentication required",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    if request.method not in SAFE_METHODS and principal.auth_method == "session":
-        authenticator: Authenticator = request.app.state.authenticator
-        if not authenticator.check_csrf(principal.session_token, request.headers.get(CSRF_HEADER)):
-            audit.record(
-                db,
-                actor=principal.actor,
-                action=Action.ACCESS_DENIED,
-                outcome=Outcome.DENIED,
-                detail={"path": request.url.path, "why": "missing or wrong CSRF token"},
-            )
-            db.commit()
-            raise HTTPException(status_code=403, detail="missing or wrong CSRF token")
-    return principal
-
-
-def page_principal(request: Request, db: Session = Depends(get_db)) -> Principal:
-    """The signed-in user of a web page (redirects to /login when none)."""
-    principal = _authenticate(request, db)
-    if principal is None:
-        next_url = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        raise LoginRequired(next_url)
-    return principal
-
-
-def require_roles(
-    *roles: Role, page: bool = False
-) -> Callable[[Request, Principal, Session], Principal]:
-    """A dependency that lets only ``roles`` through (HTTP 403, audited, otherwise).
-
-    Parameters
-    ----------
-    *roles : Role
-    page : bool
-        For web pages (redirect to /login when not signed in).
-
-    Returns
-    -------
-    callable
-        A FastAPI dependency returning the :class:`Principal`.
-    """
-    allowed = {r.value for r in roles}
-    base = page_principal if page else get_principal
-
-    def dependency(
-        request: Request,
-        principal: Principal = Depends(base),
-        db: Session = Depends(get_db),
-    ) -> Principal:
-        if principal.role not in allowed:
-            audit.record(
-                db,
-                actor=principal.actor,
-                action=Action.ACCESS_DENIED,
-                outcome=Outcome.DENIED,
-                detail={"path": request.url.path, "method": request.method},
-            )
-            db.commit()
-            raise HTTPException(status_code=403, detail="your role may not do this")
-        return principal
-
-    return dependency

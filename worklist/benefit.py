@@ -192,9 +192,8 @@ def cases_from_database(session: Any) -> tuple[list[sim.Case], list[float]]:
     """
     from sqlalchemy import select
 
-    from worklist.accounts import Feedback, StudyRead
-    from worklist.ingest import as_utc
-    from worklist.tables import Study, TriageResult
+    from worklist.core.clock import as_utc
+    from worklist.tables import Feedback, Study, StudyRead, TriageResult
 
     labels: dict[int, str] = {}
     for study_id, label in session.execute(

@@ -5,8 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from enum import StrEnum
+from datetime import datetime
 from functools import cache
 from typing import Any
 
@@ -15,70 +14,11 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from worklist.core.clock import utcnow
+from worklist.core.contracts import InstanceInfo, RecordOutcome
 from worklist.tables import Instance, Series, Study, StudyState
 
 log = logging.getLogger(__name__)
-
-
-def utcnow() -> datetime:
-    """Return the current time, timezone-aware, in UTC."""
-    return datetime.now(UTC)
-
-
-def as_utc(value: datetime) -> datetime:
-    """Return ``value`` as an aware UTC datetime (SQLite hands back naive ones)."""
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-@dataclass(frozen=True)
-class InstanceInfo:
-    """What the database keeps of one received instance (read from its header).
-
-    Attributes mirror :class:`worklist.tables.Instance`, :class:`~worklist.tables.Series`
-    and :class:`~worklist.tables.Study` columns.
-    """
-
-    study_instance_uid: str
-    series_instance_uid: str
-    sop_instance_uid: str
-    sop_class_uid: str
-    transfer_syntax_uid: str
-    file_path: str
-    size_bytes: int
-    calling_ae: str | None = None
-    peer_address: str | None = None
-    modality: str | None = None
-    body_part_examined: str | None = None
-    view_position: str | None = None
-    image_laterality: str | None = None
-    photometric_interpretation: str | None = None
-    rows: int | None = None
-    columns: int | None = None
-    number_of_frames: int | None = None
-    samples_per_pixel: int | None = None
-    series_description: str | None = None
-    series_number: str | None = None
-    patient_id: str | None = None
-    patient_name: str | None = None
-    patient_birth_date: str | None = None
-    patient_sex: str | None = None
-    patient_age: str | None = None
-    accession_number: str | None = None
-    study_id: str | None = None
-    study_date: str | None = None
-    study_time: str | None = None
-    study_description: str | None = None
-    referring_physician: str | None = None
-    requested_priority: str | None = None
-
-
-class RecordOutcome(StrEnum):
-    """What :func:`record_instance` did."""
-
-    NEW = "new"
-    """A new instance; its study is (again) receiving."""
-    DUPLICATE = "duplicate"
-    """The SOP Instance UID was known; the row was refreshed, nothing duplicated."""
 
 
 _STUDY_FIELDS = (

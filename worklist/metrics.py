@@ -25,7 +25,7 @@ and the values agree whichever API process is scraped. All names start with
 ``triage_feedback_sensitivity_ratio{group,value}``,
 ``triage_feedback_specificity_ratio{group,value}``
     Live agreement with the radiologists' labels (see
-    :func:`worklist.queries.agreement_report`); ``group`` is ``overall``, ``sex`` or
+    :func:`worklist.monitoring.agreement_report`); ``group`` is ``overall``, ``sex`` or
     ``age_band``.
 ``triage_turnaround_seconds{group,value,stat}``, ``triage_turnaround_studies{group,value}``
     Arrival -> completed read of the studies that arrived in the last 7 days, by
@@ -57,10 +57,9 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import sessionmaker
 
-from worklist.accounts import StudyRead
-from worklist.ingest import as_utc, utcnow
-from worklist.queries import agreement_report
-from worklist.tables import Delivery, Instance, Study, StudyState, TriageResult
+from worklist.core.clock import as_utc, utcnow
+from worklist.monitoring import agreement_report
+from worklist.tables import Delivery, Instance, Study, StudyRead, StudyState, TriageResult
 from worklist.time_to_read import time_to_read_report
 
 __all__ = ["TIME_TO_TRIAGE_BUCKETS", "DatabaseCollector", "make_registry"]

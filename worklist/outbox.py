@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from worklist.ingest import utcnow
+from worklist.core.clock import utcnow
 from worklist.tables import Delivery, DeliveryState, Study, StudyState, TriageClaim
 
 log = logging.getLogger(__name__)

@@ -10,10 +10,10 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from worklist.accounts import Feedback, ReadState, StudyRead, User
-from worklist.ingest import utcnow
-from worklist.queries import age_band, latest_result
-from worklist.tables import Study
+from worklist.core.clock import utcnow
+from worklist.dicom_values import patient_age_band
+from worklist.queries import latest_result
+from worklist.tables import Feedback, ReadState, Study, StudyRead, User
 
 __all__ = [
     "LABELS",
@@ -94,6 +94,7 @@ def claim_study(session: Session, *, study: Study, user: User, force: bool = Fal
         read.claimed_at = now
         read.completed_at = None
         read.revision = study.revision
+    study.read_state = read.state
     session.flush()
     return read
 
@@ -122,6 +123,7 @@ def release_study(session: Session, *, study: Study, user: User, force: bool = F
     if read.user_id != user.id and not force:
         raise ReadingConflict(f"the study is claimed by {read.user.username}")
     session.delete(read)
+    study.read_state = ReadState.UNREAD.value
     session.flush()
 
 
@@ -149,6 +151,7 @@ def complete_study(session: Session, *, study: Study, user: User) -> StudyRead:
     read.state = ReadState.COMPLETED.value
     read.completed_at = utcnow()
     read.revision = study.revision
+    study.read_state = read.state
     session.flush()
     return read
 
@@ -234,7 +237,7 @@ def give_feedback(
     row.model_name = result.model_name if result is not None else None
     row.model_version = result.model_version if result is not None else None
     row.patient_sex = study.patient_sex
-    row.age_band = age_band(study.patient_age)
+    row.age_band = patient_age_band(study.patient_age)
     row.comment = (comment or "").strip()[:1024] or None
     row.updated_at = now
     session.flush()

@@ -24,7 +24,7 @@ from enum import StrEnum
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from worklist.ingest import as_utc, utcnow
+from worklist.core.clock import as_utc, utcnow
 from worklist.tables import (
     Delivery,
     DeliveryState,

@@ -12,7 +12,7 @@ studies and reading times), so that differences are the policy's alone:
 ``node``
     The node's own rules, by calling the real priority code: the stored level of
     each study comes from ``compute_priority`` and the order at each moment from
-    ``worklist_sort_key`` with the wait cap (see :mod:`triage.priority`).
+    ``worklist_sort_key`` with the wait cap (see :mod:`worklist.priority`).
 ``score``
     Highest AI probability first, no cap (the "sorted by score" worklist).
 
@@ -32,10 +32,9 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
-# The ONE import of the node's priority rules (moves to worklist.priority with issue 12).
-# Called through the module so that a test that changes a rule there changes the simulation.
-from triage import priority as priority_rules
-
+# The ONE import of the node's priority rules, called through the module so that a test
+# that changes a rule there changes the simulation.
+from worklist import priority as priority_rules
 from worklist.turnaround import StudyTimes
 
 __all__ = [

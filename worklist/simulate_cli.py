@@ -113,10 +113,14 @@ def run_simulate_command(args: Any, settings: Any) -> int:
             inputs.append(load_predictions(path, name=name or None, threshold=args.threshold))
         durations: list[float] = []
         if args.database:
-            from worklist.db import make_engine, make_session_factory
+            from worklist.core.db import open_database
 
-            with make_session_factory(make_engine(settings.effective_database_url))() as session:
-                cases, durations = cases_from_database(session)
+            database = open_database(settings)
+            try:
+                with database.session_factory() as session:
+                    cases, durations = cases_from_database(session)
+            finally:
+                database.dispose()
             if not cases:
                 raise ValueError("the database holds no triaged study with a radiologist's label")
             inputs.append(Input("node database", cases, "node database", None))

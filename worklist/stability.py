@@ -17,27 +17,15 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from worklist.ingest import utcnow
+from worklist.core.clock import utcnow
+from worklist.core.contracts import TriageQueue
 from worklist.tables import Study, StudyState
 
 log = logging.getLogger(__name__)
-
-TRIAGE_TASK_NAME = "triage.triage_study"
-"""Name of the worker task that triages one study revision: ``(study_id, revision)``."""
-INFERENCE_QUEUE = "inference"
-"""Queue the triage task goes to; the SCP sends by these names, never importing workers."""
-
-
-class TriageQueue(Protocol):
-    """Where stable studies go: the SCP side knows only this interface."""
-
-    def enqueue(self, study_id: int, revision: int) -> None:
-        """Hand ``(study_id, revision)`` to the triage workers; raise on failure."""
 
 
 @dataclass(frozen=True)

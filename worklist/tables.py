@@ -1,4 +1,8 @@
-"""SQLAlchemy 2 models of the node's database.
+"""SQLAlchemy 2 models of the node's database: every table.
+
+The triage tables (studies, series, instances, results, claims, deliveries), then
+the tables of the node's people and their actions (users, tokens, web sessions,
+audit events, reading state, feedback).
 
 A study moves through these states (``Study.state``):
 
@@ -35,7 +39,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from worklist.db import Base
+from worklist.core.db import Base
 
 UID = String(64)
 
@@ -49,6 +53,18 @@ class StudyState(StrEnum):
     TRIAGED = "triaged"
     NOT_EVALUATED = "not_evaluated"
     FAILED = "failed"
+
+
+class ReadState(StrEnum):
+    """Reading state of a study on the worklist.
+
+    ``unread`` when it has no :class:`StudyRead` row; the study keeps a copy in
+    ``Study.read_state``.
+    """
+
+    UNREAD = "unread"
+    CLAIMED = "claimed"
+    COMPLETED = "completed"
 
 
 class Study(Base):
@@ -78,11 +94,20 @@ class Study(Base):
     last_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     stable_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: The :class:`StudyRead` state, or ``unread`` without one (set with it by
+    #: :mod:`worklist.reading`), so that the worklist reads only the studies in reading.
+    read_state: Mapped[str] = mapped_column(
+        String(16), default=ReadState.UNREAD, server_default=ReadState.UNREAD.value
+    )
 
     series: Mapped[list[Series]] = relationship(back_populates="study")
     instances: Mapped[list[Instance]] = relationship(back_populates="study")
 
-    __table_args__ = (Index("ix_studies_state_last", "state", "last_received_at"),)
+    __table_args__ = (
+        Index("ix_studies_state_last", "state", "last_received_at"),
+        # The worklist's query: the studies in reading, oldest first.
+        Index("ix_studies_read_state_received", "read_state", "first_received_at"),
+    )
 
 
 class Series(Base):
@@ -265,4 +290,153 @@ class Delivery(Base):
     __table_args__ = (
         UniqueConstraint("result_id", "destination", name="uq_deliveries_result_destination"),
         Index("ix_deliveries_state_next", "state", "next_attempt_at"),
+    )
+
+
+# People and their actions ---------------------------------------------------------
+
+
+class Role(StrEnum):
+    """Roles of a user.
+
+    ``radiologist``
+        Reads the worklist and studies, claims/releases/completes studies, gives feedback.
+    ``admin``
+        Everything a radiologist can, plus the audit log and monitoring.
+    ``service``
+        A system such as the RIS (with a bearer token): reads the worklist, studies and
+        the model card; no actions.
+    """
+
+    RADIOLOGIST = "radiologist"
+    ADMIN = "admin"
+    SERVICE = "service"
+
+
+class User(Base):
+    """A local account; the password is stored as an Argon2id hash only."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str | None] = mapped_column(String(256))
+    role: Mapped[str] = mapped_column(String(16))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_login_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ApiToken(Base):
+    """A bearer token of a system (RIS); only its SHA-256 is stored."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    user: Mapped[User] = relationship()
+
+
+class WebSession(Base):
+    """A web page session; the cookie holds a random key, the row its keyed hash."""
+
+    __tablename__ = "web_sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    session_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    client_ip: Mapped[str | None] = mapped_column(String(64))
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    user: Mapped[User] = relationship()
+
+
+class AuditEvent(Base):
+    """One view of patient data, action or authentication event (append-only).
+
+    ``detail`` never holds patient names or IDs; studies are referenced by their
+    Study Instance UID.
+    """
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    username: Mapped[str | None] = mapped_column(String(64))
+    role: Mapped[str | None] = mapped_column(String(16))
+    auth_method: Mapped[str | None] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(String(64))
+    outcome: Mapped[str] = mapped_column(String(16))
+    study_id: Mapped[int | None] = mapped_column(ForeignKey("studies.id"))
+    study_instance_uid: Mapped[str | None] = mapped_column(String(64))
+    object_uid: Mapped[str | None] = mapped_column(String(64))
+    client_ip: Mapped[str | None] = mapped_column(String(64))
+    detail: Mapped[str | None] = mapped_column(String(1024))
+
+    __table_args__ = (
+        Index("ix_audit_events_at", "at"),
+        Index("ix_audit_events_action_at", "action", "at"),
+        Index("ix_audit_events_username_at", "username", "at"),
+        Index("ix_audit_events_client_ip_at", "client_ip", "at"),
+    )
+
+
+class StudyRead(Base):
+    """Reading state of a study: who claimed it, whether the read is complete."""
+
+    __tablename__ = "study_reads"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), unique=True)
+    state: Mapped[str] = mapped_column(String(16))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    claimed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revision: Mapped[int] = mapped_column(Integer, default=0)
+
+    user: Mapped[User] = relationship()
+
+
+class Feedback(Base):
+    """A radiologist's label of a study and whether it agrees with the AI decision.
+
+    The AI decision, probability, model and the patient's sex and age band are copied
+    at feedback time so that monitoring never re-derives them.
+    """
+
+    __tablename__ = "feedback"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    result_id: Mapped[int | None] = mapped_column(ForeignKey("triage_results.id"), index=True)
+    revision: Mapped[int] = mapped_column(Integer)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    label: Mapped[str] = mapped_column(String(16))
+    agree: Mapped[bool | None] = mapped_column(Boolean)
+    ai_decision: Mapped[str | None] = mapped_column(String(16))
+    ai_probability: Mapped[float | None] = mapped_column(Float)
+    model_name: Mapped[str | None] = mapped_column(String(128))
+    model_version: Mapped[str | None] = mapped_column(String(64))
+    patient_sex: Mapped[str | None] = mapped_column(String(16))
+    age_band: Mapped[str | None] = mapped_column(String(16))
+    comment: Mapped[str | None] = mapped_column(String(1024))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    user: Mapped[User] = relationship()
+
+    __table_args__ = (
+        UniqueConstraint("study_id", "revision", "user_id", name="uq_feedback_study_rev_user"),
+        Index("ix_feedback_created_at", "created_at"),
     )

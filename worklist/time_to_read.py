@@ -22,10 +22,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from worklist.accounts import Feedback, StudyRead
-from worklist.ingest import as_utc
-from worklist.queries import PRIORITY_LEVELS
-from worklist.tables import Study, TriageResult
+from worklist.core.clock import as_utc
+from worklist.priority import PRIORITY_DISPLAY
+from worklist.tables import Feedback, Study, StudyRead, TriageResult
 from worklist.turnaround import StudyTimes, daily_trend, over_cap, summarize, turnaround, wait
 
 __all__ = ["study_timelines", "time_to_read_report"]
@@ -38,7 +37,7 @@ def _epoch(value: datetime | None) -> float | None:
 def _level_name(level: int | None) -> str:
     if level is None:
         return "PENDING"
-    return PRIORITY_LEVELS.get(level, (str(level),))[0]
+    return PRIORITY_DISPLAY.get(level, (str(level),))[0]
 
 
 def study_timelines(session: Session, *, since: datetime | None = None) -> list[StudyTimes]:
@@ -132,7 +131,7 @@ def time_to_read_report(
         by_level.setdefault(_level_name(study.level), []).append(value)
         if study.truth in ("normal", "abnormal"):
             by_truth.setdefault(study.truth, []).append(value)
-    order = [name for name, _l, _c in PRIORITY_LEVELS.values()] + ["PENDING"]
+    order = [name for name, _l, _c in PRIORITY_DISPLAY.values()] + ["PENDING"]
     return {
         "window_days": days,
         "wait_cap_seconds": cap_s,

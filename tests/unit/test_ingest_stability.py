@@ -10,7 +10,9 @@ import pytest
 from sqlalchemy import func, select, text
 
 from tests.conftest import wait_until
-from worklist.ingest import InstanceInfo, RecordOutcome, as_utc, record_instance, utcnow
+from worklist.core.clock import as_utc, utcnow
+from worklist.core.contracts import InstanceInfo, RecordOutcome
+from worklist.ingest import record_instance
 from worklist.stability import mark_stable_studies, run_stability_round
 from worklist.tables import Instance, Series, Study, StudyState
 

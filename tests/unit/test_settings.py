@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from worklist.settings import Destination, SettingsError, load_settings
+from worklist.core.settings import Destination, SettingsError, load_settings
 
 
 @pytest.fixture(autouse=True)

@@ -6,8 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from worklist.accounts import Feedback, StudyRead, User
-from worklist.tables import Study, TriageResult
+from worklist.tables import Feedback, Study, StudyRead, TriageResult, User
 from worklist.time_to_read import time_to_read_report
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)

@@ -2,8 +2,8 @@
 
 from alembic import context
 
-from worklist import accounts, tables  # noqa: F401 - registers the tables on Base.metadata
-from worklist.db import Base, make_engine
+from worklist import tables  # noqa: F401 - registers the tables on Base.metadata
+from worklist.core.db import Base, make_engine
 
 config = context.config
 url = config.attributes.get("database_url") or config.get_main_option("sqlalchemy.url")

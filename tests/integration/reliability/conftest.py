@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import free_port, wait_until
 from tests.integration.deploy.helpers import Proc, echo, need_tools, node_env, triage_node
-from triage.testing import build_tiny_model
+from tests.support.tiny_model import build_tiny_model
 
 
 def _pg_bin() -> Path:
@@ -315,7 +315,7 @@ class Cluster:
         return node_env(**values)
 
     def upgrade(self) -> None:
-        from worklist.migrate import upgrade
+        from worklist.core.migrate import upgrade
 
         upgrade(self.database_url)
 

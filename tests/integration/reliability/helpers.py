@@ -147,7 +147,7 @@ def wait_exactly_once(
       at the PACS (storescp ``+uf``: a duplicate C-STORE is a second file), and
       (``only``) nothing else there.
     """
-    from worklist.db import make_engine
+    from worklist.core.db import make_engine
 
     engine = (
         make_engine(database_url) if "postgresql" in database_url else create_engine(database_url)
@@ -208,7 +208,7 @@ def wait_all_srs_once(database_url: str, pacs: Any, *, timeout: float = 60) -> i
     as many files as there are SRs, hold :data:`QUIET_S`, then check that each SR
     of the database is at the PACS exactly once and nothing else is. Returns the
     number of SRs."""
-    from worklist.db import make_engine
+    from worklist.core.db import make_engine
 
     engine = make_engine(database_url)
     try:

@@ -30,7 +30,7 @@ from tests.integration.reliability.helpers import (
     wait_exactly_once,
 )
 from tests.integration.scp.helpers import pyscu_echo, pyscu_store, sendable_torture_files
-from worklist.db import make_engine
+from worklist.core.db import make_engine
 from worklist.tables import Instance, Study, TriageClaim, TriageImage, TriageResult
 
 pytestmark = [pytest.mark.postgres]

@@ -140,8 +140,8 @@ def test_watermark_emulated_over_the_network(
 ) -> None:
     """Without mount privileges: the same refuse-then-resume over DICOM, the free
     space coming from the sink's ``free_bytes`` seam."""
-    from dicom_scp.server import start_scp
-    from worklist.settings import load_settings
+    from dicom_scp.ae import start_scp
+    from worklist.core.settings import load_settings
 
     (study,) = make_studies(shared_data, tmp_path / "send", 1, 2)
     settings = load_settings(

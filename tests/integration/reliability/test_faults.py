@@ -25,7 +25,7 @@ from tests.integration.reliability.helpers import (
     send,
     wait_exactly_once,
 )
-from worklist.db import make_engine
+from worklist.core.db import make_engine
 from worklist.tables import Instance, Study, TriageClaim
 
 pytestmark = [pytest.mark.postgres]
@@ -275,7 +275,7 @@ def _cpu_seconds(pid: int) -> float:
 @pytest.fixture(scope="module")
 def slow_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A classifier whose inference takes seconds (as in the triage e2e tests)."""
-    from triage.testing import build_tiny_model
+    from tests.support.tiny_model import build_tiny_model
 
     path = tmp_path_factory.mktemp("slow") / "slow.onnx"
     build_tiny_model(path, input_size=512, slow_matmuls=1500, name="slow-test-model")

@@ -29,7 +29,7 @@ from tests.integration.reliability.helpers import (
     send,
     wait_exactly_once,
 )
-from worklist.db import make_engine
+from worklist.core.db import make_engine
 from worklist.tables import Instance
 
 pytestmark = [pytest.mark.postgres]

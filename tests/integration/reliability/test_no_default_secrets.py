@@ -13,7 +13,7 @@ import pytest
 from pydantic import SecretStr
 from sqlalchemy import func, select
 
-from worklist.settings import Settings, load_settings
+from worklist.core.settings import Settings, load_settings
 
 SECRET_WORDS = ("secret", "password", "token", "credential", "passphrase")
 
@@ -39,8 +39,8 @@ def test_fresh_node_has_no_account_and_no_default_login(
 ) -> None:
     from fastapi.testclient import TestClient
 
-    from worklist.accounts import User
-    from worklist.api import create_app
+    from worklist.http.app import create_app
+    from worklist.tables import User
 
     with session_factory() as session:
         assert session.scalar(select(func.count()).select_from(User)) == 0

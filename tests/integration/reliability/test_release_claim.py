@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from worklist.ingest import utcnow
+from worklist.core.clock import utcnow
 from worklist.results import ClaimStatus, claim_revision, release_claim, stalled_revisions
 from worklist.tables import Study, StudyState, TriageClaim
 

@@ -10,7 +10,7 @@ import pytest
 
 from dicom_scp.server import NodeScp, start_node_scp
 from tests.integration.scp.helpers import RecordingQueue
-from worklist.settings import Settings, load_settings
+from worklist.core.settings import Settings, load_settings
 
 
 @pytest.fixture

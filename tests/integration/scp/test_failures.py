@@ -18,7 +18,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 import dicom_scp.sink as sink_module
-from dicom_scp.server import start_scp
+from dicom_scp.ae import start_scp
 from dicom_scp.sink import (
     TEMP_SUFFIX,
     ReceivedInstance,
@@ -35,7 +35,7 @@ from tests.integration.scp.helpers import (
     pyscu_store,
     received_instance,
 )
-from worklist.db import make_engine, make_session_factory
+from worklist.core.db import make_engine, make_session_factory
 
 CHEST = "dicom/real/fuji_CR_chest_from_fodicom_withmeta.dcm"
 

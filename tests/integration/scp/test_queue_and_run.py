@@ -16,7 +16,7 @@ import pytest
 from kombu import Connection, Exchange, Queue
 from sqlalchemy import select
 
-from dicom_scp.queue import INFERENCE_QUEUE, TRIAGE_TASK_NAME, CeleryTriageQueue
+from dicom_scp.queue import CeleryTriageQueue
 from dicom_scp.server import run_scp
 from tests.conftest import REDIS_URL, environment_without_settings, free_port, wait_until
 from tests.integration.scp.helpers import (
@@ -25,7 +25,8 @@ from tests.integration.scp.helpers import (
     pyscu_echo,
     storescu_as_is,
 )
-from worklist.settings import load_settings
+from worklist.core.contracts import INFERENCE_QUEUE, TASK_TRIAGE
+from worklist.core.settings import load_settings
 from worklist.tables import Study
 
 
@@ -42,7 +43,7 @@ def _receive_one(broker_url: str, queue_name: str, timeout: float = 20.0) -> Any
 
 
 def _assert_triage_message(message: Any, study_id: int, revision: int) -> None:
-    assert message.headers["task"] == TRIAGE_TASK_NAME
+    assert message.headers["task"] == TASK_TRIAGE
     args, kwargs, _embed = message.decode()
     assert list(args) == [study_id, revision] and kwargs == {}
 

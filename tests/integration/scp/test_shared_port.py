@@ -25,7 +25,7 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from dicom_scp.listeners import PortInUseError
+from dicom_scp.ae import PortInUseError
 from tests.conftest import environment_without_settings, free_port, wait_until
 from tests.integration.scp.helpers import count_instances, need_dcmtk, pyscu_echo, storescu_as_is
 

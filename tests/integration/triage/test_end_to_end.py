@@ -30,7 +30,7 @@ REAL = "dicom/real"
 
 
 def make_node_settings(tmp_path: Path, model: Path, destinations: str, **overrides: Any):  # type: ignore[no-untyped-def]
-    from worklist.settings import load_settings
+    from worklist.core.settings import load_settings
 
     values: dict[str, Any] = {
         "data_dir": tmp_path / "node",
@@ -48,8 +48,8 @@ def make_node_settings(tmp_path: Path, model: Path, destinations: str, **overrid
 
 def start_scp(settings: Any) -> Node:
     from dicom_scp.server import start_node_scp
-    from worklist.db import make_engine, make_session_factory
-    from worklist.migrate import upgrade
+    from worklist.core.db import make_engine, make_session_factory
+    from worklist.core.migrate import upgrade
 
     upgrade(settings.effective_database_url)
     session_factory = make_session_factory(make_engine(settings.effective_database_url))
@@ -134,8 +134,8 @@ def test_embedded_mode_real_radiographs_and_wrapped_pngs(
     labelled_dx,
     nodes,  # type: ignore[no-untyped-def]
 ) -> None:
-    from triage.priority import Priority
-    from triage.testing import wrap_image_as_dx
+    from worklist.priority import Priority
+    from tests.support.dx import wrap_image_as_dx
     from triage.worker import start_embedded_worker
 
     settings = make_node_settings(tmp_path, default_or_tiny(tiny_model), pacs.destination)

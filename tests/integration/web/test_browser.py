@@ -20,8 +20,9 @@ from sqlalchemy import select
 from tests.conftest import REPO_ROOT, free_port, wait_until
 from tests.unit.api.conftest import PASSWORD, tiny_model
 from tests.unit.api.factories import Made, make_study, seed_worklist
-from worklist.accounts import Feedback, create_user
-from worklist.settings import load_settings
+from worklist.accounts import create_user
+from worklist.core.settings import load_settings
+from worklist.tables import Feedback
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = REPO_ROOT / "test-artifacts"
@@ -54,9 +55,9 @@ def node(tmp_path: Path) -> Iterator[dict[str, Any]]:
     """A running HTTP server (uvicorn, free port) on a seeded SQLite database."""
     import uvicorn
 
-    from worklist.api import create_app
-    from worklist.db import make_engine, make_session_factory
-    from worklist.migrate import upgrade
+    from worklist.core.db import make_engine, make_session_factory
+    from worklist.core.migrate import upgrade
+    from worklist.http.app import create_app
 
     settings = load_settings(
         data_dir=tmp_path / "data",

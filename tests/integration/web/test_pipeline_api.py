@@ -26,7 +26,7 @@ from tests.integration.triage.test_end_to_end import (
     wait_for_results,
 )
 from worklist.accounts import create_token, create_user
-from worklist.api import create_app
+from worklist.http.app import create_app
 
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 

@@ -12,8 +12,8 @@ from fastapi.testclient import TestClient
 
 from tests.unit.api.factories import Made, seed_worklist
 from worklist.accounts import create_token, create_user
-from worklist.api import create_app
-from worklist.settings import Settings, load_settings
+from worklist.core.settings import Settings, load_settings
+from worklist.http.app import create_app
 
 PASSWORD = "correct horse battery staple"
 

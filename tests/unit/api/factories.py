@@ -11,7 +11,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from sqlalchemy.orm import Session
 
-from worklist.ingest import utcnow
+from worklist.core.clock import utcnow
 from worklist.tables import Delivery, Instance, Series, Study, TriageImage, TriageResult
 
 DX_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"

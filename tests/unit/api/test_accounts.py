@@ -12,12 +12,12 @@ from sqlalchemy import select
 
 from worklist.accounts import (
     AccountError,
-    User,
     create_token,
     create_user,
     hash_password,
     verify_password,
 )
+from worklist.tables import User
 
 
 def test_passwords_are_argon2id_hashed_and_checked() -> None:
@@ -60,9 +60,9 @@ def test_cli_user_and_token(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from triage.cli import main
-    from worklist.api import create_app
-    from worklist.db import make_engine, make_session_factory
-    from worklist.settings import load_settings
+    from worklist.core.db import make_engine, make_session_factory
+    from worklist.core.settings import load_settings
+    from worklist.http.app import create_app
 
     for key in [k for k in __import__("os").environ if k.startswith("TRIAGE_")]:
         monkeypatch.delenv(key)
@@ -115,8 +115,8 @@ def test_migration_0003_matches_the_models(migrated_url: str) -> None:
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
-    from worklist import accounts
-    from worklist.db import Base, make_engine
+    from worklist import tables
+    from worklist.core.db import Base, make_engine
 
     mine = {
         t.name
@@ -125,7 +125,7 @@ def test_migration_0003_matches_the_models(migrated_url: str) -> None:
         in {"users", "api_tokens", "web_sessions", "audit_events", "study_reads", "feedback"}
     }
     assert len(mine) == 6
-    assert accounts.User.__tablename__ in mine
+    assert tables.User.__tablename__ in mine
     engine = make_engine(migrated_url)
     try:
         with engine.connect() as conn:

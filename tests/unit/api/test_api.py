@@ -7,13 +7,15 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from fastapi.routing import iter_route_contexts
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from tests.unit.api.conftest import PASSWORD, bearer
 from tests.unit.api.factories import Made, make_study
-from worklist.accounts import AuditEvent, User, revoke_token
-from worklist.ingest import utcnow
+from worklist.accounts import revoke_token
+from worklist.core.clock import utcnow
+from worklist.tables import AuditEvent, User
 
 # Health, metrics and authentication ---------------------------------------------------
 
@@ -69,8 +71,8 @@ def test_every_route_is_covered_by_the_auth_test(app: Any) -> None:
         p.replace("1.2.3", "{study_uid}").replace("1.2.4", "{sop_uid}")
         for _m, p in ANONYMOUS_DENIED
     }
-    for route in app.routes:
-        path = getattr(route, "path", "")
+    for route in iter_route_contexts(app.routes):
+        path = route.path
         if path in public or path in pages:
             continue
         assert path in covered, f"{path} is not in ANONYMOUS_DENIED"
@@ -96,7 +98,8 @@ def test_no_account_exists_by_default(client: TestClient, session_factory: Any) 
 def test_revoked_and_expired_tokens_fail(
     client: TestClient, users: dict[str, str], session_factory: Any
 ) -> None:
-    from worklist.accounts import ApiToken, hash_token
+    from worklist.accounts import hash_token
+    from worklist.tables import ApiToken
 
     assert client.get("/api/me", headers=bearer(users["ris"])).json()["username"] == "ris"
     with session_factory() as session:
@@ -516,8 +519,8 @@ def test_readyz(client: TestClient, app: Any, settings: Any) -> None:
 
 
 def test_readyz_reports_a_missing_model_and_broker(session_factory: Any, tmp_path: Any) -> None:
-    from worklist.api import create_app
-    from worklist.settings import load_settings
+    from worklist.core.settings import load_settings
+    from worklist.http.app import create_app
 
     broken = load_settings(
         data_dir=tmp_path,
@@ -568,9 +571,9 @@ def test_old_studies_leave_the_default_window(
 def test_missing_session_secret_warns_and_uses_a_random_key(
     session_factory: Any, tmp_path: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from worklist.api import create_app
     from worklist.auth import session_key
-    from worklist.settings import load_settings
+    from worklist.core.settings import load_settings
+    from worklist.http.app import create_app
 
     plain = load_settings(data_dir=tmp_path)
     assert plain.session_secret.get_secret_value() == ""
@@ -583,7 +586,7 @@ def test_missing_session_secret_warns_and_uses_a_random_key(
 def test_expired_sessions_fail_and_are_purged(
     client: TestClient, users: dict[str, str], session_factory: Any
 ) -> None:
-    from worklist.accounts import WebSession
+    from worklist.tables import WebSession
 
     def sign_in() -> None:
         response = client.post(

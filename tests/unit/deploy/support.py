@@ -113,9 +113,9 @@ def settings_from_env(monkeypatch: pytest.MonkeyPatch, env: Mapping[str, str]) -
 
     Returns
     -------
-    worklist.settings.Settings
+    worklist.core.settings.Settings
     """
-    from worklist.settings import load_settings
+    from worklist.core.settings import load_settings
 
     for key in list(os.environ):
         if key.startswith("TRIAGE_"):

@@ -52,26 +52,20 @@ def _dockerfile_targets() -> set[str]:
 
 
 def _settings_names() -> set[str]:
-    from worklist.settings import Settings
+    from worklist.core.settings import Settings
 
     return {f"TRIAGE_{name.upper()}" for name in Settings.model_fields} | {"TRIAGE_CONFIG"}
 
 
 def _api_paths() -> set[str]:
+    from fastapi.routing import iter_route_contexts
     from sqlalchemy.orm import sessionmaker
 
-    from worklist.api import create_app
-    from worklist.settings import Settings
+    from worklist.core.settings import Settings
+    from worklist.http.app import create_app
 
-    try:
-        app = create_app(Settings(), sessionmaker())
-    except TypeError:  # create_app grew arguments: fall back to the routes in its source
-        import inspect
-
-        import worklist.api
-
-        return set(re.findall(r'\.get\("(/[a-z]+)"\)', inspect.getsource(worklist.api)))
-    return {getattr(route, "path", "") for route in app.routes}
+    app = create_app(Settings(), sessionmaker())
+    return {route.path or "" for route in iter_route_contexts(app.routes)}
 
 
 def test_every_yaml_file_parses() -> None:
@@ -512,7 +506,7 @@ def test_compose_env_example_has_no_password() -> None:
 
 
 def test_toml_example_is_valid_settings(clean_env) -> None:
-    from worklist.settings import load_settings
+    from worklist.core.settings import load_settings
 
     settings = load_settings(DEPLOY / "triage.example.toml")
     assert settings.ae_title == "TRIAGE"

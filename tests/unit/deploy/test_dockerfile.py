@@ -210,7 +210,7 @@ def test_runtime_stage_runs_non_root_with_health_check(dockerfile, target: str) 
 
 
 def test_exposed_ports_are_the_default_settings(dockerfile) -> None:
-    from worklist.settings import Settings
+    from worklist.core.settings import Settings
 
     _, by_name, _ = dockerfile
     expected = {

@@ -16,19 +16,17 @@ import torch
 from PIL import Image
 
 from models.backbones import BACKBONES, build_model
-from models.mii import (
+from models.mii.checkpoint import (
     CheckpointFormatError,
     CheckpointMismatchError,
-    MiiTriageNet,
-    build_mii_model,
-    export_mii_onnx,
     file_sha256,
     load_mii_checkpoint,
-    mii_preprocess_spec,
     mii_to_timm_key,
     timm_to_mii_key,
-    write_synthetic_mii_checkpoint,
 )
+from models.mii.export import export_mii_onnx
+from models.mii.network import MiiTriageNet, build_mii_model, mii_preprocess_spec
+from tests.support.mii import write_synthetic_mii_checkpoint
 
 QKV = "image_encoder.blocks.2.1.spatial_block.window_attn.fn.qkv.weight"
 
@@ -140,7 +138,7 @@ def test_unknown_prefix_raises(source: MiiTriageNet, tmp_path: Path) -> None:
 def test_wrong_width_and_non_safetensors(ckpt: Path, tmp_path: Path) -> None:
     with pytest.raises(CheckpointMismatchError, match="shape"):
         # the tiny checkpoint into a model with other widths
-        from models.mii import MII_VARIANTS, MiiTriageNet, MiiVariant
+        from models.mii.network import MII_VARIANTS, MiiVariant
 
         wider = MiiVariant({**MII_VARIANTS["tiny"].davit_kwargs, "embed_dims": (32, 64, 128, 256)})
         load_mii_checkpoint(MiiTriageNet(wider), ckpt)

@@ -20,7 +20,7 @@ from dicom_scp.sink import ReceivedInstance, StoreResult
 from dicom_scp.status import StoreStatus
 from dicom_scp.watcher import StabilityWatcher
 from tests.conftest import wait_until
-from worklist.settings import load_settings
+from worklist.core.settings import load_settings
 
 
 def _store_event(encoded: bytes = b"bytes") -> Any:

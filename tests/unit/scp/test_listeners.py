@@ -6,14 +6,9 @@ import socket
 
 import pytest
 
-from dicom_scp.listeners import (
-    PortInUseError,
-    associations_per_process,
-    open_listening_socket,
-    scp_process_count,
-)
-from dicom_scp.server import build_ae
-from worklist.settings import SettingsError, load_settings
+from dicom_scp.ae import PortInUseError, associations_per_process, build_ae, open_listening_socket
+from dicom_scp.server import scp_process_count
+from worklist.core.settings import SettingsError, load_settings
 
 
 @pytest.mark.parametrize(

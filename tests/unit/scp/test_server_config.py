@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from dicom_scp.contexts import SUPPORTED_TRANSFER_SYNTAXES, storage_sop_classes
-from dicom_scp.server import MAX_PDU_BYTES, build_ae, event_handlers, ssl_context
-from worklist.settings import load_settings
+from dicom_scp.ae import MAX_PDU_BYTES, build_ae, event_handlers, ssl_context
+from worklist.core.settings import load_settings
 
 
 def test_build_ae_from_settings() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from triage.testing import build_tiny_model
+from tests.support.tiny_model import build_tiny_model
 
 
 @pytest.fixture(scope="session")
@@ -58,7 +58,7 @@ def ingest_file(session_factory, path: Path, spool: Path) -> int:  # type: ignor
 
 def make_stable(session_factory) -> list:  # type: ignore[no-untyped-def]
     """Mark every receiving study stable now; return the hand-offs."""
-    from worklist.ingest import utcnow
+    from worklist.core.clock import utcnow
     from worklist.stability import mark_stable_studies
 
     with session_factory.begin() as session:

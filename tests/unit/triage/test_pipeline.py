@@ -10,10 +10,10 @@ import pytest
 from sqlalchemy import select
 
 from triage.pipeline import MAX_ATTEMPTS, triage_study
-from triage.priority import Priority
 from triage.sr import read_sr_summary
+from worklist.core.settings import load_settings
+from worklist.priority import Priority
 from worklist.results import ClaimStatus
-from worklist.settings import load_settings
 from worklist.tables import Delivery, Study, TriageClaim, TriageImage, TriageResult
 
 from .conftest import make_stable

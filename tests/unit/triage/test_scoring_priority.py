@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from triage.priority import Priority, compute_priority, hospital_level, worklist_sort_key
 from triage.scoring import Decision, aggregate, decide, score_study
+from worklist.priority import Priority, compute_priority, hospital_level, worklist_sort_key
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:

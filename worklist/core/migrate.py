@@ -7,7 +7,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 
 def alembic_config(database_url: str) -> Config:
@@ -39,26 +39,3 @@ def upgrade(database_url: str, revision: str = "head") -> None:
         Target revision.
     """
     command.upgrade(alembic_config(database_url), revision)
-
-
-def current_revision(database_url: str) -> str | None:
-    """Return the revision the database is at, or None when it has none.
-
-    Parameters
-    ----------
-    database_url : str
-
-    Returns
-    -------
-    str or None
-    """
-    from alembic.runtime.migration import MigrationContext
-
-    from worklist.db import make_engine
-
-    engine = make_engine(database_url)
-    try:
-        with engine.connect() as conn:
-            return MigrationContext.configure(conn).get_current_revision()
-    finally:
-        engine.dispose()

@@ -11,7 +11,7 @@ import pynetdicom
 import pytest
 from pynetdicom.transport import AssociationSocket
 
-from dicom_scp.socket_reads import read_pdus_in_full, recv_in_full
+from dicom_scp.pynetdicom_tweaks import read_pdus_in_full, recv_in_full
 
 
 def _pair() -> tuple[socket.socket, socket.socket]:

@@ -185,7 +185,7 @@ class Settings(BaseSettings):
         60.0, gt=0, description="No study waits longer on the worklist (then OVERDUE)."
     )
 
-    # Triage tuning (read by the workers through triage.options.load_triage_options)
+    # Triage tuning (read by the workers)
     aggregation: Literal["max", "mean"] = Field(
         "max", description="Study score from image scores: max or mean."
     )

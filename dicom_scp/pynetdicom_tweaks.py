@@ -1,4 +1,8 @@
-"""Read each PDU from the socket in as few system calls as the kernel allows.
+"""What the node changes in pynetdicom: how it reads PDUs and where it receives datasets.
+
+Both changes are process-wide (every association of the process, SCP or SCU).
+
+Read each PDU from the socket in as few system calls as the kernel allows.
 
 pynetdicom 3.0 reads a PDU with ``socket.recv(4096)`` in a loop and appends each
 piece to a ``bytearray``: about 1 800 system calls and as many Python iterations
@@ -16,8 +20,12 @@ and is made only for the pynetdicom versions it was checked against.
 from __future__ import annotations
 
 import logging
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
 
 import pynetdicom
+from pynetdicom import _config
 from pynetdicom.transport import AssociationSocket
 
 log = logging.getLogger(__name__)
@@ -73,3 +81,38 @@ def read_pdus_in_full() -> bool:
         return False
     AssociationSocket.recv = recv_in_full  # type: ignore[method-assign]
     return True
+
+
+def chunked_receive(directory: Path) -> Callable[[], None]:
+    """Have pynetdicom receive C-STORE datasets into files in ``directory``.
+
+    Sets pynetdicom's ``_config.STORE_RECV_CHUNKED_DATASET``: each dataset is
+    written, File Meta first, to a temporary file while it arrives, instead of
+    being gathered in memory, and the handler gets its path
+    (``event.dataset_path``). pynetdicom creates that file with
+    :class:`tempfile.NamedTemporaryFile` in the default temporary directory, so
+    ``tempfile.tempdir`` is set to ``directory``; both are process-wide. With
+    ``directory`` inside the spool the sink fsyncs and renames the file into place
+    instead of writing the dataset a second time. pynetdicom removes the file after
+    the handler returns unless the sink has moved it.
+
+    Parameters
+    ----------
+    directory : Path
+        Where datasets are received; created when missing. Use
+        :func:`dicom_scp.sink.incoming_dir` of the spool.
+
+    Returns
+    -------
+    callable
+        Restores both settings as they were.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    previous = (_config.STORE_RECV_CHUNKED_DATASET, tempfile.tempdir)
+    _config.STORE_RECV_CHUNKED_DATASET = True
+    tempfile.tempdir = str(directory)
+
+    def restore() -> None:
+        _config.STORE_RECV_CHUNKED_DATASET, tempfile.tempdir = previous
+
+    return restore

@@ -1,12 +1,16 @@
-"""Engine and session factory: one engine per process, built from the settings."""
+"""The database: one engine and session factory per process, opened from the settings."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.orm import DeclarativeBase, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+
+if TYPE_CHECKING:
+    from worklist.core.settings import Settings
 
 
 class Base(DeclarativeBase):
@@ -64,7 +68,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     return create_engine(url, **kwargs)
 
 
-def make_session_factory(engine: Engine) -> sessionmaker:
+def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     """Return a session factory bound to ``engine`` (objects stay usable after commit).
 
     Parameters
@@ -76,3 +80,34 @@ def make_session_factory(engine: Engine) -> sessionmaker:
     sessionmaker
     """
     return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+@dataclass(frozen=True)
+class Database:
+    """A process's open database: its engine and its session factory."""
+
+    engine: Engine
+    session_factory: sessionmaker[Session]
+
+    def dispose(self) -> None:
+        """Close the engine's pooled connections."""
+        self.engine.dispose()
+
+
+def open_database(settings: Settings, **kwargs: Any) -> Database:
+    """Open the node's database (``settings.effective_database_url``).
+
+    Parameters
+    ----------
+    settings : Settings
+        The node's settings.
+    **kwargs
+        Passed to :func:`make_engine`.
+
+    Returns
+    -------
+    Database
+        Call :meth:`Database.dispose` when the process is done with it.
+    """
+    engine = make_engine(settings.effective_database_url, **kwargs)
+    return Database(engine, make_session_factory(engine))

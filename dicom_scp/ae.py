@@ -1,0 +1,303 @@
+"""One process's DICOM SCP: the Application Entity, its handlers, TLS, the server.
+
+``build_ae`` configures the AE (contexts, limits, timeouts), ``event_handlers``
+binds the thin handlers to their dependencies, ``ssl_context`` builds TLS from the
+settings and ``start_scp`` serves them, on its own address or on the listening
+socket the node's SCP processes share (:func:`open_listening_socket`,
+:class:`SharedSocketAssociationServer`). ``spool_sink`` is the sink every SCP
+process of the node writes received instances to. The node's ingest side (spool
+clean-up, stability watcher, extra processes) is :mod:`dicom_scp.server`.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import ssl
+import threading
+from typing import Any
+
+from pynetdicom import AE, evt
+from pynetdicom.transport import ThreadedAssociationServer
+from sqlalchemy.orm import sessionmaker
+
+from dicom_scp.contexts import supported_contexts
+from dicom_scp.handlers import handle_association_request, handle_echo, handle_store
+from dicom_scp.pynetdicom_tweaks import read_pdus_in_full
+from dicom_scp.sink import InstanceSink, SpoolSink
+from worklist.core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ACSE_TIMEOUT_S = 30.0
+"""Seconds to wait for association request/release messages."""
+DIMSE_TIMEOUT_S = 120.0
+"""Seconds to wait for the next DIMSE message on an association."""
+NETWORK_TIMEOUT_S = 300.0
+"""Seconds an idle association is kept open."""
+MAX_PDU_BYTES = 1048576
+"""Largest P-DATA-TF PDU the node accepts: fewer, larger PDUs cost less per byte."""
+
+
+class PortInUseError(RuntimeError):
+    """Another program already listens on the DICOM port."""
+
+
+def associations_per_process(settings: Settings, processes: int) -> int:
+    """Each process's share of ``settings.max_associations`` (rounded up).
+
+    Parameters
+    ----------
+    settings : Settings
+    processes : int
+        How many processes share the port.
+
+    Returns
+    -------
+    int
+        ``ceil(max_associations / processes)``: the node as a whole never holds
+        more than ``max_associations`` plus ``processes - 1`` associations.
+    """
+    return -(-settings.max_associations // max(1, processes))
+
+
+def open_listening_socket(host: str, port: int, *, backlog: int = 64) -> socket.socket:
+    """Bind and listen on ``host:port`` for every SCP process of the node.
+
+    The socket is non-blocking: all processes wait on it, one ``accept()`` wins and
+    the others get nothing and go back to waiting.
+
+    Parameters
+    ----------
+    host, port : str, int
+        The DICOM address (``settings.dicom_host``, ``settings.dicom_port``).
+    backlog : int
+        Connections the kernel queues before the processes take them.
+
+    Returns
+    -------
+    socket.socket
+        Listening; close it after the last process stopped using it.
+
+    Raises
+    ------
+    PortInUseError
+        With the address, when another program (another node?) listens there.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise PortInUseError(
+                f"DICOM port {host}:{port} is already in use by another program "
+                "(another node?); stop it or set TRIAGE_DICOM_PORT"
+            ) from exc
+        raise
+    return sock
+
+
+class SharedSocketAssociationServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server on a listening socket that several processes share.
+
+    The socket comes from :func:`open_listening_socket`,
+    already bound, listening and non-blocking: this server neither binds it nor,
+    when it stops, shuts it down (that would stop the other processes too); it only
+    closes its own handle.
+
+    Parameters
+    ----------
+    *args, **kwargs
+        As for :class:`pynetdicom.transport.AssociationServer`.
+    listen_socket : socket.socket
+        The shared listening socket.
+    """
+
+    def __init__(self, *args: Any, listen_socket: socket.socket, **kwargs: Any) -> None:
+        self._listen_socket = listen_socket
+        super().__init__(*args, **kwargs)
+
+    def server_bind(self) -> None:
+        """Use the shared socket instead of binding a new one."""
+        if self.socket is not None:
+            self.socket.close()  # the one socketserver made for us, unused
+        self.socket = self._listen_socket
+        self.server_address = self.socket.getsockname()
+
+    def server_activate(self) -> None:
+        """Nothing to do: the shared socket is listening already."""
+
+    def server_close(self) -> None:
+        """Close this process's handle only."""
+        if self.socket is not None:
+            self.socket.close()
+
+
+def build_ae(settings: Settings, *, processes: int = 1) -> AE:
+    """Configure the node's Application Entity (not yet serving).
+
+    Verification and every storage SOP class with the transfer syntaxes of
+    :mod:`dicom_scp.contexts`; only our own called AE title; this process's share
+    of ``settings.max_associations`` concurrent associations; ACSE, DIMSE and
+    network timeouts.
+
+    Parameters
+    ----------
+    settings : Settings
+    processes : int
+        How many processes share the DICOM port (each gets its share of the
+        association limit).
+
+    Returns
+    -------
+    pynetdicom.AE
+    """
+    ae = AE(ae_title=settings.ae_title)
+    ae.supported_contexts = supported_contexts()
+    ae.require_called_aet = True
+    ae.maximum_associations = associations_per_process(settings, processes)
+    ae.acse_timeout = ACSE_TIMEOUT_S
+    ae.dimse_timeout = DIMSE_TIMEOUT_S
+    ae.network_timeout = NETWORK_TIMEOUT_S
+    ae.maximum_pdu_size = MAX_PDU_BYTES
+    return ae
+
+
+def event_handlers(settings: Settings, sink: InstanceSink) -> list[tuple[Any, ...]]:
+    """Bind the handlers to their dependencies.
+
+    Parameters
+    ----------
+    settings : Settings
+        For the association allow-lists.
+    sink : InstanceSink
+        Where received instances go.
+
+    Returns
+    -------
+    list of tuple
+        ``(event, handler[, args])`` items for ``AE.start_server``.
+    """
+    return [
+        (evt.EVT_REQUESTED, handle_association_request, [settings]),
+        (evt.EVT_C_ECHO, handle_echo),
+        (evt.EVT_C_STORE, handle_store, [sink]),
+    ]
+
+
+def ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """Build the server's TLS context when ``tls_cert``/``tls_key`` are set.
+
+    Parameters
+    ----------
+    settings : Settings
+
+    Returns
+    -------
+    ssl.SSLContext or None
+        TLS 1.2 or newer; client certificates required (and checked against
+        ``tls_ca``) when ``tls_ca`` is set. None when TLS is off.
+    """
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(certfile=str(settings.tls_cert), keyfile=str(settings.tls_key))
+    if settings.tls_ca is not None:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(cafile=str(settings.tls_ca))
+    return context
+
+
+def start_scp(
+    settings: Settings,
+    sink: InstanceSink,
+    *,
+    block: bool = False,
+    listen_socket: socket.socket | None = None,
+    processes: int = 1,
+    announce: bool = True,
+) -> ThreadedAssociationServer | None:
+    """Serve C-ECHO and C-STORE on ``settings.dicom_host:dicom_port``.
+
+    Parameters
+    ----------
+    settings : Settings
+    sink : InstanceSink
+        Where received instances go.
+    block : bool
+        Serve in this thread until interrupted (returns None) instead of in a
+        background thread.
+    listen_socket : socket.socket, optional
+        Accept from this socket, shared with the node's other SCP processes
+        (:func:`open_listening_socket`), instead of binding the address.
+    processes : int
+        How many processes share the port, for this one's association limit.
+    announce : bool
+        Log the listening address at INFO (the main process does; the extra
+        ones don't repeat it).
+
+    Returns
+    -------
+    ThreadedAssociationServer or None
+        The running server (call ``shutdown()`` to stop it); None when ``block``.
+    """
+    read_pdus_in_full()
+    ae = build_ae(settings, processes=processes)
+    context = ssl_context(settings)
+    if announce:
+        log.info(
+            "DICOM SCP %s listening on %s:%s%s (%d storage SOP classes)",
+            settings.ae_title,
+            settings.dicom_host,
+            settings.dicom_port,
+            " with TLS" if context else "",
+            len(ae.supported_contexts) - 1,
+        )
+    address = (settings.dicom_host, settings.dicom_port)
+    handlers = event_handlers(settings, sink)
+    if listen_socket is None:
+        return ae.start_server(address, block=block, evt_handlers=handlers, ssl_context=context)
+    server = ae.make_server(
+        address,
+        evt_handlers=handlers,
+        ssl_context=context,
+        server_class=SharedSocketAssociationServer,
+        listen_socket=listen_socket,
+    )
+    if block:
+        server.serve_forever()
+        return None
+    threading.Thread(target=server.serve_forever, name="AcceptorServer", daemon=True).start()
+    ae._servers.append(server)  # as ae.start_server does; server.shutdown() removes it
+    return server
+
+
+def spool_sink(settings: Settings, session_factory: sessionmaker) -> SpoolSink:
+    """The sink an SCP process of the node writes received instances to.
+
+    Parameters
+    ----------
+    settings : Settings
+        ``spool_dir`` and ``min_free_mb`` are used.
+    session_factory : sessionmaker
+        The process's session factory.
+
+    Returns
+    -------
+    SpoolSink
+        On the absolute spool directory; an association silent for longer than the
+        network and DIMSE timeouts together counts as abandoned.
+    """
+    return SpoolSink(
+        settings.spool_dir.absolute(),
+        session_factory,
+        settings.min_free_mb,
+        abandoned_after_s=NETWORK_TIMEOUT_S + DIMSE_TIMEOUT_S,
+    )

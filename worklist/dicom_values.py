@@ -1,0 +1,80 @@
+"""DICOM values as the worklist shows and groups them: names, ages, age bands, sex."""
+
+from __future__ import annotations
+
+import re
+
+from models.demographics import age_band
+
+__all__ = ["age_years", "format_person_name", "patient_age_band", "sex_group"]
+
+
+def format_person_name(value: str | None) -> str | None:
+    """Render a DICOM PN value (``FAMILY^GIVEN^MIDDLE``) as ``FAMILY, GIVEN MIDDLE``.
+
+    Parameters
+    ----------
+    value : str or None
+
+    Returns
+    -------
+    str or None
+        Only the alphabetic group is used; None when empty.
+    """
+    if not value:
+        return None
+    alphabetic = value.split("=")[0]
+    parts = [p.strip() for p in alphabetic.split("^")]
+    family, given = parts[0], " ".join(p for p in parts[1:] if p)
+    return f"{family}, {given}" if family and given else (family or given or None)
+
+
+def age_years(patient_age: str | None) -> float | None:
+    """Age in years from a DICOM AS value (``045Y``, ``006M``, ``003W``, ``010D``).
+
+    Parameters
+    ----------
+    patient_age : str or None
+
+    Returns
+    -------
+    float or None
+        None when missing or not an AS value.
+    """
+    if not patient_age:
+        return None
+    match = re.fullmatch(r"\s*(\d{1,3})\s*([YMWD]?)\s*", patient_age.upper())
+    if not match:
+        return None
+    n, unit = int(match[1]), match[2] or "Y"
+    return {"Y": n, "M": n / 12, "W": n / 52.18, "D": n / 365.25}[unit]
+
+
+def patient_age_band(patient_age: str | None) -> str:
+    """The age band (:data:`models.demographics.AGE_BANDS`) of a DICOM AS value.
+
+    Parameters
+    ----------
+    patient_age : str or None
+
+    Returns
+    -------
+    str
+        A band name, or ``unknown``.
+    """
+    return age_band(age_years(patient_age))
+
+
+def sex_group(patient_sex: str | None) -> str:
+    """``F``, ``M``, ``O`` or ``unknown`` from a DICOM Patient's Sex value.
+
+    Parameters
+    ----------
+    patient_sex : str or None
+
+    Returns
+    -------
+    str
+    """
+    value = (patient_sex or "").strip().upper()
+    return value if value in ("F", "M", "O") else "unknown"

@@ -1,0 +1,50 @@
+"""The model in service: its card, and how it fares against the radiologists."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query, Request
+
+from worklist import monitoring
+from worklist.audit import Action
+from worklist.core.clock import utcnow
+from worklist.http.deps import AnyUser, Reader, SessionDep, audited
+
+router = APIRouter()
+
+
+@router.get("/api/model-card", tags=["model"])
+def model_card(request: Request, _principal: AnyUser) -> Any:
+    """The card of the model this node is configured with (503 when unreadable)."""
+    card, problem = request.app.state.model_card.get()
+    if card is None:
+        raise HTTPException(status_code=503, detail=f"model card unavailable: {problem}")
+    return card
+
+
+@router.get("/api/monitoring/agreement", tags=["monitoring"])
+def monitoring_agreement(
+    principal: Reader,
+    db: SessionDep,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    model_version: str | None = None,
+) -> dict[str, Any]:
+    """AI agreement, sensitivity and specificity against the radiologists' labels,
+    overall, by sex, by age band and by model (Wilson 95 % intervals)."""
+    report = monitoring.agreement_report(db, since=since, until=until, model_version=model_version)
+    audited(db, principal, Action.VIEW_MONITORING)
+    return report
+
+
+@router.get("/api/monitoring/probabilities", tags=["monitoring"])
+def monitoring_probabilities(
+    principal: Reader, db: SessionDep, days: Annotated[int, Query(ge=1, le=366)] = 30
+) -> list[dict[str, Any]]:
+    """Daily distribution of the study probabilities (histogram, mean, median, p90,
+    abnormal rate), so that drift shows."""
+    out = monitoring.probability_distribution(db, days=days, now=utcnow())
+    audited(db, principal, Action.VIEW_MONITORING)
+    return out

@@ -1,0 +1,62 @@
+"""A study: its detail, and a thumbnail of each image."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException
+from fastapi.responses import Response
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from worklist.audit import Action
+from worklist.http.deps import (
+    AnyUser,
+    PathStudy,
+    Reader,
+    SessionDep,
+    SettingsDep,
+    audited,
+    study_detail,
+)
+from worklist.http.schemas import StudyDetail
+from worklist.tables import Instance, Study
+from worklist.thumbnails import ThumbnailError, render_thumbnail
+
+router = APIRouter(tags=["worklist"])
+
+
+@router.get("/api/studies/{study_uid}", response_model=StudyDetail)
+def study(
+    principal: AnyUser, found: PathStudy, db: SessionDep, settings: SettingsDep
+) -> StudyDetail:
+    """A study: images (evaluated with probability, or skipped with the reason), the
+    latest result with its model, SR delivery state, reading state and feedback."""
+    detail = study_detail(db, found, settings)
+    audited(db, principal, Action.VIEW_STUDY, study=found)
+    return detail
+
+
+@router.get(
+    "/api/studies/{study_uid}/images/{sop_uid}/thumbnail",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}},
+)
+def thumbnail(principal: Reader, found: PathStudy, sop_uid: str, db: SessionDep) -> Response:
+    """A PNG preview (at most 256 pixels) of one image of the study."""
+    try:
+        png = render_thumbnail(image_file(db, found, sop_uid))
+    except ThumbnailError as exc:
+        raise HTTPException(status_code=422, detail=str(exc)) from None
+    audited(db, principal, Action.VIEW_IMAGE, study=found, object_uid=sop_uid)
+    return Response(png, media_type="image/png", headers={"Cache-Control": "private, no-store"})
+
+
+def image_file(db: Session, study: Study, sop_uid: str) -> str:
+    """The spool file of one image of the study (HTTP 404 when the study has none)."""
+    file_path = db.scalar(
+        select(Instance.file_path).where(
+            Instance.study_id == study.id, Instance.sop_instance_uid == sop_uid
+        )
+    )
+    if file_path is None:
+        raise HTTPException(status_code=404, detail="no such image in this study")
+    return file_path
