@@ -20,7 +20,7 @@ import logging
 from typing import Any
 
 from celery import Celery
-from kombu import Queue
+from kombu.entity import Queue
 
 from triage.broker import celery_broker
 from triage.tasks import register_tasks

@@ -113,7 +113,6 @@ def cmd_serve(settings: Settings) -> int:
             log_level="warning",
         )
     )
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     http = threading.Thread(target=server.run, name="http", daemon=True)
     http.start()
     log.info(

@@ -100,7 +100,5 @@ def retry_delay(settings: Settings, attempts: int) -> float:
     float
         Seconds.
     """
-    return min(
-        settings.delivery_backoff_max_seconds,
-        settings.delivery_backoff_seconds * 2 ** max(0, attempts - 1),
-    )
+    first = settings.delivery_backoff_seconds
+    return min(settings.delivery_backoff_max_seconds, first * 2.0 ** max(0, attempts - 1))

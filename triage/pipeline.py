@@ -25,7 +25,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from models.card import ModelCard
 from models.preprocess import PreprocessError, PreprocessSpec, preprocess_dataset
@@ -133,6 +133,8 @@ def _read(ref_id: int, uid: str, path: str) -> _Image:
 
 
 def _preprocess(image: _Image, spec: PreprocessSpec) -> None:
+    if image.header is None:  # only images with a header are eligible
+        return
     try:
         image.tensor = preprocess_dataset(image.header, spec)
     except PreprocessError as exc:
@@ -143,7 +145,7 @@ def _preprocess(image: _Image, spec: PreprocessSpec) -> None:
         )
 
 
-def _pending_deliveries(session_factory: sessionmaker, result_id: int) -> tuple[int, ...]:
+def _pending_deliveries(session_factory: sessionmaker[Session], result_id: int) -> tuple[int, ...]:
     with session_factory() as session:
         return tuple(
             session.scalars(
@@ -155,7 +157,7 @@ def _pending_deliveries(session_factory: sessionmaker, result_id: int) -> tuple[
         )
 
 
-def _done(session_factory: sessionmaker, claim: Claim) -> TriageOutcome:
+def _done(session_factory: sessionmaker[Session], claim: Claim) -> TriageOutcome:
     with session_factory() as session:
         result = result_for(session, study_id=claim.study_id, revision=claim.revision)
         status = result.status if result else None
@@ -216,7 +218,7 @@ class WrittenSR:
 
 
 def triage_study(
-    session_factory: sessionmaker,
+    session_factory: sessionmaker[Session],
     settings: Settings,
     classifier: Classifier | Callable[[], Classifier],
     study_id: int,
@@ -298,7 +300,8 @@ def _evaluate(
             providers=clf.active_providers,
         )
     t0 = time.perf_counter()
-    batch = np.stack([im.tensor for im in scored]).astype(np.float32, copy=False)
+    batch = np.stack([im.tensor for im in scored if im.tensor is not None])
+    batch = batch.astype(np.float32, copy=False)
     logits = np.asarray(clf.predict_logits(batch), dtype=np.float32).reshape(-1)
     timings["inference"] = time.perf_counter() - t0
     operating_point = settings.operating_point
@@ -324,7 +327,7 @@ def _evaluate(
     )
 
 
-def _previous_srs(session_factory: sessionmaker, claim: Claim) -> list[Dataset]:
+def _previous_srs(session_factory: sessionmaker[Session], claim: Claim) -> list[Dataset]:
     """The SR of the latest earlier revision of the study, when its file is still there."""
     with session_factory() as session:
         path = session.scalar(
@@ -354,7 +357,7 @@ def _not_evaluated_reason(images: list[_Image]) -> str:
 
 
 def write_study_sr(
-    session_factory: sessionmaker,
+    session_factory: sessionmaker[Session],
     settings: Settings,
     claim: Claim,
     *,
@@ -491,7 +494,7 @@ def result_record(
 
 
 def _record(
-    session_factory: sessionmaker,
+    session_factory: sessionmaker[Session],
     settings: Settings,
     claim: Claim,
     started: datetime,

@@ -25,7 +25,7 @@ from typing import Any
 from celery import Celery, Task
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from models.runtime import Classifier
 from triage.delivery import retry_delay, store_file
@@ -59,21 +59,23 @@ log = logging.getLogger(__name__)
 class _Engine:
     pid: int
     engine: Engine
-    session_factory: sessionmaker
+    session_factory: sessionmaker[Session]
 
 
 class WorkerContext:
     """Per-process resources of a worker: the engine and session factory, built
     lazily (and again in a forked child)."""
 
-    def __init__(self, settings: Settings, session_factory: sessionmaker | None = None) -> None:
+    def __init__(
+        self, settings: Settings, session_factory: sessionmaker[Session] | None = None
+    ) -> None:
         self.settings = settings
         self._lock = threading.Lock()
         self._engine: _Engine | None = None
         self._given_factory = session_factory
 
     @property
-    def session_factory(self) -> sessionmaker:
+    def session_factory(self) -> sessionmaker[Session]:
         """This process's session factory (the given one, if any)."""
         if self._given_factory is not None:
             return self._given_factory
@@ -92,7 +94,7 @@ def _context(app: Celery) -> WorkerContext:
     ctx = getattr(app, "triage_context", None)
     if ctx is None:
         ctx = WorkerContext(app.conf.triage_settings)
-        app.triage_context = ctx  # type: ignore[attr-defined]
+        app.triage_context = ctx
     return ctx
 
 

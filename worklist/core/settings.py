@@ -51,7 +51,7 @@ class Destination:
     port: int
 
     @classmethod
-    def parse(cls, text: str) -> "Destination":
+    def parse(cls, text: str) -> Destination:
         """Parse ``AE@host:port``.
 
         Parameters
@@ -258,7 +258,7 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _check_tls(self) -> "Settings":
+    def _check_tls(self) -> Settings:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key must be set together")
         if self.tls_ca is not None and self.tls_cert is None:
