@@ -345,8 +345,16 @@ def run_seeds(
         read_p95 = float(np.percentile(base.reading, 95))
         claimed, completed = sim.simulate(base, "fifo", readers=scenario.readers)
         fifo = _metrics(base, claimed, completed, cap_s=cap_s, read_p95=read_p95)
-        rows.append({"seed": seed, "model": "-", "policy": "fifo", **fifo, "benefit_p50": 0.0,
-                     "benefit_mean": 0.0})  # fmt: skip
+        rows.append(
+            {
+                "seed": seed,
+                "model": "-",
+                "policy": "fifo",
+                **fifo,
+                "benefit_p50": 0.0,
+                "benefit_mean": 0.0,
+            }
+        )
         for model, pool in pools.items():
             stream = replace(base, cases=[pool[k] for k in base.picks])
             for policy in policies:
@@ -401,8 +409,9 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     list of dict
         The group keys, ``seeds``, and ``<metric>``, ``<metric>_lo``, ``<metric>_hi``.
     """
-    keys = [k for k in rows[0] if k not in (*METRICS, "seed", "studies", "benefit_p50",
-                                             "benefit_mean")]  # fmt: skip
+    keys = [
+        k for k in rows[0] if k not in (*METRICS, "seed", "studies", "benefit_p50", "benefit_mean")
+    ]
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault(tuple(row[k] for k in keys), []).append(row)
@@ -486,8 +495,10 @@ def _find(aggs: Sequence[dict[str, Any]], **match: Any) -> dict[str, Any]:
 def _goal_lines(section: _Section, *, cap_s: float) -> list[str]:
     node = _find(section.headline, model="shipped", policy="node")
     node_rows = [r for r in section.headline_rows if r["policy"] == "node"]
-    sweep = {m: _find(section.sweep, utilisation=0.9, model=m, policy="node")
-             for m in ("shipped", "oracle", "random")}  # fmt: skip
+    sweep = {
+        m: _find(section.sweep, utilisation=0.9, model=m, policy="node")
+        for m in ("shipped", "oracle", "random")
+    }
     reached = node["benefit_p50"] >= 0.30
     # The model adds to the ordering when its mean benefit clearly beats a random score's.
     by_chance = not node["benefit_mean_lo"] > sweep["random"]["benefit_mean"]
@@ -517,8 +528,11 @@ def _goal_lines(section: _Section, *, cap_s: float) -> list[str]:
         + ("reached" if over == 0 else "not reached")
         + f"** against that bound; against the longest single read of a seed (mean"
         f" {read_max / 60:.1f} min) -> **"
-        + ("reached" if all(r["max_wait"] <= cap_s + r["read_max"] for r in node_rows)
-           else "not reached")
+        + (
+            "reached"
+            if all(r["max_wait"] <= cap_s + r["read_max"] for r in node_rows)
+            else "not reached"
+        )
         + "**. A study passes the cap behind reads in progress; when two pass it at once,"
         " the second waits for a second read.",
         "",
@@ -589,12 +603,21 @@ def write_report(
             *_policy_table(section.headline, cap_min),
             "",
             "### Realistic day: hourly arrival profile and staffing (1 to 3 readers), mean"
-            f" utilisation {settings['realistic_utilisation']:g} (about 1 at 9-11 h), 3 days per seed",
+            f" utilisation {settings['realistic_utilisation']:g} (about 1 at 9-11 h),"
+            " 3 days per seed",
             "",
             *_policy_table(section.realistic, cap_min),
             "",
-            *(["### Given arrival times (`--arrivals`)", "", *_policy_table(section.given, cap_min),
-               ""] if section.given else []),  # fmt: skip
+            *(
+                [
+                    "### Given arrival times (`--arrivals`)",
+                    "",
+                    *_policy_table(section.given, cap_min),
+                    "",
+                ]
+                if section.given
+                else []
+            ),
             "### Benefit against utilisation and model quality (node rules + cap)",
             "",
             "Reduction of the abnormal turnaround against FIFO, p50 and mean (shipped model with"
@@ -607,16 +630,23 @@ def write_report(
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for u in settings["utilisations"]:
-            def get(model: str, policy: str = "node", u: float = u) -> dict[str, Any]:
-                return _find(section.sweep, utilisation=u, model=model, policy=policy)
+
+            def get(
+                model: str, policy: str = "node", u: float = u, sweep: Any = section.sweep
+            ) -> dict[str, Any]:
+                return _find(sweep, utilisation=u, model=model, policy=policy)
 
             cells = [_cell(get("shipped"), "benefit_p50")]
             cells += [f"{100 * get(m)['benefit_p50']:.1f} %" for m in ("oracle", "random")]
             cells += [_cell(get("shipped"), "benefit_mean")]
             cells += [f"{100 * get(m)['benefit_mean']:.1f} %" for m in ("oracle", "random")]
             cells.append(_cell(get("shipped", "score"), "benefit_p50"))
-            cells.append(" / ".join(f"{get(m, p)['max_wait'] / 60:.0f}" for m, p in
-                                    (("-", "fifo"), ("shipped", "node"), ("shipped", "score"))))  # fmt: skip
+            cells.append(
+                " / ".join(
+                    f"{get(m, p)['max_wait'] / 60:.0f}"
+                    for m, p in (("-", "fifo"), ("shipped", "node"), ("shipped", "score"))
+                )
+            )
             lines.append(f"| {u:g} | {' | '.join(cells)} |")
         lines += [
             "",
@@ -666,7 +696,9 @@ def write_report(
     return report
 
 
-def write_plots(sections: Sequence[_Section], out: Path, *, utilisations: Sequence[float]) -> list[Path]:
+def write_plots(
+    sections: Sequence[_Section], out: Path, *, utilisations: Sequence[float]
+) -> list[Path]:
     """Turnaround CDFs per policy and benefit against utilisation (PNG).
 
     Raises
@@ -685,8 +717,9 @@ def write_plots(sections: Sequence[_Section], out: Path, *, utilisations: Sequen
         for ax, truth in zip(row, ("abnormal", "normal"), strict=True):
             for policy, curve in section.curves[truth].items():
                 values = np.sort(curve) / 60
-                ax.plot(values, np.arange(1, len(values) + 1) / len(values),
-                        label=POLICY_LABELS[policy])  # fmt: skip
+                ax.plot(
+                    values, np.arange(1, len(values) + 1) / len(values), label=POLICY_LABELS[policy]
+                )
             ax.set_title(f"{section.data.name}: {truth} studies, utilisation 0.9")
             ax.set_xlabel("turnaround (min)")
             ax.set_ylabel("share of studies")
@@ -702,14 +735,25 @@ def write_plots(sections: Sequence[_Section], out: Path, *, utilisations: Sequen
     for col, section in enumerate(sections):
         for ax, metric in zip(axes[:, col], ("benefit_p50", "benefit_mean"), strict=True):
             for model in ("shipped", "oracle", "random"):
-                aggs = [_find(section.sweep, utilisation=u, model=model, policy="node")
-                        for u in utilisations]  # fmt: skip
-                ax.plot(utilisations, [100 * a[metric] for a in aggs], marker="o",
-                        label=f"node rules, {model}")  # fmt: skip
-                ax.fill_between(utilisations, [100 * a[f"{metric}_lo"] for a in aggs],
-                                [100 * a[f"{metric}_hi"] for a in aggs], alpha=0.2)  # fmt: skip
-            ax.axhline(30 if metric == "benefit_p50" else 0, color="grey", linestyle="--",
-                       linewidth=1)  # fmt: skip
+                aggs = [
+                    _find(section.sweep, utilisation=u, model=model, policy="node")
+                    for u in utilisations
+                ]
+                ax.plot(
+                    utilisations,
+                    [100 * a[metric] for a in aggs],
+                    marker="o",
+                    label=f"node rules, {model}",
+                )
+                ax.fill_between(
+                    utilisations,
+                    [100 * a[f"{metric}_lo"] for a in aggs],
+                    [100 * a[f"{metric}_hi"] for a in aggs],
+                    alpha=0.2,
+                )
+            ax.axhline(
+                30 if metric == "benefit_p50" else 0, color="grey", linestyle="--", linewidth=1
+            )
             ax.set_title(section.data.name)
             ax.set_xlabel("utilisation")
             which = "p50" if metric == "benefit_p50" else "mean"
@@ -737,10 +781,16 @@ def _section(
     arrivals: Sequence[float] | None = None,
 ) -> _Section:
     pools = model_variants(data, np.random.default_rng(20261129))
-    common = {"seeds": seeds, "reading": reading, "cap_s": cap_s, "high_confidence": high_confidence}
+    common = {
+        "seeds": seeds,
+        "reading": reading,
+        "cap_s": cap_s,
+        "high_confidence": high_confidence,
+    }
     headline_sc = Scenario("u0.9", 0.9, readers, False, hours)
-    realistic_sc = Scenario(f"day u{realistic_utilisation:g}", realistic_utilisation,
-                            sim.DAILY_READERS, True, 72.0)  # fmt: skip
+    realistic_sc = Scenario(
+        f"day u{realistic_utilisation:g}", realistic_utilisation, sim.DAILY_READERS, True, 72.0
+    )
     shipped = {"shipped": pools["shipped"]}
     headline_rows = run_seeds(shipped, headline_sc, **common)
     realistic = aggregate(run_seeds(shipped, realistic_sc, **common))
@@ -751,26 +801,32 @@ def _section(
     caps = []
     for scenario in (headline_sc, realistic_sc):
         for cap_min in CAPS_MIN:
-            rows = run_seeds(shipped, scenario, **{**common, "cap_s": cap_min * 60},
-                             policies=("node",))  # fmt: skip
-            caps += [{**a, "scenario": scenario.name, "cap_min": cap_min}
-                     for a in aggregate(rows) if a["policy"] == "node"]  # fmt: skip
+            rows = run_seeds(
+                shipped, scenario, **{**common, "cap_s": cap_min * 60}, policies=("node",)
+            )
+            caps += [
+                {**a, "scenario": scenario.name, "cap_min": cap_min}
+                for a in aggregate(rows)
+                if a["policy"] == "node"
+            ]
     given = []
     if arrivals is not None:
         scenario = Scenario("given arrivals", math.nan, readers, arrivals=tuple(arrivals))
         given = aggregate(run_seeds(shipped, scenario, **common))
     levels = []
     for hc in HIGH_CONFIDENCES:
-        rows = run_seeds(shipped, headline_sc, **{**common, "high_confidence": hc},
-                         policies=("node",))  # fmt: skip
+        rows = run_seeds(
+            shipped, headline_sc, **{**common, "high_confidence": hc}, policies=("node",)
+        )
         levels += [{**a, "high_confidence": hc} for a in aggregate(rows) if a["policy"] == "node"]
     # Pooled turnarounds of the first seeds for the CDF plot.
     curves: dict[str, dict[str, list[float]]] = {"abnormal": {}, "normal": {}}
     for seed in seeds[:5]:
         stream = _stream(pools["shipped"], headline_sc, reading, seed)
         for policy in ("fifo", "node", "score"):
-            claimed, completed = sim.simulate(stream, policy, readers=readers, wait_cap_s=cap_s,
-                                              high_confidence=high_confidence)  # fmt: skip
+            claimed, completed = sim.simulate(
+                stream, policy, readers=readers, wait_cap_s=cap_s, high_confidence=high_confidence
+            )
             for t in sim.study_times(stream, claimed, completed):
                 curves[t.truth].setdefault(policy, []).append(turnaround(t))
     return _Section(
@@ -843,10 +899,18 @@ def run_benefit(
     for data in inputs:
         log.info("simulating %s (%d studies)", data.name, len(data.cases))
         sections.append(
-            _section(data, seeds=seed_list, reading=reading, readers=readers,
-                     cap_s=cap_minutes * 60, high_confidence=high_confidence,
-                     utilisations=utilisations, realistic_utilisation=realistic_utilisation,
-                     hours=hours, arrivals=arrivals)  # fmt: skip
+            _section(
+                data,
+                seeds=seed_list,
+                reading=reading,
+                readers=readers,
+                cap_s=cap_minutes * 60,
+                high_confidence=high_confidence,
+                utilisations=utilisations,
+                realistic_utilisation=realistic_utilisation,
+                hours=hours,
+                arrivals=arrivals,
+            )
         )
     settings = {
         "reading": reading,
@@ -872,4 +936,3 @@ def run_benefit(
         else:
             report = write_report(sections, out, settings=settings, command=command)
     return report
-

@@ -55,14 +55,11 @@ __all__ = [
 #: Relative arrival rate per hour of the day (00-23 h, mean 1): a hospital's chest
 #: radiographs (emergency department all day, wards and outpatients 8-18 h). An
 #: assumption of the shape, not a measurement; ``--arrivals`` takes real timestamps.
+_MORNING = (0.35, 0.3, 0.3, 0.3, 0.3, 0.35, 0.5, 0.9, 1.6, 1.9, 1.9, 1.8)  # 00-11 h
+_AFTERNOON = (1.5, 1.5, 1.6, 1.5, 1.3, 1.1, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4)  # 12-23 h
 DAILY_PROFILE: tuple[float, ...] = tuple(
-    w / (sum(_w) / 24)
-    for _w in [
-        (0.35, 0.3, 0.3, 0.3, 0.3, 0.35, 0.5, 0.9, 1.6, 1.9, 1.9, 1.8,
-         1.5, 1.5, 1.6, 1.5, 1.3, 1.1, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4)
-    ]
-    for w in _w
-)  # fmt: skip
+    w * 24 / sum(_MORNING + _AFTERNOON) for w in _MORNING + _AFTERNOON
+)
 
 #: Radiologists reading per hour of the day (00-23 h) in the "realistic day": staffing
 #: that follows :data:`DAILY_PROFILE` (3 in the day, 2 in the evening, 1 at night;

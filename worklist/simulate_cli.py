@@ -28,29 +28,48 @@ def add_simulate_command(sub: Any) -> None:
         help="measure what triage changes: a reading-order simulation on scored, labelled studies",
     )
     p.add_argument(
-        "--predictions", action="append", default=[], metavar="[NAME=]PATH",
+        "--predictions",
+        action="append",
+        default=[],
+        metavar="[NAME=]PATH",
         help="predictions.csv of 'triage-model evaluate' (repeatable)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--database", action="store_true",
+        "--database",
+        action="store_true",
         help="use the node's own database: latest results and the radiologists' labels",
-    )  # fmt: skip
-    p.add_argument("--threshold", type=float, default=None,
-                   help="decision threshold (default: metrics.json beside the predictions)")  # fmt: skip
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="decision threshold (default: metrics.json beside the predictions)",
+    )
     p.add_argument("--out", required=True, help="folder for the report, summary.csv and plots")
     p.add_argument("--seeds", type=int, default=20)
     p.add_argument("--readers", type=int, default=2)
-    p.add_argument("--cap-minutes", type=float, default=None,
-                   help="wait cap (default: the node's wait_cap_minutes)")  # fmt: skip
-    p.add_argument("--high-confidence", type=float, default=None,
-                   help="default: the node's high_confidence")  # fmt: skip
+    p.add_argument(
+        "--cap-minutes",
+        type=float,
+        default=None,
+        help="wait cap (default: the node's wait_cap_minutes)",
+    )
+    p.add_argument(
+        "--high-confidence", type=float, default=None, help="default: the node's high_confidence"
+    )
     p.add_argument("--reading-median", type=float, default=None, help="normal read, s")
     p.add_argument("--reading-sigma", type=float, default=None)
     p.add_argument("--abnormal-factor", type=float, default=None)
-    p.add_argument("--reading-times", default=None,
-                   help="CSV with a 'seconds' column of reading durations to fit")  # fmt: skip
-    p.add_argument("--arrivals", default=None,
-                   help="CSV with an 'arrival' column (ISO time or seconds) to replay")  # fmt: skip
+    p.add_argument(
+        "--reading-times",
+        default=None,
+        help="CSV with a 'seconds' column of reading durations to fit",
+    )
+    p.add_argument(
+        "--arrivals",
+        default=None,
+        help="CSV with an 'arrival' column (ISO time or seconds) to replay",
+    )
     p.add_argument("--utilisations", default=UTILISATIONS, help="comma list (0.9 is always run)")
     p.add_argument("--realistic-utilisation", type=float, default=0.75)
     p.add_argument("--hours", type=float, default=48.0, help="measured hours per seed")
@@ -81,9 +100,22 @@ def _command_line(args: Any) -> str:
     for name in ("database", "no_plots"):
         if getattr(args, name):
             words.append("--" + name.replace("_", "-"))
-    for name in ("threshold", "out", "seeds", "readers", "cap_minutes", "high_confidence",
-                 "reading_median", "reading_sigma", "abnormal_factor", "reading_times",
-                 "arrivals", "utilisations", "realistic_utilisation", "hours"):  # fmt: skip
+    for name in (
+        "threshold",
+        "out",
+        "seeds",
+        "readers",
+        "cap_minutes",
+        "high_confidence",
+        "reading_median",
+        "reading_sigma",
+        "abnormal_factor",
+        "reading_times",
+        "arrivals",
+        "utilisations",
+        "realistic_utilisation",
+        "hours",
+    ):
         value = getattr(args, name)
         if value is not None:
             words += ["--" + name.replace("_", "-"), str(value)]

@@ -56,8 +56,9 @@ def study_timelines(session: Session, *, since: datetime | None = None) -> list[
     -------
     list of StudyTimes
     """
-    query = select(Study.id, Study.first_received_at, StudyRead.claimed_at,
-                   StudyRead.completed_at).outerjoin(StudyRead, StudyRead.study_id == Study.id)  # fmt: skip
+    query = select(
+        Study.id, Study.first_received_at, StudyRead.claimed_at, StudyRead.completed_at
+    ).outerjoin(StudyRead, StudyRead.study_id == Study.id)
     if since is not None:
         query = query.where(Study.first_received_at >= since)
     rows = session.execute(query).all()
@@ -116,8 +117,9 @@ def time_to_read_report(
     """
     now_s = as_utc(now).timestamp()
     cap_s = wait_cap.total_seconds()
-    start = datetime.combine((as_utc(now) - timedelta(days=days - 1)).date(),
-                             datetime.min.time(), tzinfo=UTC)  # fmt: skip
+    start = datetime.combine(
+        (as_utc(now) - timedelta(days=days - 1)).date(), datetime.min.time(), tzinfo=UTC
+    )
     unread = [s for s in study_timelines(session) if s.claimed is None]
     recent = study_timelines(session, since=start)
     waits = [wait(s, now_s) for s in unread]

@@ -155,9 +155,14 @@ def test_report_writer_on_a_tiny_predictions_file(tmp_path: Path) -> None:
     assert data.threshold == 0.5 and len(data.cases) == 41
     assert data.cases[-1].decision is None
     report = benefit.run_benefit(
-        [data], tmp_path / "out", seeds=3, utilisations=(0.7, 0.9), hours=4.0,
-        command="triage-node simulate ...", plots=True,
-    )  # fmt: skip
+        [data],
+        tmp_path / "out",
+        seeds=3,
+        utilisations=(0.7, 0.9),
+        hours=4.0,
+        command="triage-node simulate ...",
+        plots=True,
+    )
     text = report.read_text()
     assert "## tiny" in text and "triage-node simulate ..." in text
     for label in benefit.POLICY_LABELS.values():
@@ -183,11 +188,18 @@ def test_oracle_beats_random_on_the_mean_turnaround(tmp_path: Path) -> None:
     data = benefit.load_predictions(_tiny_predictions(tmp_path / "eval"))
     pools = benefit.model_variants(data, np.random.default_rng(1))
     rows = benefit.run_seeds(
-        pools, benefit.Scenario("u0.9", 0.9, 2, False, 24.0), seeds=range(1, 6),
-        reading=sim.ReadingTimes(), cap_s=3600, high_confidence=0.9, policies=("node",),
-    )  # fmt: skip
-    by_model = {m: np.mean([r["benefit_mean"] for r in rows if r["model"] == m])
-                for m in ("oracle", "random")}  # fmt: skip
+        pools,
+        benefit.Scenario("u0.9", 0.9, 2, False, 24.0),
+        seeds=range(1, 6),
+        reading=sim.ReadingTimes(),
+        cap_s=3600,
+        high_confidence=0.9,
+        policies=("node",),
+    )
+    by_model = {
+        m: np.mean([r["benefit_mean"] for r in rows if r["model"] == m])
+        for m in ("oracle", "random")
+    }
     assert by_model["oracle"] > by_model["random"] + 0.1
 
 
@@ -201,8 +213,22 @@ def test_cli_simulate_writes_the_report(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setenv("TRIAGE_DATA_DIR", str(tmp_path / "node"))
     path = _tiny_predictions(tmp_path / "eval")
     out = tmp_path / "out"
-    code = main(["simulate", "--predictions", f"tiny={path}", "--out", str(out), "--seeds", "2",
-                 "--hours", "2", "--utilisations", "0.9", "--no-plots"])  # fmt: skip
+    code = main(
+        [
+            "simulate",
+            "--predictions",
+            f"tiny={path}",
+            "--out",
+            str(out),
+            "--seeds",
+            "2",
+            "--hours",
+            "2",
+            "--utilisations",
+            "0.9",
+            "--no-plots",
+        ]
+    )
     assert code == 0
     text = (out / "TRIAGE_BENEFIT.md").read_text()
     assert f"triage-node simulate --predictions tiny={path}" in text
@@ -214,9 +240,22 @@ def test_given_arrival_times_are_replayed(tmp_path: Path) -> None:
     data = benefit.load_predictions(_tiny_predictions(tmp_path / "eval"))
     arrivals = [60.0 * k for k in range(200)]  # one study a minute
     scenario = benefit.Scenario("given", float("nan"), 1, arrivals=tuple(arrivals))
-    rows = benefit.run_seeds({"shipped": data.cases}, scenario, seeds=[1, 2],
-                             reading=sim.ReadingTimes(), cap_s=3600, high_confidence=0.9)  # fmt: skip
+    rows = benefit.run_seeds(
+        {"shipped": data.cases},
+        scenario,
+        seeds=[1, 2],
+        reading=sim.ReadingTimes(),
+        cap_s=3600,
+        high_confidence=0.9,
+    )
     assert {r["studies"] for r in rows} == {200}
-    report = benefit.run_benefit([data], tmp_path / "out", seeds=2, utilisations=(0.9,),
-                                 hours=2.0, arrivals=arrivals, plots=False)  # fmt: skip
+    report = benefit.run_benefit(
+        [data],
+        tmp_path / "out",
+        seeds=2,
+        utilisations=(0.9,),
+        hours=2.0,
+        arrivals=arrivals,
+        plots=False,
+    )
     assert "### Given arrival times" in report.read_text()

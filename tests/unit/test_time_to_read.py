@@ -13,9 +13,18 @@ NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 MIN = timedelta(minutes=1)
 
 
-def _study(session, n: int, arrival: datetime, *, priority: int | None,
-           claimed: timedelta | None = None, read: timedelta = 2 * MIN,
-           completed: bool = True, label: str | None = None, user: User) -> None:  # fmt: skip
+def _study(
+    session,
+    n: int,
+    arrival: datetime,
+    *,
+    priority: int | None,
+    claimed: timedelta | None = None,
+    read: timedelta = 2 * MIN,
+    completed: bool = True,
+    label: str | None = None,
+    user: User,
+) -> None:
     study = Study(
         study_instance_uid=f"1.2.3.{n}",
         state="triaged" if priority is not None else "queued",
@@ -30,29 +39,44 @@ def _study(session, n: int, arrival: datetime, *, priority: int | None,
     if priority is not None:
         session.add(
             TriageResult(
-                study_id=study.id, revision=1, status="triaged", decision="normal",
-                probability=0.1, aggregation="max", operating_point="balanced",
-                threshold=0.3, model_name="m", model_version="1", model_sha256="0" * 64,
-                priority=priority, priority_reason="test",
+                study_id=study.id,
+                revision=1,
+                status="triaged",
+                decision="normal",
+                probability=0.1,
+                aggregation="max",
+                operating_point="balanced",
+                threshold=0.3,
+                model_name="m",
+                model_version="1",
+                model_sha256="0" * 64,
+                priority=priority,
+                priority_reason="test",
                 started_at=arrival + timedelta(seconds=10),
                 finished_at=arrival + timedelta(seconds=11),
             )
-        )  # fmt: skip
+        )
     if claimed is not None:
         session.add(
             StudyRead(
-                study_id=study.id, state="completed" if completed else "claimed",
-                user_id=user.id, claimed_at=arrival + claimed,
+                study_id=study.id,
+                state="completed" if completed else "claimed",
+                user_id=user.id,
+                claimed_at=arrival + claimed,
                 completed_at=arrival + claimed + read if completed else None,
             )
-        )  # fmt: skip
+        )
     if label is not None:
         session.add(
             Feedback(
-                study_id=study.id, revision=1, user_id=user.id, label=label,
-                created_at=NOW, updated_at=NOW,
+                study_id=study.id,
+                revision=1,
+                user_id=user.id,
+                label=label,
+                created_at=NOW,
+                updated_at=NOW,
             )
-        )  # fmt: skip
+        )
 
 
 @pytest.fixture
@@ -64,8 +88,16 @@ def figures(session_factory) -> dict:
         today = NOW - 3 * 60 * MIN  # 09:00 today
         yesterday = today - timedelta(days=1)
         # Abnormal (level 20), read after 5 min in 4 min: turnaround 9 min.
-        _study(session, 1, today, priority=20, claimed=5 * MIN, read=4 * MIN, label="abnormal",
-               user=user)  # fmt: skip
+        _study(
+            session,
+            1,
+            today,
+            priority=20,
+            claimed=5 * MIN,
+            read=4 * MIN,
+            label="abnormal",
+            user=user,
+        )
         # Normal (50), opened after 70 min (over the 60 min cap), turnaround 72 min.
         _study(session, 2, today, priority=50, claimed=70 * MIN, label="normal", user=user)
         # Normal (50) yesterday, turnaround 12 min, no label.
@@ -83,8 +115,12 @@ def figures(session_factory) -> dict:
 
 def test_turnaround_by_level_and_truth(figures: dict) -> None:
     assert figures["by_level"]["ABNORMAL_HIGH"] == {
-        "n": 1, "mean": 540.0, "p50": 540.0, "p90": 540.0, "max": 540.0,
-    }  # fmt: skip
+        "n": 1,
+        "mean": 540.0,
+        "p50": 540.0,
+        "p90": 540.0,
+        "max": 540.0,
+    }
     normal = figures["by_level"]["NORMAL"]
     assert normal["n"] == 2 and normal["p50"] == pytest.approx((72 + 12) / 2 * 60)
     assert set(figures["by_level"]) == {"ABNORMAL_HIGH", "NORMAL"}

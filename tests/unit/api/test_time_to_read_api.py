@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from fastapi.testclient import TestClient
-
 import pytest
+from fastapi.testclient import TestClient
 
 from tests.unit.api.conftest import PASSWORD, bearer
 from tests.unit.api.factories import Made
@@ -29,8 +28,10 @@ def test_time_to_read_api_page_and_metrics(
     assert report["waiting"]["longest_wait_seconds"] == pytest.approx(90 * 60, abs=60)
     assert report["waiting"]["over_cap"] == 1
     assert sum(d["arrived"] for d in report["daily"]) == 6
-    assert client.get("/api/monitoring/time-to-read", params={"days": 0},
-                      headers=rad1).status_code == 422  # fmt: skip
+    assert (
+        client.get("/api/monitoring/time-to-read", params={"days": 0}, headers=rad1).status_code
+        == 422
+    )
 
     metrics = client.get("/metrics").text
     assert 'triage_read_over_cap{scope="waiting"} 1.0' in metrics
