@@ -17,7 +17,8 @@ UTILISATIONS = "0.7,0.8,0.9,0.95,0.98"
 
 
 def add_simulate_command(sub: Any) -> None:
-    """Add ``simulate`` to the ``triage-node`` subcommands.
+    """Add ``simulate`` to the ``triage-node`` subcommands (run by
+    :func:`run_simulate_command`).
 
     Parameters
     ----------
@@ -74,6 +75,7 @@ def add_simulate_command(sub: Any) -> None:
     p.add_argument("--realistic-utilisation", type=float, default=0.75)
     p.add_argument("--hours", type=float, default=48.0, help="measured hours per seed")
     p.add_argument("--no-plots", action="store_true")
+    p.set_defaults(run=run_simulate_command)
 
 
 def _read_column(path: str, column: str) -> list[str]:
