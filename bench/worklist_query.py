@@ -43,7 +43,6 @@ from typing import Any
 from sqlalchemy import and_, create_engine, exists, func, insert, or_, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from worklist.http.schemas import WorklistFilters, WorklistRow
 from worklist.queries import _modalities, _row
 from worklist.tables import (
     ReadState,
@@ -54,6 +53,7 @@ from worklist.tables import (
     TriageResult,
     User,
 )
+from worklist.views import WorklistFilters, WorklistRow
 
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 LEVELS = (0, 20, 30, 40, 50, 60)
@@ -385,7 +385,7 @@ def measure(
             reader = create_user(
                 session, username="reader", password="bench passphrase 1234", role="radiologist"
             )
-            create_user(session, username="ris", password="bench passphrase 5678", role="service")
+            create_user(session, username="ris", password=None, role="service")
             token, _row_ = create_token(session, username="ris", name="bench")
             seed_history(session, count=count, in_reading=in_reading, now=now, reader_id=reader.id)
             session.commit()

@@ -39,6 +39,7 @@ class Action(StrEnum):
     VIEW_AUDIT = "view_audit"
     VIEW_MONITORING = "view_monitoring"
     ACCESS_DENIED = "access_denied"
+    RETRIAGE = "retriage"
 
 
 class Outcome(StrEnum):

@@ -11,10 +11,10 @@ from sqlalchemy import inspect, select, text
 
 from bench.worklist_query import reference_list_worklist
 from worklist.accounts import create_user
-from worklist.http.schemas import WorklistFilters
 from worklist.queries import list_worklist
 from worklist.reading import claim_study, complete_study, release_study
 from worklist.tables import ReadState, Series, Study, StudyState, TriageResult
+from worklist.views import WorklistFilters
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 WAIT_CAP = timedelta(minutes=60)
