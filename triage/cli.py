@@ -349,6 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_account_commands(sub)
     for name in ("user", "token"):
         sub.choices[name].set_defaults(run=run_account_command)
+    from worklist.simulate_cli import add_simulate_command
+
+    add_simulate_command(sub)
     _describe_subcommands(parser)
     return parser
 
