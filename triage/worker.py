@@ -12,13 +12,14 @@ A worker that serves ``delivery`` also runs the sweep (due outbox rows, stalled
 revisions) every ``sweep_seconds`` in a background thread.
 
 :func:`start_embedded_worker` is the embedded mode of ``triage-node serve``: it
-starts **two subprocesses** (``python -m triage.worker``), one for ``inference`` and
-one for ``delivery``, passing the settings through ``TRIAGE_*`` environment
-variables. Subprocesses rather than threads because Celery's worker owns signal
-handling and its process pool, ONNX Runtime and the GPU are best kept out of the
-SCP's process, and a crash of a worker must not take the SCP down. The handle's
-:meth:`EmbeddedWorker.stop` asks both for a warm shutdown (SIGTERM) and kills them
-after a grace period.
+starts **two subprocesses** (``python -m triage.worker``), one for ``inference``
+(``settings.inference_processes`` pool processes, so that a burst of studies is
+triaged in parallel on the cores) and one for ``delivery``, passing the settings
+through ``TRIAGE_*`` environment variables. Subprocesses rather than threads
+because Celery's worker owns signal handling and its process pool, ONNX Runtime
+and the GPU are best kept out of the SCP's process, and a crash of a worker must
+not take the SCP down. The handle's :meth:`EmbeddedWorker.stop` asks both for a
+warm shutdown (SIGTERM) and kills them after a grace period.
 """
 
 from __future__ import annotations
@@ -187,20 +188,29 @@ class EmbeddedWorker:
 def start_embedded_worker(
     settings: Settings,
     *,
-    inference_concurrency: int = 1,
+    inference_concurrency: int | None = None,
     delivery_concurrency: int = 4,
     extra_env: dict[str, str] | None = None,
+    inherit_fds: Sequence[int] = (),
     verbose: bool = False,
 ) -> EmbeddedWorker:
     """Start the embedded workers (inference, delivery) as two subprocesses.
 
+    Each dies with this process (``--parent-pid``: ``PR_SET_PDEATHSIG``, and their
+    Celery pool processes die with them), so a node killed with SIGKILL leaves no
+    worker taking tasks behind. Call it from the main thread.
+
     Parameters
     ----------
     settings : Settings
-    inference_concurrency : int
+    inference_concurrency : int, optional
+        Inference pool processes; default ``settings.inference_processes``.
     delivery_concurrency : int
     extra_env : dict, optional
         More environment for the children (tests).
+    inherit_fds : sequence of int
+        Descriptors the children keep open (the data directory's lock,
+        :class:`worklist.core.processes.DataDirLock`).
     verbose : bool
         The workers print Celery's banner and start-up chatter.
 
@@ -211,6 +221,8 @@ def start_embedded_worker(
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRIAGE_")}
     env.update(settings_to_env(settings))
     env.update(extra_env or {})
+    if inference_concurrency is None:
+        inference_concurrency = settings.inference_processes
     processes: dict[str, subprocess.Popen[bytes]] = {}
     for queue, concurrency in (
         (INFERENCE_QUEUE, inference_concurrency),
@@ -225,16 +237,19 @@ def start_embedded_worker(
                 queue,
                 "--concurrency",
                 str(concurrency),
+                "--parent-pid",
+                str(os.getpid()),
                 *(["--verbose"] if verbose else []),
             ],
             env=env,
+            pass_fds=tuple(inherit_fds),
         )
         log.info("embedded %s worker started (pid %s)", queue, processes[queue].pid)
     return EmbeddedWorker(processes)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m triage.worker --queues inference,delivery [--concurrency N]``.
+    """``python -m triage.worker --queues inference,delivery [--concurrency N] [--parent-pid P]``.
 
     Settings come from the environment (``TRIAGE_*``), as for ``triage-node``.
 
@@ -250,8 +265,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m triage.worker")
     parser.add_argument("--queues", default=f"{INFERENCE_QUEUE},{DELIVERY_QUEUE}")
     parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument(
+        "--parent-pid", type=int, default=None, help="die with this process (embedded mode)"
+    )
     parser.add_argument("--verbose", action="store_true", help="Celery's banner and chatter")
     args = parser.parse_args(argv)
+    if args.parent_pid is not None:
+        from worklist.core.processes import die_with_parent
+
+        die_with_parent(args.parent_pid)
     settings = load_settings()
     configure_logging(settings.log_level, with_process=True, verbose=args.verbose)
     run_worker(settings, args.queues.split(","), args.concurrency, verbose=args.verbose)

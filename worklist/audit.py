@@ -40,6 +40,8 @@ class Action(StrEnum):
     VIEW_MONITORING = "view_monitoring"
     ACCESS_DENIED = "access_denied"
     RESEND_SR = "resend_sr"
+    RELEASE_HOLD = "release_hold"
+    """An administrator released a study held for a patient mismatch."""
     RETRIAGE = "retriage"
 
 

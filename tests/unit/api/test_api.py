@@ -47,6 +47,7 @@ ANONYMOUS_DENIED = [
     ("GET", "/api/model-card"),
     ("GET", "/api/monitoring/agreement"),
     ("GET", "/api/monitoring/probabilities"),
+    ("GET", "/api/monitoring/time-to-read"),
     ("GET", "/api/audit"),
     ("GET", "/api/me"),
     ("GET", "/api/openapi.json"),

@@ -16,6 +16,7 @@ them.
 ``GET  /api/model-card``                 the active model card
 ``GET  /api/monitoring/agreement``       agreement, sensitivity, specificity by group
 ``GET  /api/monitoring/probabilities``   daily probability distribution (drift)
+``GET  /api/monitoring/time-to-read``   turnaround by level and label, waits, over the cap
 ``GET  /api/audit``                      the audit log (admins)
 ``GET  /``, ``/studies/{uid}``, ``/monitoring``  the web pages
 =======================================  =============================================
