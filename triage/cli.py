@@ -10,6 +10,8 @@ db upgrade  apply the database migrations
 config      print the effective settings (secrets hidden)
 user        local accounts: add, passwd, disable, list (worklist.admin_cli)
 token       bearer tokens for systems (RIS): add, revoke
+model       the model registry: add, list, compare, promote, rollback (worklist.model_cli)
+dataset     export labelled studies as a training dataset
 
 Settings come from ``TRIAGE_*`` environment variables and ``--config FILE`` (TOML).
 Heavy imports happen inside the subcommands, so ``scp`` never imports worker code.
@@ -171,6 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     from worklist.admin_cli import add_account_commands
 
     add_account_commands(sub)
+    # Models and datasets (worklist.model_cli): model add|list|compare|promote|rollback, dataset export
+    from worklist.model_cli import add_model_commands
+
+    add_model_commands(sub)
     return parser
 
 
@@ -215,6 +221,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from worklist.admin_cli import run_account_command
 
         return run_account_command(args, settings)
+    if args.command in ("model", "dataset"):
+        from worklist.model_cli import run_model_command
+
+        return run_model_command(args, settings)
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 

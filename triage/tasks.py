@@ -63,6 +63,7 @@ class WorkerContext:
         self._lock = threading.Lock()
         self._engine: _Engine | None = None
         self._given_factory = session_factory
+        self._models: Any = None
 
     @property
     def session_factory(self) -> sessionmaker:
@@ -77,11 +78,18 @@ class WorkerContext:
                 self._engine = _Engine(os.getpid(), database.engine, database.session_factory)
             return self._engine.session_factory
 
-    def classifier(self) -> Any:
-        """This process's classifier (loaded on first use)."""
-        from triage.inference import get_classifier
+    @property
+    def models(self) -> Any:
+        """This process's registry models (:class:`triage.registry_models.RegistryModels`)."""
+        if self._models is None:
+            from triage.registry_models import RegistryModels
 
-        return get_classifier(self.settings, batch_size=self.options.batch_size)
+            self._models = RegistryModels(self.settings, batch_size=self.options.batch_size)
+        return self._models
+
+    def classifier(self) -> Any:
+        """The registry's champion, reloaded when a promotion changed it."""
+        return self.models.refresh(self.session_factory).classifier
 
 
 def _context(app: Celery) -> WorkerContext:

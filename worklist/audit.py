@@ -39,6 +39,10 @@ class Action(StrEnum):
     VIEW_AUDIT = "view_audit"
     VIEW_MONITORING = "view_monitoring"
     ACCESS_DENIED = "access_denied"
+    MODEL_ADD = "model_add"
+    MODEL_PROMOTE = "model_promote"
+    MODEL_ROLLBACK = "model_rollback"
+    DATASET_EXPORT = "dataset_export"
 
 
 class Outcome(StrEnum):
