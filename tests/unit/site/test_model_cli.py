@@ -52,3 +52,15 @@ def test_model_commands(node_env: Path, make_model, capsys: pytest.CaptureFixtur
     capsys.readouterr()
     assert main(["model", "list"]) == 0
     assert capsys.readouterr().out.splitlines()[1].startswith("champion\tconfigured")
+
+
+def test_dataset_export_command_refuses_clearly(
+    node_env: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = node_env / "export"
+    assert main(["dataset", "export", "--out", str(out)]) == 1
+    assert "TRIAGE_PSEUDONYM_KEY" in capsys.readouterr().err
+    monkeypatch.setenv("TRIAGE_PSEUDONYM_KEY", "a-key-of-enough-length")
+    assert main(["dataset", "export", "--out", str(out), "--since", "2020-01-01"]) == 1
+    assert "no labelled study" in capsys.readouterr().err
+    assert not out.exists()
