@@ -36,7 +36,7 @@ from worklist.core.contracts import (
     TASK_TRIAGE,
 )
 
-__all__ = ["WorkerContext", "deliver_one", "register_tasks", "sweep"]
+__all__ = ["WorkerContext", "deliver_one", "register_tasks", "shadow_score", "sweep"]
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +183,32 @@ def sweep(app: Celery) -> dict[str, int]:
     return {"deliveries": len(due), "revisions": len(stalled)}
 
 
+def shadow_score(ctx: WorkerContext, result_id: int) -> int:
+    """Score a triaged result with the registry's shadow models (after the champion's
+    result is recorded and its deliveries sent; see :mod:`triage.shadow`).
+
+    Parameters
+    ----------
+    ctx : WorkerContext
+    result_id : int
+
+    Returns
+    -------
+    int
+        Shadow scores stored.
+    """
+    from triage.shadow import score_shadows
+
+    ctx.models.refresh(ctx.session_factory)
+    return score_shadows(
+        ctx.session_factory,
+        ctx.settings,
+        ctx.models.shadows,
+        result_id,
+        aggregation=ctx.options.aggregation,
+    )
+
+
 def register_tasks(app: Celery) -> None:
     """Register the triage tasks on ``app`` (called by :func:`~triage.celery_app.make_celery`).
 
@@ -216,6 +242,8 @@ def register_tasks(app: Celery) -> None:
         )
         for delivery_id in outcome.deliveries:
             app.send_task(TASK_DELIVER, args=(delivery_id,), queue=DELIVERY_QUEUE)
+        if outcome.result_id is not None and outcome.status == "triaged":
+            shadow_score(ctx, outcome.result_id)
         return {
             "study_id": outcome.study_id,
             "revision": outcome.revision,
