@@ -211,11 +211,13 @@ def run_model_command(args: argparse.Namespace, settings: Settings) -> int:
                     )
                     sys.stdout.write(f"registered {entry.name} ({entry.sha256[:12]}) as {entry.role}\n")
                 elif command == "promote":
+                    from worklist.model_safety import safety_rule
+
                     promote(
                         session,
                         name=args.name,
                         actor=actor,
-                        safety=None,
+                        safety=safety_rule(settings.operating_point, since=args.since),
                         force=args.force,
                         reason=args.reason,
                     )

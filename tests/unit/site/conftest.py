@@ -46,14 +46,18 @@ def synthetic_dx(
     view: str = "PA",
     seed: int = 0,
 ) -> Path:
-    """Write a DX file whose mean intensity is about ``brightness`` (0-1)."""
+    """Write a DX file with a share ``brightness`` (0-1) of bright pixels."""
     import numpy as np
     from PIL import Image
 
     from tests.support.dx import wrap_image_as_dx
 
     rng = np.random.default_rng(seed)
-    pixels = np.clip(rng.normal(brightness * 255, 40, (96, 96)), 0, 255).astype(np.uint8)
+    # A share ``brightness`` of bright pixels: after the percentile window the tiny
+    # model's logit is about weight x (brightness - 0.5) / 0.25.
+    bright = rng.random((96, 96)) < brightness
+    pixels = np.clip(np.where(bright, 220, 30) + rng.normal(0, 5, (96, 96)), 0, 255)
+    pixels = pixels.astype(np.uint8)
     png = path.with_suffix(".png")
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(pixels).save(png)
