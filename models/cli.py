@@ -17,6 +17,8 @@ __all__ = ["main"]
 def _cmd_train(args: argparse.Namespace) -> int:
     from models.train import TrainConfig, train
 
+    if args.init:
+        return _train_from(args)
     if args.backbone.startswith("medimageinsight"):
         return _train_mii(args)
     cfg = TrainConfig(
@@ -53,6 +55,27 @@ def _cmd_train(args: argparse.Namespace) -> int:
             indent=2,
         )
     )
+    return 0
+
+
+def _train_from(args: argparse.Namespace) -> int:
+    """``--init MODEL``: start from a model (:mod:`models.finetune`)."""
+    from models.finetune import FinetuneConfig, finetune
+
+    summary = finetune(
+        FinetuneConfig(
+            init=args.init,
+            labels=args.labels,
+            images_root=args.images_root,
+            out_dir=args.out,
+            name=args.name,
+            version=args.version,
+            epochs=args.epochs if args.epochs != 40 else 5,
+            threads=args.threads,
+            seed=args.seed,
+        )
+    )
+    print(json.dumps(summary, indent=2))
     return 0
 
 
@@ -192,6 +215,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="finetune",
         help="MedImageInsight: fine-tune the encoder or fit probes on frozen embeddings",
     )
+    t.add_argument(
+        "--init",
+        default=None,
+        help="start from this model: an ONNX file (new head on its embedding) or a torch run "
+        "directory/checkpoint (fine-tune); see models/finetune.py",
+    )
+    t.add_argument("--name", default="cxr-triage-site", help="name of the new model (--init)")
+    t.add_argument("--version", default="0.1.0", help="version of the new model (--init)")
     t.set_defaults(func=_cmd_train)
 
     sub.add_parser(
