@@ -208,7 +208,7 @@ def compare_registered(
     else:
         others = [m for m in rows if m.name in challengers]
     studies = labelled_studies(session, since=since, until=until)
-    return {
+    return _json_safe({
         "champion": champion.name if champion else None,
         "operating_point": operating_point,
         "since": since.isoformat() if since else None,
@@ -219,14 +219,28 @@ def compare_registered(
             for other in others
             if champion is not None and other.id != champion.id
         ],
-    }
+    })
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN (a metric undefined on the data) as None, so the report is plain JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _num(value: Any) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
 
 
 def _fmt(entry: dict[str, Any]) -> str:
-    v = entry["value"]
-    if v is None or (isinstance(v, float) and math.isnan(v)):
+    if _num(entry["value"]) == "n/a":
         return "n/a"
-    return f"{v:.3f} [{entry['ci_low']:.3f}, {entry['ci_high']:.3f}]"
+    return f"{_num(entry['value'])} [{_num(entry['ci_low'])}, {_num(entry['ci_high'])}]"
 
 
 def format_comparison(report: dict[str, Any]) -> str:
@@ -258,9 +272,7 @@ def format_comparison(report: dict[str, Any]) -> str:
             d = m["difference"]
             lines.append(
                 f"{name:<32} {_fmt(m['champion']):<26} {_fmt(m['challenger']):<26} "
-                f"{_fmt(d):<26} {d['p_value']:.3f}"
-                if not math.isnan(d["p_value"])
-                else f"{name:<32} {_fmt(m['champion']):<26} {_fmt(m['challenger']):<26} n/a"
+                f"{_fmt(d):<26} {_num(d['p_value'])}"
             )
         applied = f"sensitivity@{comp['applied_operating_point']}"
         lines.append(f"{'subgroup':<24} {'n':>4} {'abn':>4}  ROC-AUC champ/chal   {applied} champ/chal")
@@ -274,7 +286,7 @@ def format_comparison(report: dict[str, Any]) -> str:
                     if not e:
                         return "n/a"
                     a, b = e["champion"]["value"], e["challenger"]["value"]
-                    return "/".join("n/a" if math.isnan(x) else f"{x:.2f}" for x in (a, b))
+                    return f"{_num(a)}/{_num(b)}"
 
                 lines.append(
                     f"{grouping + '=' + value:<24} {g['n']:>4} {g['n_abnormal']:>4}  "

@@ -16,6 +16,8 @@ them.
 ``GET  /api/model-card``                 the active model card
 ``GET  /api/monitoring/agreement``       agreement, sensitivity, specificity by group
 ``GET  /api/monitoring/probabilities``   daily probability distribution (drift)
+``GET  /api/models``                     the model registry (champion, shadows)
+``GET  /api/monitoring/models``          champion vs shadow models on labelled studies
 ``GET  /api/audit``                      the audit log (admins)
 ``GET  /``, ``/studies/{uid}``, ``/monitoring``  the web pages
 =======================================  =============================================
@@ -33,6 +35,7 @@ from worklist.http.routes import (
     admin,
     auth,
     health,
+    models,
     monitoring,
     pages,
     reading,
@@ -49,6 +52,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     studies.router,
     reading.router,
     monitoring.router,
+    models.router,
     admin.router,
     pages.router,
 )

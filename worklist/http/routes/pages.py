@@ -12,6 +12,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from worklist import monitoring, queries
+from worklist.http.routes.models import champion_vs_challengers
 from worklist.audit import Action
 from worklist.auth import Principal
 from worklist.core.clock import utcnow
@@ -93,6 +94,7 @@ def monitoring_page(
         undecided=report["undecided"],
         daily=daily,
         days=days,
+        comparison=champion_vs_challengers(db, request.app.state.settings, n_boot=200),
     )
     return templates.TemplateResponse(request, "monitoring.html", context)
 
