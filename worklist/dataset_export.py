@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from worklist import audit
 from worklist.audit import Action, Actor
@@ -203,7 +203,7 @@ def _age_text(patient_age: str | None) -> str:
 
 
 def export_dataset(
-    session: Session,
+    session_factory: sessionmaker[Session],
     *,
     out_dir: str | Path,
     settings: Any,
@@ -214,9 +214,13 @@ def export_dataset(
 ) -> dict[str, Any]:
     """Write the labelled studies as ``labels.csv`` and PNG images; audited.
 
+    The database is read in one short transaction and the audit row written in
+    another: rendering the images, which takes minutes at full size, holds no lock
+    (on SQLite a transaction would block ingest and the workers).
+
     Parameters
     ----------
-    session : Session
+    session_factory : sessionmaker
     out_dir : str or Path
         A directory that does not exist yet or is empty.
     settings : Settings
@@ -244,7 +248,8 @@ def export_dataset(
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ExportError(f"{out} exists and is not an empty directory")
-    images, skipped = labelled_images(session, since=since, until=until)
+    with session_factory() as session:
+        images, skipped = labelled_images(session, since=since, until=until)
     if not images:
         raise ExportError(
             "no labelled study to export"
@@ -318,17 +323,18 @@ def export_dataset(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    audit.record(
-        session,
-        actor=actor,
-        action=Action.DATASET_EXPORT,
-        detail={
-            "export_id": export_id,
-            "out": str(out.resolve()),
-            "images": manifest["images"],
-            "studies": manifest["studies"],
-            "since": manifest["since"],
-            "until": manifest["until"],
-        },
-    )
+    with session_factory.begin() as session:
+        audit.record(
+            session,
+            actor=actor,
+            action=Action.DATASET_EXPORT,
+            detail={
+                "export_id": export_id,
+                "out": str(out.resolve()),
+                "images": manifest["images"],
+                "studies": manifest["studies"],
+                "since": manifest["since"],
+                "until": manifest["until"],
+            },
+        )
     return manifest

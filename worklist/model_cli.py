@@ -164,15 +164,14 @@ def run_model_command(args: argparse.Namespace, settings: Settings) -> int:
             from worklist.dataset_export import ExportError, export_dataset
 
             try:
-                with database.session_factory.begin() as session:
-                    summary = export_dataset(
-                        session,
-                        out_dir=args.out,
-                        settings=settings,
-                        actor=actor,
-                        since=args.since,
-                        until=args.until,
-                    )
+                summary = export_dataset(
+                    database.session_factory,
+                    out_dir=args.out,
+                    settings=settings,
+                    actor=actor,
+                    since=args.since,
+                    until=args.until,
+                )
             except ExportError as exc:
                 sys.stderr.write(f"triage-node: {exc}\n")
                 return 1
@@ -184,16 +183,14 @@ def run_model_command(args: argparse.Namespace, settings: Settings) -> int:
                 _print_models(session, args.json)
             return 0
         if command == "compare":
-            from worklist.model_compare import compare_registered, format_comparison
+            from worklist.model_compare import compare_inputs, comparison_inputs, format_comparison
 
+            # Read, then compute the bootstrap with no transaction (and no SQLite lock) held.
             with database.session_factory() as session:
-                report = compare_registered(
-                    session,
-                    operating_point=settings.operating_point,
-                    since=args.since,
-                    until=args.until,
-                    n_boot=args.n_boot,
-                )
+                inputs = comparison_inputs(session, since=args.since, until=args.until)
+            report = compare_inputs(
+                inputs, operating_point=settings.operating_point, n_boot=args.n_boot
+            )
             text = json.dumps(report, indent=2) if args.json else format_comparison(report)
             sys.stdout.write(text + "\n")
             return 0

@@ -35,7 +35,16 @@ from worklist.tables import (
     TriageStatus,
 )
 
-__all__ = ["LabelledStudy", "compare_pair", "compare_registered", "format_comparison", "labelled_studies"]
+__all__ = [
+    "ComparisonInputs",
+    "LabelledStudy",
+    "compare_inputs",
+    "compare_pair",
+    "compare_registered",
+    "comparison_inputs",
+    "format_comparison",
+    "labelled_studies",
+]
 
 
 @dataclass
@@ -176,6 +185,81 @@ def compare_pair(
     return report
 
 
+@dataclass
+class ComparisonInputs:
+    """What a comparison reads from the database (usable after the session closed)."""
+
+    champion: ModelEntry | None
+    challengers: list[ModelEntry]
+    studies: list[LabelledStudy]
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+def comparison_inputs(
+    session: Session,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    challengers: list[str] | None = None,
+) -> ComparisonInputs:
+    """Read the champion, the challengers and the labelled studies.
+
+    Parameters
+    ----------
+    session : Session
+    since, until : datetime, optional
+    challengers : list of str, optional
+        Registry names (default: every shadow model).
+
+    Returns
+    -------
+    ComparisonInputs
+    """
+    rows = session.scalars(select(ModelEntry).order_by(ModelEntry.id)).all()
+    champion = next((m for m in rows if m.role == ModelRole.CHAMPION.value), None)
+    if challengers is None:
+        others = [m for m in rows if m.role == ModelRole.SHADOW.value]
+    else:
+        others = [m for m in rows if m.name in challengers]
+    studies = labelled_studies(session, since=since, until=until)
+    return ComparisonInputs(champion, others, studies, since, until)
+
+
+def compare_inputs(
+    inputs: ComparisonInputs, *, operating_point: str, n_boot: int = 1000
+) -> dict[str, Any]:
+    """The champion against each challenger (no database access).
+
+    Parameters
+    ----------
+    inputs : ComparisonInputs
+    operating_point : str
+    n_boot : int
+
+    Returns
+    -------
+    dict
+        ``{"champion", "operating_point", "since", "until", "labelled_studies",
+        "comparisons": [...]}``, plain JSON (undefined metrics are None).
+    """
+    champion = inputs.champion
+    return _json_safe({
+        "champion": champion.name if champion else None,
+        "operating_point": operating_point,
+        "since": inputs.since.isoformat() if inputs.since else None,
+        "until": inputs.until.isoformat() if inputs.until else None,
+        "labelled_studies": len(inputs.studies),
+        "comparisons": [
+            compare_pair(
+                inputs.studies, champion, other, operating_point=operating_point, n_boot=n_boot
+            )
+            for other in inputs.challengers
+            if champion is not None and other.id != champion.id
+        ],
+    })
+
+
 def compare_registered(
     session: Session,
     *,
@@ -185,7 +269,7 @@ def compare_registered(
     n_boot: int = 1000,
     challengers: list[str] | None = None,
 ) -> dict[str, Any]:
-    """The champion against each shadow model (or the named ones).
+    """The champion against each shadow model (or the named ones), read and computed.
 
     Parameters
     ----------
@@ -194,32 +278,14 @@ def compare_registered(
     since, until : datetime, optional
     n_boot : int
     challengers : list of str, optional
-        Registry names (default: every shadow model).
 
     Returns
     -------
     dict
-        ``{"champion", "operating_point", "since", "until", "comparisons": [...]}``.
+        See :func:`compare_inputs`.
     """
-    rows = session.scalars(select(ModelEntry).order_by(ModelEntry.id)).all()
-    champion = next((m for m in rows if m.role == ModelRole.CHAMPION.value), None)
-    if challengers is None:
-        others = [m for m in rows if m.role == ModelRole.SHADOW.value]
-    else:
-        others = [m for m in rows if m.name in challengers]
-    studies = labelled_studies(session, since=since, until=until)
-    return _json_safe({
-        "champion": champion.name if champion else None,
-        "operating_point": operating_point,
-        "since": since.isoformat() if since else None,
-        "until": until.isoformat() if until else None,
-        "labelled_studies": len(studies),
-        "comparisons": [
-            compare_pair(studies, champion, other, operating_point=operating_point, n_boot=n_boot)
-            for other in others
-            if champion is not None and other.id != champion.id
-        ],
-    })
+    inputs = comparison_inputs(session, since=since, until=until, challengers=challengers)
+    return compare_inputs(inputs, operating_point=operating_point, n_boot=n_boot)
 
 
 def _json_safe(value: Any) -> Any:

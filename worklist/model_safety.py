@@ -78,7 +78,7 @@ def promotion_violations(report: dict[str, Any]) -> list[str]:
 
 
 def safety_rule(
-    operating_point: str, *, since: datetime | None = None, n_boot: int = 200
+    operating_point: str, *, since: datetime | None = None, n_boot: int = 0
 ) -> SafetyRule:
     """The rule as :func:`worklist.model_registry.promote` takes it.
 
@@ -89,8 +89,8 @@ def safety_rule(
     since : datetime, optional
         Only studies received since then.
     n_boot : int
-        Bootstrap replicates (the rule reads point estimates; the intervals are for
-        the record).
+        Bootstrap replicates; 0 by default, since the rule reads point estimates and
+        runs inside the promotion's transaction.
 
     Returns
     -------

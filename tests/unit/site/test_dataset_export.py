@@ -15,8 +15,7 @@ from worklist.tables import AuditEvent, Instance, Study
 
 
 def _export(session_factory, settings, actor, out: Path, **kw):  # type: ignore[no-untyped-def]
-    with session_factory.begin() as s:
-        return export_dataset(s, out_dir=out, settings=settings, actor=actor, **kw)
+    return export_dataset(session_factory, out_dir=out, settings=settings, actor=actor, **kw)
 
 
 def test_export_writes_the_labelled_studies_only(

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query
 from worklist.audit import Action
 from worklist.core.settings import Settings
 from worklist.http.deps import Reader, SessionDep, SettingsDep, audited
-from worklist.model_compare import compare_registered
+from worklist.model_compare import compare_inputs, comparison_inputs
 from worklist.model_registry import list_models
 
 router = APIRouter(tags=["models"])
@@ -35,10 +35,14 @@ def models(_principal: Reader, db: SessionDep) -> list[dict[str, Any]]:
 def champion_vs_challengers(
     db: Any, settings: Settings, *, since: datetime | None = None, n_boot: int = 200
 ) -> dict[str, Any]:
-    """:func:`worklist.model_compare.compare_registered` at the node's operating point."""
-    return compare_registered(
-        db, operating_point=settings.operating_point, since=since, n_boot=n_boot
-    )
+    """The champion against each shadow model at the node's operating point.
+
+    The request's transaction is committed once the inputs are read, so that the
+    bootstrap holds no database lock (SQLite).
+    """
+    inputs = comparison_inputs(db, since=since)
+    db.commit()
+    return compare_inputs(inputs, operating_point=settings.operating_point, n_boot=n_boot)
 
 
 @router.get("/api/monitoring/models", tags=["monitoring"])
