@@ -91,3 +91,27 @@ def test_missing_init_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFix
     code = main(["train", "--init", str(tmp_path / "nope.onnx"), "--labels", "x.csv",
                  "--images-root", ".", "--out", str(tmp_path / "o")])
     assert code == 2 and "no such file" in capsys.readouterr().err
+
+
+def test_fine_tune_of_a_torch_run_keeps_its_lineage(tmp_path: Path) -> None:
+    """A torch run of triage-model train is fine-tuned (every weight), exported with its
+    parity check, calibrated on val, and its card names the checkpoint it came from."""
+    pytest.importorskip("torch")
+    from models.finetune import FinetuneConfig, finetune
+    from models.train import TrainConfig, train
+
+    labels = _dataset(tmp_path / "ds", n=40)
+    parent_run = tmp_path / "parent-run"
+    train(TrainConfig(labels=str(labels), images_root=str(tmp_path / "ds"), out_dir=str(parent_run),
+                      backbone="plaincnn8", input_size=64, epochs=1, batch_size=8, workers=0,
+                      augment=False, ema_decay=None))
+    summary = finetune(FinetuneConfig(init=str(parent_run), labels=str(labels),
+                                      images_root=str(tmp_path / "ds"),
+                                      out_dir=str(tmp_path / "ft"), epochs=1, name="site-ft"))
+    assert summary["method"] == "finetune"
+    card = read_card(summary["model"])
+    assert card.name == "site-ft" and card.training["checkpoint"].endswith("best.pt")
+    assert card.training["parent"]["sha256"]  # the checkpoint file's hash
+    assert card.operating_points["balanced"]["fitted_on"] == "val"
+    assert card.training_data["sources"][0]["export"]["export_id"] == "abc123"
+    Classifier.load(summary["model"])
