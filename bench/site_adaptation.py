@@ -79,7 +79,10 @@ def node_cli(settings: Any, *args: str) -> subprocess.CompletedProcess[str]:
     env.update(settings_to_env(settings))
     env["PYTHONPATH"] = str(REPO)
     return subprocess.run(
-        [sys.executable, "-m", "triage.cli", *args], env=env, capture_output=True, text=True,
+        [sys.executable, "-m", "triage.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
         check=False,
     )
 
@@ -147,9 +150,17 @@ def run(limit: int | None, workdir: Path, n_boot: int) -> dict[str, Any]:
             truth[uid] = row["label"]
         for start in range(0, len(files), 50):
             out = subprocess.run(
-                ["storescu", "-aec", settings.ae_title, "127.0.0.1", str(settings.dicom_port),
-                 *map(str, files[start : start + 50])],
-                capture_output=True, text=True, check=False,
+                [
+                    "storescu",
+                    "-aec",
+                    settings.ae_title,
+                    "127.0.0.1",
+                    str(settings.dicom_port),
+                    *map(str, files[start : start + 50]),
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
             )
             if out.returncode != 0:
                 raise RuntimeError(f"storescu failed: {out.stderr}")
@@ -171,8 +182,11 @@ def run(limit: int | None, workdir: Path, n_boot: int) -> dict[str, Any]:
             s.commit()
         with TestClient(create_app(settings, session_factory)) as client:
             for uid, label in truth.items():
-                r = client.post(f"/api/studies/{uid}/feedback", json={"label": label},
-                                headers={"Authorization": f"Bearer {token}"})
+                r = client.post(
+                    f"/api/studies/{uid}/feedback",
+                    json={"label": label},
+                    headers={"Authorization": f"Bearer {token}"},
+                )
                 if r.status_code != 201:
                     raise RuntimeError(f"feedback refused: {r.status_code} {r.text}")
         timings["label_s"] = time.time() - t0
@@ -189,8 +203,12 @@ def run(limit: int | None, workdir: Path, n_boot: int) -> dict[str, Any]:
         shipped = default_model_path()
         summary = finetune(
             FinetuneConfig(
-                init=str(shipped), labels=str(export / "labels.csv"), images_root=str(export),
-                out_dir=str(workdir / "run"), name="cxr-triage-site", version="0.1.0",
+                init=str(shipped),
+                labels=str(export / "labels.csv"),
+                images_root=str(export),
+                out_dir=str(workdir / "run"),
+                name="cxr-triage-site",
+                version="0.1.0",
             )
         )
         timings["train_s"] = time.time() - t0
@@ -207,15 +225,18 @@ def run(limit: int | None, workdir: Path, n_boot: int) -> dict[str, Any]:
     p_default, t_default = score(shipped, test_rows)
     p_site, t_site = score(Path(summary["model"]), test_rows)
     figures = paired_metrics(
-        y, ModelScores("shipped default", p_default, t_default),
-        ModelScores("site-adapted", p_site, t_site), applied="balanced", n_boot=n_boot,
+        y,
+        ModelScores("shipped default", p_default, t_default),
+        ModelScores("site-adapted", p_site, t_site),
+        applied="balanced",
+        n_boot=n_boot,
     )
     return {
         "train_studies": len(files),
         "studies_in_node": studies,
         "export": {k: manifest[k] for k in ("images", "patients", "counts")},
         "finetune": summary,
-        "test_images": int(len(y)),
+        "test_images": len(y),
         "test_abnormal": int(y.sum()),
         "metrics": figures["metrics"],
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
@@ -229,7 +250,9 @@ def _cell(entry: dict[str, float]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--limit", type=int, default=None, help="N train images only (half of each class)")
+    parser.add_argument(
+        "--limit", type=int, default=None, help="N train images only (half of each class)"
+    )
     parser.add_argument("--n-boot", type=int, default=2000)
     parser.add_argument("--json", default=None, help="also write the figures here")
     parser.add_argument("--keep", default=None, help="work directory to keep (default: temp)")

@@ -51,8 +51,13 @@ def _rates(y: np.ndarray, p: np.ndarray, threshold: float) -> tuple[float, float
     return sens, spec
 
 
-def _metrics(y: np.ndarray, p: np.ndarray, thresholds: Mapping[str, float],
-             points: Sequence[str], applied: str) -> dict[str, float]:
+def _metrics(
+    y: np.ndarray,
+    p: np.ndarray,
+    thresholds: Mapping[str, float],
+    points: Sequence[str],
+    applied: str,
+) -> dict[str, float]:
     out = {"roc_auc": roc_auc(y, p), "brier": brier_score(y, p)}
     for point in points:
         sens, spec = _rates(y, p, thresholds[point])
@@ -126,8 +131,8 @@ def paired_metrics(
     m1 = _metrics(y, p1, champion.thresholds, points, applied) if len(y) else {}
     m2 = _metrics(y, p2, challenger.thresholds, points, applied) if len(y) else {}
     keys = list(m1)
-    boot1 = {k: [] for k in keys}
-    boot2 = {k: [] for k in keys}
+    boot1: dict[str, list[float]] = {k: [] for k in keys}
+    boot2: dict[str, list[float]] = {k: [] for k in keys}
     rng = np.random.default_rng(seed)
     n = len(y)
     for _ in range(n_boot if n else 0):
@@ -205,7 +210,9 @@ def compare_models(
         report["subgroups"][grouping] = {}
         for value in sorted(set(values_arr.tolist())):
             mask = values_arr == value
-            sub1 = ModelScores(champion.name, np.asarray(champion.probability)[mask], champion.thresholds)
+            sub1 = ModelScores(
+                champion.name, np.asarray(champion.probability)[mask], champion.thresholds
+            )
             sub2 = ModelScores(
                 challenger.name, np.asarray(challenger.probability)[mask], challenger.thresholds
             )

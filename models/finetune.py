@@ -126,7 +126,7 @@ def fit_operating_points(
             "sensitivity": m["sensitivity"],
             "specificity": m["specificity"],
             "fitted_on": fitted_on,
-            "n": int(len(y)),
+            "n": len(y),
         }
     points["balanced"]["rule"] = "maximum Youden J (sensitivity + specificity - 1)"
     points["high_sensitivity"]["target_sensitivity"] = target_sensitivity
@@ -137,7 +137,7 @@ def fit_operating_points(
         "method": "temperature",
         "temperature": float(temperature),
         "fitted_on": fitted_on,
-        "n": int(len(y)),
+        "n": len(y),
         "brier_after": brier_score(y, prob),
         "roc_auc": roc_auc(y, logits),
     }
@@ -150,7 +150,9 @@ def _features(clf: Any, records: list[Record], root: Path) -> np.ndarray:
     spec = clf.card.preprocess_spec
     rows = []
     for start in range(0, len(records), 32):
-        batch = np.stack([preprocess_file(root / r.image, spec) for r in records[start : start + 32]])
+        batch = np.stack(
+            [preprocess_file(root / r.image, spec) for r in records[start : start + 32]]
+        )
         logits, emb = clf.predict(batch)
         rows.append(np.concatenate([emb, np.asarray(logits, np.float64)[:, None]], axis=1))
     return np.concatenate(rows, axis=0)
@@ -234,8 +236,9 @@ def _source(labels: Path, records: list[Record]) -> dict[str, Any]:
     return entry
 
 
-def _provenance(parent: ModelCard, labels: Path, records: list[Record], method: str,
-                extra: dict[str, Any]) -> dict[str, Any]:
+def _provenance(
+    parent: ModelCard, labels: Path, records: list[Record], method: str, extra: dict[str, Any]
+) -> dict[str, Any]:
     lineage = list(parent.training.get("lineage", []))
     lineage.append({"name": parent.name, "version": parent.version, "sha256": parent.sha256})
     return {
@@ -256,7 +259,7 @@ def _head_from_onnx(cfg: FinetuneConfig, out: Path) -> dict[str, Any]:
     from models.runtime import Classifier
 
     clf = Classifier.load(cfg.init, ["CPUExecutionProvider"], max_batch=32)
-    if not clf._has_embedding:  # noqa: SLF001 - the runtime's own flag
+    if not clf._has_embedding:
         raise ValueError(f"{cfg.init} has no 'embedding' output: a new head needs one")
     labels = Path(cfg.labels)
     root = Path(cfg.images_root)
@@ -334,7 +337,10 @@ def _head_from_onnx(cfg: FinetuneConfig, out: Path) -> dict[str, Any]:
             },
             "subgroups": {},
             **_provenance(
-                parent, labels, records, "new head on the parent's embedding (ONNX parent)",
+                parent,
+                labels,
+                records,
+                "new head on the parent's embedding (ONNX parent)",
                 {"n_train": len(train), "n_val": len(val)},
             ),
         }
@@ -388,7 +394,13 @@ def _finetune_checkpoint(cfg: FinetuneConfig, out: Path) -> dict[str, Any]:
             "model": ckpt["model"],
             "train_model": ckpt.get("train_model", ckpt["model"]),
             "optimizer": opt.state_dict(),
-            "state": {"epoch": 0, "best_auc": -1.0, "best_epoch": -1, "history": [], "elapsed_s": 0.0},
+            "state": {
+                "epoch": 0,
+                "best_auc": -1.0,
+                "best_epoch": -1,
+                "history": [],
+                "elapsed_s": 0.0,
+            },
             "torch_rng": torch.get_rng_state(),
             "config": dataclasses.asdict(tcfg),
             "ema_updates": 0,
@@ -418,9 +430,15 @@ def _finetune_checkpoint(cfg: FinetuneConfig, out: Path) -> dict[str, Any]:
         model_path,
         card.model_copy(
             update=_provenance(
-                parent_card, Path(cfg.labels), records, "fine-tuning of every weight (torch parent)",
-                {"checkpoint": str(ckpt_path), "best_val_auc": summary["best_val_auc"],
-                 "epochs_run": summary["epochs_run"]},
+                parent_card,
+                Path(cfg.labels),
+                records,
+                "fine-tuning of every weight (torch parent)",
+                {
+                    "checkpoint": str(ckpt_path),
+                    "best_val_auc": summary["best_val_auc"],
+                    "epochs_run": summary["epochs_run"],
+                },
             )
         ),
     )

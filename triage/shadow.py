@@ -29,8 +29,9 @@ __all__ = ["score_shadows"]
 log = logging.getLogger(__name__)
 
 
-def _score_one(model: LoadedModel, datasets: list[Any], *, result_id: int, settings: Any,
-               aggregation: str) -> ShadowScore:
+def _score_one(
+    model: LoadedModel, datasets: list[Any], *, result_id: int, settings: Any, aggregation: str
+) -> ShadowScore:
     from models.preprocess import preprocess_dataset
 
     clf = model.classifier

@@ -312,7 +312,10 @@ def export_dataset(
             "images": len(rows),
             "patients": len({r["patient_id"] for r in rows}),
             "counts": counts,
-            "left_out": {"studies_without_evaluated_image": skipped, "unreadable_images": unreadable},
+            "left_out": {
+                "studies_without_evaluated_image": skipped,
+                "unreadable_images": unreadable,
+            },
             "key_fingerprint": hmac.new(key, b"fingerprint", hashlib.sha256).hexdigest()[:12],
             "labels": "radiologist feedback (latest per study)",
         }

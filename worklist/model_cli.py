@@ -19,7 +19,7 @@ import argparse
 import getpass
 import json
 import sys
-from datetime import date, datetime, time, timezone
+from datetime import UTC, date, datetime, time
 from typing import Any
 
 from worklist.audit import Actor
@@ -46,7 +46,7 @@ def parse_day(text: str) -> datetime:
         raise argparse.ArgumentTypeError(f"not a date: {text!r} (use YYYY-MM-DD)") from None
     if isinstance(value, date) and not isinstance(value, datetime):  # pragma: no cover
         value = datetime.combine(value, time())
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def cli_actor() -> Actor:
@@ -60,7 +60,7 @@ def cli_actor() -> Actor:
     )
 
 
-def add_model_commands(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001
+def add_model_commands(sub: argparse._SubParsersAction) -> None:
     """Add the ``model`` and ``dataset`` subcommands to a parser's subparsers.
 
     Parameters
@@ -206,7 +206,9 @@ def run_model_command(args: argparse.Namespace, settings: Settings) -> int:
                         shadow=args.shadow,
                         name=args.name,
                     )
-                    sys.stdout.write(f"registered {entry.name} ({entry.sha256[:12]}) as {entry.role}\n")
+                    sys.stdout.write(
+                        f"registered {entry.name} ({entry.sha256[:12]}) as {entry.role}\n"
+                    )
                 elif command == "promote":
                     from worklist.model_safety import safety_rule
 

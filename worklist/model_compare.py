@@ -244,20 +244,22 @@ def compare_inputs(
         "comparisons": [...]}``, plain JSON (undefined metrics are None).
     """
     champion = inputs.champion
-    return _json_safe({
-        "champion": champion.name if champion else None,
-        "operating_point": operating_point,
-        "since": inputs.since.isoformat() if inputs.since else None,
-        "until": inputs.until.isoformat() if inputs.until else None,
-        "labelled_studies": len(inputs.studies),
-        "comparisons": [
-            compare_pair(
-                inputs.studies, champion, other, operating_point=operating_point, n_boot=n_boot
-            )
-            for other in inputs.challengers
-            if champion is not None and other.id != champion.id
-        ],
-    })
+    return _json_safe(
+        {
+            "champion": champion.name if champion else None,
+            "operating_point": operating_point,
+            "since": inputs.since.isoformat() if inputs.since else None,
+            "until": inputs.until.isoformat() if inputs.until else None,
+            "labelled_studies": len(inputs.studies),
+            "comparisons": [
+                compare_pair(
+                    inputs.studies, champion, other, operating_point=operating_point, n_boot=n_boot
+                )
+                for other in inputs.challengers
+                if champion is not None and other.id != champion.id
+            ],
+        }
+    )
 
 
 def compare_registered(
@@ -300,7 +302,11 @@ def _json_safe(value: Any) -> Any:
 
 
 def _num(value: Any) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+    return (
+        "n/a"
+        if value is None or (isinstance(value, float) and math.isnan(value))
+        else f"{value:.3f}"
+    )
 
 
 def _fmt(entry: dict[str, Any]) -> str:
@@ -321,8 +327,10 @@ def format_comparison(report: dict[str, Any]) -> str:
     str
     """
     lines = [
-        f"champion: {report['champion']}; operating point applied: {report['operating_point']}; "
-        f"labelled studies: {report['labelled_studies']}"
+        (
+            f"champion: {report['champion']}; operating point applied: "
+            f"{report['operating_point']}; labelled studies: {report['labelled_studies']}"
+        )
     ]
     if not report["comparisons"]:
         lines.append("no shadow model to compare (triage-node model add FILE.onnx --shadow)")
@@ -341,7 +349,9 @@ def format_comparison(report: dict[str, Any]) -> str:
                 f"{_fmt(d):<26} {_num(d['p_value'])}"
             )
         applied = f"sensitivity@{comp['applied_operating_point']}"
-        lines.append(f"{'subgroup':<24} {'n':>4} {'abn':>4}  ROC-AUC champ/chal   {applied} champ/chal")
+        lines.append(
+            f"{'subgroup':<24} {'n':>4} {'abn':>4}  ROC-AUC champ/chal   {applied} champ/chal"
+        )
         for grouping, groups in comp["subgroups"].items():
             for value, g in groups.items():
                 gm = g["metrics"]

@@ -322,7 +322,9 @@ def add_model(
         action=Action.MODEL_ADD,
         detail={"model": name, "sha256": card.sha256, "role": entry.role},
     )
-    log.info("model %s %s (sha256 %s) registered as %s", name, card.version, card.sha256[:12], entry.role)
+    log.info(
+        "model %s %s (sha256 %s) registered as %s", name, card.version, card.sha256[:12], entry.role
+    )
     return entry
 
 
@@ -452,7 +454,9 @@ def promote(
             "reason": reason,
         },
     )
-    log.info("model %s promoted to champion (was %s)", entry.name, current.name if current else None)
+    log.info(
+        "model %s promoted to champion (was %s)", entry.name, current.name if current else None
+    )
     return promotion
 
 

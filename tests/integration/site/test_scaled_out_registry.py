@@ -27,14 +27,25 @@ def _cli(settings: Any, *args: str) -> subprocess.CompletedProcess[str]:
 
     env = environment_without_settings()
     env.update(settings_to_env(settings))
-    return subprocess.run([sys.executable, "-m", "triage.cli", *args], env=env,
-                          capture_output=True, text=True, timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "triage.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def _send(settings: Any, tmp_path: Path, tag: str, n: int) -> list[str]:
     files = [
-        synthetic_dx(tmp_path / tag / f"{i}.dcm", brightness=0.2 + 0.6 * (i % 2),
-                     patient_id=f"{tag}{i}", patient_name=f"Doe^{tag}{i}", seed=i)
+        synthetic_dx(
+            tmp_path / tag / f"{i}.dcm",
+            brightness=0.2 + 0.6 * (i % 2),
+            patient_id=f"{tag}{i}",
+            patient_name=f"Doe^{tag}{i}",
+            seed=i,
+        )
         for i in range(n)
     ]
     assert storescu(settings.dicom_port, files).returncode == 0
@@ -43,16 +54,21 @@ def _send(settings: Any, tmp_path: Path, tag: str, n: int) -> list[str]:
 
 def _workers_of(node: Any, uids: list[str]) -> set[str]:
     with node.session_factory() as s:
-        return set(s.scalars(
-            select(TriageClaim.claimed_by).join(Study, Study.id == TriageClaim.study_id)
-            .where(Study.study_instance_uid.in_(uids))
-        ))
+        return set(
+            s.scalars(
+                select(TriageClaim.claimed_by)
+                .join(Study, Study.id == TriageClaim.study_id)
+                .where(Study.study_instance_uid.in_(uids))
+            )
+        )
 
 
 @pytest.mark.redis
 @pytest.mark.postgres
 def test_two_workers_follow_the_registry(
-    tmp_path: Path, pacs: Any, postgres_url: str  # noqa: F811
+    tmp_path: Path,
+    pacs: Any,  # noqa: F811 - the fixture
+    postgres_url: str,
 ) -> None:
     import redis
 
@@ -82,13 +98,19 @@ def test_two_workers_follow_the_registry(
 
         def shadows(uids: list[str]) -> list[ShadowResult]:
             with node.session_factory() as s:
-                return list(s.scalars(
-                    select(ShadowResult).join(Study, Study.id == ShadowResult.study_id)
-                    .where(Study.study_instance_uid.in_(uids))
-                ))
+                return list(
+                    s.scalars(
+                        select(ShadowResult)
+                        .join(Study, Study.id == ShadowResult.study_id)
+                        .where(Study.study_instance_uid.in_(uids))
+                    )
+                )
 
-        rows = wait_until(lambda: len(shadows(before)) == 10 and shadows(before), timeout=60,
-                          what="shadow scores of both workers")
+        rows = wait_until(
+            lambda: len(shadows(before)) == 10 and shadows(before),
+            timeout=60,
+            what="shadow scores of both workers",
+        )
         assert {r.model_name for r in rows} == {"tiny-b"}
         assert len(_workers_of(node, before)) == 2  # both workers scored, shadow included
 
@@ -98,12 +120,17 @@ def test_two_workers_follow_the_registry(
         results = wait_for_results(node, after, timeout=120)
         assert {r.model_name for r in results.values()} == {"tiny-b"}
         assert len(_workers_of(node, after)) == 2  # the promotion reached both
-        rows = wait_until(lambda: len(shadows(after)) == 10 and shadows(after), timeout=60,
-                          what="the old champion scoring in shadow")
+        rows = wait_until(
+            lambda: len(shadows(after)) == 10 and shadows(after),
+            timeout=60,
+            what="the old champion scoring in shadow",
+        )
         assert {r.model_name for r in rows} == {"tiny-a"}
         listing = json.loads(_cli(settings, "model", "list", "--json").stdout)
-        assert [(m["name"], m["role"]) for m in listing] == [("tiny-b", "champion"),
-                                                              ("tiny-a", "shadow")]
+        assert [(m["name"], m["role"]) for m in listing] == [
+            ("tiny-b", "champion"),
+            ("tiny-a", "shadow"),
+        ]
         with node.session_factory() as s:
             assert s.scalar(select(func.count()).select_from(TriageResult)) == 20
     finally:

@@ -11,7 +11,7 @@ import csv
 import json
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from tests.integration.triage.test_end_to_end import (
     wait_for_results,
 )
 from tests.support.dx import wrap_image_as_dx
-from worklist.tables import ShadowResult, Study, TriageResult
+from worklist.tables import ShadowResult, Study
 
 PHASE1 = 20  # per class: the labelled studies that become the site's dataset
 PHASE2 = 6  # per class: new studies scored by champion and shadow, then labelled
@@ -63,7 +63,11 @@ def _node_cli(settings: Any, *args: str) -> subprocess.CompletedProcess[str]:
     env.update(settings_to_env(settings))
     return subprocess.run(
         [sys.executable, "-m", "triage.cli", *args],
-        env=env, capture_output=True, text=True, timeout=300, check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
 
 
@@ -84,8 +88,11 @@ def test_site_adaptation_loop(tmp_path: Path, shared_data: Path, pacs: Any) -> N
     if not shipped.exists():
         pytest.skip("the shipped default model is not in models/default")
     settings = make_node_settings(
-        tmp_path, shipped, pacs.destination,
-        pseudonym_key="integration-test-pseudonym-key", session_secret="s" * 32,
+        tmp_path,
+        shipped,
+        pacs.destination,
+        pseudonym_key="integration-test-pseudonym-key",
+        session_secret="s" * 32,
     )
     node = start_scp(settings)
     embedded = start_embedded_worker(settings, extra_env=FAST_OPTIONS)
@@ -109,8 +116,9 @@ def test_site_adaptation_loop(tmp_path: Path, shared_data: Path, pacs: Any) -> N
 
         def label(uids: list[str]) -> None:
             for uid in uids:
-                r = client.post(f"/api/studies/{uid}/feedback", json={"label": truth[uid]},
-                                headers=auth)
+                r = client.post(
+                    f"/api/studies/{uid}/feedback", json={"label": truth[uid]}, headers=auth
+                )
                 assert r.status_code == 201, r.text
 
         # 1. The site's first studies, triaged by the shipped model, labelled.
@@ -127,10 +135,28 @@ def test_site_adaptation_loop(tmp_path: Path, shared_data: Path, pacs: Any) -> N
         text = (export / "labels.csv").read_text()
         assert "nih-" not in text and "Site^" not in text  # pseudonymised
         train = subprocess.run(
-            [sys.executable, "-m", "models.cli", "train", "--init", str(shipped),
-             "--labels", str(export / "labels.csv"), "--images-root", str(export),
-             "--out", str(tmp_path / "run"), "--name", "cxr-triage-site", "--version", "0.1.0"],
-            capture_output=True, text=True, timeout=300, check=False,
+            [
+                sys.executable,
+                "-m",
+                "models.cli",
+                "train",
+                "--init",
+                str(shipped),
+                "--labels",
+                str(export / "labels.csv"),
+                "--images-root",
+                str(export),
+                "--out",
+                str(tmp_path / "run"),
+                "--name",
+                "cxr-triage-site",
+                "--version",
+                "0.1.0",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
         )
         assert train.returncode == 0, train.stderr
         summary = json.loads((tmp_path / "run" / "summary.json").read_text())
@@ -141,18 +167,23 @@ def test_site_adaptation_loop(tmp_path: Path, shared_data: Path, pacs: Any) -> N
         assert roles == {"cxr-triage-default": "champion", "cxr-triage-site": "shadow"}
 
         # 3. New studies: the champion decides, the shadow scores beside it.
-        since = datetime.now(timezone.utc).isoformat()
-        phase2 = send(rows["normal"][PHASE1 : PHASE1 + PHASE2]
-                      + rows["abnormal"][PHASE1 : PHASE1 + PHASE2], "phase2")
+        since = datetime.now(UTC).isoformat()
+        phase2 = send(
+            rows["normal"][PHASE1 : PHASE1 + PHASE2] + rows["abnormal"][PHASE1 : PHASE1 + PHASE2],
+            "phase2",
+        )
         results = wait_for_results(node, phase2, timeout=180)
 
         def shadow_count() -> int:
             with node.session_factory() as s:
-                return int(s.scalar(
-                    select(func.count()).select_from(ShadowResult)
-                    .join(Study, Study.id == ShadowResult.study_id)
-                    .where(Study.study_instance_uid.in_(phase2))
-                ))
+                return int(
+                    s.scalar(
+                        select(func.count())
+                        .select_from(ShadowResult)
+                        .join(Study, Study.id == ShadowResult.study_id)
+                        .where(Study.study_instance_uid.in_(phase2))
+                    )
+                )
 
         wait_until(lambda: shadow_count() == 2 * PHASE2, timeout=60, what="shadow scores")
         assert {r.model_name for r in results.values()} == {"cxr-triage-default"}
@@ -170,8 +201,17 @@ def test_site_adaptation_loop(tmp_path: Path, shared_data: Path, pacs: Any) -> N
         out = _node_cli(settings, "model", "promote", "cxr-triage-site", "--since", since)
         if violations:
             assert out.returncode == 1 and "refused by the safety rule" in out.stderr
-            out = _node_cli(settings, "model", "promote", "cxr-triage-site", "--since", since,
-                            "--force", "--reason", "integration test: site lead accepts")
+            out = _node_cli(
+                settings,
+                "model",
+                "promote",
+                "cxr-triage-site",
+                "--since",
+                since,
+                "--force",
+                "--reason",
+                "integration test: site lead accepts",
+            )
         assert out.returncode == 0, out.stderr
 
         # 5. The next study is decided, and its SR written, by the new champion.
@@ -183,8 +223,11 @@ def test_site_adaptation_loop(tmp_path: Path, shared_data: Path, pacs: Any) -> N
         from worklist.priority import compute_priority
 
         expected = compute_priority(
-            status="triaged", decision=result.decision, probability=result.probability,
-            requested_priority=None, high_confidence=settings.high_confidence,
+            status="triaged",
+            decision=result.decision,
+            probability=result.probability,
+            requested_priority=None,
+            high_confidence=settings.high_confidence,
         )
         assert result.priority == int(expected.priority)
         card_threshold = summary["operating_points"]["balanced"]

@@ -15,8 +15,11 @@ def test_hand_counted_sensitivity_specificity_and_brier() -> None:
     p_champ = np.array([0.9, 0.6, 0.4, 0.2, 0.1, 0.35, 0.6, 0.2])
     p_chal = np.array([0.9, 0.8, 0.7, 0.6, 0.1, 0.1, 0.2, 0.2])
     out = paired_metrics(
-        y, ModelScores("a", p_champ, POINTS), ModelScores("b", p_chal, POINTS),
-        applied="balanced", n_boot=200,
+        y,
+        ModelScores("a", p_champ, POINTS),
+        ModelScores("b", p_chal, POINTS),
+        applied="balanced",
+        n_boot=200,
     )
     m = out["metrics"]
     assert out["n"] == 8 and out["n_abnormal"] == 4
@@ -44,8 +47,11 @@ def test_identical_models_differ_by_nothing() -> None:
     y = rng.integers(0, 2, 200)
     p = np.clip(0.5 * y + rng.normal(0.25, 0.2, 200), 0, 1)
     out = paired_metrics(
-        y, ModelScores("a", p, POINTS), ModelScores("b", p.copy(), POINTS),
-        applied="balanced", n_boot=300,
+        y,
+        ModelScores("a", p, POINTS),
+        ModelScores("b", p.copy(), POINTS),
+        applied="balanced",
+        n_boot=300,
     )
     for entry in out["metrics"].values():
         d = entry["difference"]
@@ -59,16 +65,22 @@ def test_a_clearly_better_challenger_is_significant_and_a_noisy_one_is_not() -> 
     weak = 1 / (1 + np.exp(-(0.3 * (2 * y - 1) + rng.normal(0, 1, n))))  # AUC ~0.58
     strong = 1 / (1 + np.exp(-(2.5 * (2 * y - 1) + rng.normal(0, 1, n))))  # AUC ~0.99
     out = paired_metrics(
-        y, ModelScores("weak", weak, POINTS), ModelScores("strong", strong, POINTS),
-        applied="balanced", n_boot=500,
+        y,
+        ModelScores("weak", weak, POINTS),
+        ModelScores("strong", strong, POINTS),
+        applied="balanced",
+        n_boot=500,
     )
     auc = out["metrics"]["roc_auc"]
     assert auc["champion"]["value"] < 0.7 and auc["challenger"]["value"] > 0.95
     assert auc["difference"]["ci_low"] > 0.2 and auc["difference"]["p_value"] < 0.01
     noisy = np.clip(weak + rng.normal(0, 0.01, n), 0, 1)
     same = paired_metrics(
-        y, ModelScores("weak", weak, POINTS), ModelScores("noisy", noisy, POINTS),
-        applied="balanced", n_boot=500,
+        y,
+        ModelScores("weak", weak, POINTS),
+        ModelScores("noisy", noisy, POINTS),
+        applied="balanced",
+        n_boot=500,
     )["metrics"]["roc_auc"]["difference"]
     assert same["ci_low"] < 0 < same["ci_high"] and same["p_value"] > 0.05
 
@@ -80,8 +92,12 @@ def test_subgroups_are_compared_within_each_group() -> None:
     chal = np.array([0.1, 0.1, 0.1, 0.1, 0.9, 0.9, 0.1, 0.1])
     sex = ["F", "F", "F", "F", "M", "M", "M", "M"]
     out = compare_models(
-        y, ModelScores("a", champ, POINTS), ModelScores("b", chal, POINTS),
-        applied="balanced", groups={"sex": sex}, n_boot=100,
+        y,
+        ModelScores("a", champ, POINTS),
+        ModelScores("b", chal, POINTS),
+        applied="balanced",
+        groups={"sex": sex},
+        n_boot=100,
     )
     women = out["subgroups"]["sex"]["F"]["metrics"]["underdiagnosis_rate"]
     men = out["subgroups"]["sex"]["M"]["metrics"]["underdiagnosis_rate"]
@@ -95,6 +111,8 @@ def test_only_shared_operating_points_and_the_applied_one_is_required() -> None:
     y = np.array([1, 0])
     with pytest.raises(ValueError, match="applied operating point 'rule-out'"):
         paired_metrics(
-            y, ModelScores("a", np.array([0.9, 0.1]), POINTS),
-            ModelScores("b", np.array([0.9, 0.1]), {"rule-out": 0.1}), applied="rule-out",
+            y,
+            ModelScores("a", np.array([0.9, 0.1]), POINTS),
+            ModelScores("b", np.array([0.9, 0.1]), {"rule-out": 0.1}),
+            applied="rule-out",
         )

@@ -32,9 +32,19 @@ def _dataset(root: Path, n: int = 40, seed: int = 0) -> Path:
         name = f"images/{i}.png"
         Image.fromarray(img).save(root / name)
         split = "train" if i < 24 else "val" if i < 36 else "test"
-        rows.append({"image": name, "label": "abnormal" if label else "normal",
-                     "findings": "", "patient_id": f"p{i}", "age": "50", "sex": "F",
-                     "view": "PA", "source": "test", "split": split})
+        rows.append(
+            {
+                "image": name,
+                "label": "abnormal" if label else "normal",
+                "findings": "",
+                "patient_id": f"p{i}",
+                "age": "50",
+                "sex": "F",
+                "view": "PA",
+                "source": "test",
+                "split": split,
+            }
+        )
     with (root / "labels.csv").open("w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
@@ -48,9 +58,23 @@ def test_head_on_embedding_keeps_the_provenance_chain(tmp_path: Path) -> None:
     parent_card = build_tiny_model(parent, input_size=64, name="parent", weight=4.0)
     labels = _dataset(tmp_path / "ds")
     out = tmp_path / "run"
-    code = main(["train", "--init", str(parent), "--labels", str(labels), "--images-root",
-                 str(tmp_path / "ds"), "--out", str(out), "--name", "site-model",
-                 "--version", "1.0.0"])
+    code = main(
+        [
+            "train",
+            "--init",
+            str(parent),
+            "--labels",
+            str(labels),
+            "--images-root",
+            str(tmp_path / "ds"),
+            "--out",
+            str(out),
+            "--name",
+            "site-model",
+            "--version",
+            "1.0.0",
+        ]
+    )
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
     model = Path(summary["model"])
@@ -80,16 +104,33 @@ def test_small_validation_split_falls_back_to_cross_validation(tmp_path: Path) -
     parent = tmp_path / "parent.onnx"
     build_tiny_model(parent, input_size=64, name="parent")
     labels = _dataset(tmp_path / "ds", n=26)  # val holds 2 images
-    summary = finetune(FinetuneConfig(init=str(parent), labels=str(labels),
-                                      images_root=str(tmp_path / "ds"), out_dir=str(tmp_path / "r")))
+    summary = finetune(
+        FinetuneConfig(
+            init=str(parent),
+            labels=str(labels),
+            images_root=str(tmp_path / "ds"),
+            out_dir=str(tmp_path / "r"),
+        )
+    )
     assert "cross-validation" in summary["fitted_on"]
     card = read_card(summary["model"])
     assert "cross-validation" in card.operating_points["balanced"]["fitted_on"]
 
 
 def test_missing_init_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["train", "--init", str(tmp_path / "nope.onnx"), "--labels", "x.csv",
-                 "--images-root", ".", "--out", str(tmp_path / "o")])
+    code = main(
+        [
+            "train",
+            "--init",
+            str(tmp_path / "nope.onnx"),
+            "--labels",
+            "x.csv",
+            "--images-root",
+            ".",
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
     assert code == 2 and "no such file" in capsys.readouterr().err
 
 
@@ -102,12 +143,30 @@ def test_fine_tune_of_a_torch_run_keeps_its_lineage(tmp_path: Path) -> None:
 
     labels = _dataset(tmp_path / "ds", n=40)
     parent_run = tmp_path / "parent-run"
-    train(TrainConfig(labels=str(labels), images_root=str(tmp_path / "ds"), out_dir=str(parent_run),
-                      backbone="plaincnn8", input_size=64, epochs=1, batch_size=8, workers=0,
-                      augment=False, ema_decay=None))
-    summary = finetune(FinetuneConfig(init=str(parent_run), labels=str(labels),
-                                      images_root=str(tmp_path / "ds"),
-                                      out_dir=str(tmp_path / "ft"), epochs=1, name="site-ft"))
+    train(
+        TrainConfig(
+            labels=str(labels),
+            images_root=str(tmp_path / "ds"),
+            out_dir=str(parent_run),
+            backbone="plaincnn8",
+            input_size=64,
+            epochs=1,
+            batch_size=8,
+            workers=0,
+            augment=False,
+            ema_decay=None,
+        )
+    )
+    summary = finetune(
+        FinetuneConfig(
+            init=str(parent_run),
+            labels=str(labels),
+            images_root=str(tmp_path / "ds"),
+            out_dir=str(tmp_path / "ft"),
+            epochs=1,
+            name="site-ft",
+        )
+    )
     assert summary["method"] == "finetune"
     card = read_card(summary["model"])
     assert card.name == "site-ft" and card.training["checkpoint"].endswith("best.pt")

@@ -32,7 +32,9 @@ def actor():  # type: ignore[no-untyped-def]
     """An admin actor for the service functions."""
     from worklist.audit import Actor
 
-    return Actor(user_id=None, username="cli:tester", role="admin", auth_method="cli", client_ip=None)
+    return Actor(
+        user_id=None, username="cli:tester", role="admin", auth_method="cli", client_ip=None
+    )
 
 
 def synthetic_dx(

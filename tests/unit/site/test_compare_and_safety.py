@@ -24,8 +24,12 @@ def scored_site(site, session_factory, site_settings, actor, make_model, tiny_cl
     with session_factory.begin() as s:
         for name, weight in (("inverted", -4.0), ("gentle", 1.5)):
             add_model(
-                s, path=make_model(name, weight=weight), models_dir=site_settings.data_dir / "m",
-                actor=actor, operating_point="balanced", shadow=True,
+                s,
+                path=make_model(name, weight=weight),
+                models_dir=site_settings.data_dir / "m",
+                actor=actor,
+                operating_point="balanced",
+                shadow=True,
             )
     for i in range(18):
         label = "abnormal" if i % 2 else "normal"
@@ -69,9 +73,11 @@ def test_promotion_of_a_less_sensitive_model_is_refused(
     scored_site, session_factory, actor
 ) -> None:
     rule = safety_rule("balanced", n_boot=50)
-    with pytest.raises(PromotionRefused, match="sensitivity at balanced 0.000 is lower"):
-        with session_factory.begin() as s:
-            promote(s, name="inverted", actor=actor, safety=rule)
+    with (
+        pytest.raises(PromotionRefused, match="sensitivity at balanced 0.000 is lower"),
+        session_factory.begin() as s,
+    ):
+        promote(s, name="inverted", actor=actor, safety=rule)
     with session_factory() as s:
         assert active_models(s)[0].name == "configured"
     with session_factory.begin() as s:
@@ -88,12 +94,18 @@ def test_promotion_without_labelled_evidence_is_refused(
     )
     with session_factory.begin() as s:
         add_model(
-            s, path=make_model("new", weight=2.0), models_dir=site_settings.data_dir / "m",
-            actor=actor, operating_point="balanced", shadow=True,
+            s,
+            path=make_model("new", weight=2.0),
+            models_dir=site_settings.data_dir / "m",
+            actor=actor,
+            operating_point="balanced",
+            shadow=True,
         )
-    with pytest.raises(PromotionRefused, match="no radiologist-labelled study"):
-        with session_factory.begin() as s:
-            promote(s, name="new", actor=actor, safety=safety_rule("balanced", n_boot=10))
+    with (
+        pytest.raises(PromotionRefused, match="no radiologist-labelled study"),
+        session_factory.begin() as s,
+    ):
+        promote(s, name="new", actor=actor, safety=safety_rule("balanced", n_boot=10))
 
 
 def test_a_subgroup_whose_underdiagnosis_rises_refuses() -> None:
@@ -104,8 +116,12 @@ def test_a_subgroup_whose_underdiagnosis_rises_refuses() -> None:
     chal = champ.copy()
     chal[0] = 0.1  # one abnormal woman of 6 missed: her group's rate rises by 0.167
     report = compare_models(
-        y, ModelScores("a", champ, points), ModelScores("b", chal, points),
-        applied="balanced", groups={"sex": sex}, n_boot=20,
+        y,
+        ModelScores("a", champ, points),
+        ModelScores("b", chal, points),
+        applied="balanced",
+        groups={"sex": sex},
+        n_boot=20,
     )
     reasons = promotion_violations(report)
     assert any("underdiagnosis rate of sex F rises from 0.000 to 0.167" in r for r in reasons)
@@ -116,8 +132,12 @@ def test_a_subgroup_whose_underdiagnosis_rises_refuses() -> None:
     c2 = c1.copy()
     c2[0] = 0.1
     rep2 = compare_models(
-        y2, ModelScores("a", c1, points), ModelScores("b", c2, points),
-        applied="balanced", groups={"sex": ["F"] * 35}, n_boot=20,
+        y2,
+        ModelScores("a", c1, points),
+        ModelScores("b", c2, points),
+        applied="balanced",
+        groups={"sex": ["F"] * 35},
+        n_boot=20,
     )
     reasons2 = promotion_violations(rep2)
     assert not any("underdiagnosis" in r for r in reasons2)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from datetime import UTC
 from pathlib import Path
 
 import pytest
@@ -100,7 +101,9 @@ def test_export_refuses_without_key_or_labels_and_writes_nothing(
     out = tmp_path / "nothing"
     with pytest.raises(ExportError, match="no labelled study"):
         _export(session_factory, site_settings, actor, out)
-    no_key = site_settings.model_copy(update={"pseudonym_key": type(site_settings.pseudonym_key)("")})
+    no_key = site_settings.model_copy(
+        update={"pseudonym_key": type(site_settings.pseudonym_key)("")}
+    )
     with pytest.raises(ExportError, match="TRIAGE_PSEUDONYM_KEY"):
         _export(session_factory, no_key, actor, out)
     study = site.study(label="normal", classifier=tiny_classifier)
@@ -109,14 +112,19 @@ def test_export_refuses_without_key_or_labels_and_writes_nothing(
     (out / "keep.txt").write_text("x")
     with pytest.raises(ExportError, match="not an empty directory"):
         _export(session_factory, site_settings, actor, out)
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     with pytest.raises(ExportError, match="in that period"):
         _export(
-            session_factory, site_settings, actor, tmp_path / "later",
-            since=datetime(2100, 1, 1, tzinfo=timezone.utc),
+            session_factory,
+            site_settings,
+            actor,
+            tmp_path / "later",
+            since=datetime(2100, 1, 1, tzinfo=UTC),
         )
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith((".", "later", "nothing"))) == ["nothing"]
+    assert sorted(
+        p.name for p in tmp_path.iterdir() if p.name.startswith((".", "later", "nothing"))
+    ) == ["nothing"]
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     with session_factory() as s:
         assert not s.scalars(select(AuditEvent).where(AuditEvent.action == "dataset_export")).all()

@@ -21,7 +21,9 @@ def test_models_and_comparison_over_http(scored_site, session_factory, site_sett
     with TestClient(create_app(site_settings, session_factory)) as client:
         rows = client.get("/api/models", headers=auth).json()
         assert [(r["name"], r["role"]) for r in rows] == [
-            ("configured", "champion"), ("inverted", "shadow"), ("gentle", "shadow")
+            ("configured", "champion"),
+            ("inverted", "shadow"),
+            ("gentle", "shadow"),
         ]
         report = client.get("/api/monitoring/models?n_boot=50", headers=auth).json()
         assert report["champion"] == "configured"
@@ -41,8 +43,14 @@ def test_undefined_metrics_are_null_in_json_and_the_page_renders(
     ctx = WorkerContext(site_settings, TriageOptions(), session_factory=session_factory)
     ctx.models.refresh(session_factory)
     with session_factory.begin() as s:
-        add_model(s, path=make_model("other", weight=2.0), models_dir=site_settings.data_dir / "m",
-                  actor=actor, operating_point="balanced", shadow=True)
+        add_model(
+            s,
+            path=make_model("other", weight=2.0),
+            models_dir=site_settings.data_dir / "m",
+            actor=actor,
+            operating_point="balanced",
+            shadow=True,
+        )
     for _ in range(3):
         study_id = site.study(label="normal", classifier=tiny_classifier)
         with session_factory() as s:
@@ -52,7 +60,9 @@ def test_undefined_metrics_are_null_in_json_and_the_page_renders(
         token, _ = create_token(s, username="rad1", name="t")
         s.commit()
     with TestClient(create_app(site_settings, session_factory)) as client:
-        r = client.get("/api/monitoring/models?n_boot=20", headers={"Authorization": f"Bearer {token}"})
+        r = client.get(
+            "/api/monitoring/models?n_boot=20", headers={"Authorization": f"Bearer {token}"}
+        )
         assert r.status_code == 200, r.text
         overall = r.json()["comparisons"][0]["overall"]
         assert overall["n"] == 3 and overall["metrics"]["roc_auc"]["champion"]["value"] is None

@@ -74,8 +74,7 @@ def test_add_list_promote_rollback(session_factory, make_model, actor, tmp_path:
         rollback(s, actor=actor)
     with session_factory() as s:
         actions = [
-            (e.action, e.username)
-            for e in s.scalars(select(AuditEvent).order_by(AuditEvent.id))
+            (e.action, e.username) for e in s.scalars(select(AuditEvent).order_by(AuditEvent.id))
         ]
     assert [a for a, _ in actions] == ["model_add"] * 3 + ["model_promote"] * 2 + [
         "model_rollback"
@@ -98,11 +97,11 @@ def test_card_without_the_configured_operating_point_is_refused(
     session_factory, make_model, actor, tmp_path: Path
 ) -> None:
     path = make_model("only-balanced")
-    with pytest.raises(RegistryError, match="no operating point 'rule-out'"):
-        with session_factory.begin() as s:
-            add_model(
-                s, path=path, models_dir=tmp_path / "m", actor=actor, operating_point="rule-out"
-            )
+    with (
+        pytest.raises(RegistryError, match="no operating point 'rule-out'"),
+        session_factory.begin() as s,
+    ):
+        add_model(s, path=path, models_dir=tmp_path / "m", actor=actor, operating_point="rule-out")
     assert _count(session_factory, ModelEntry) == 0
 
 
@@ -159,7 +158,9 @@ def test_safety_rule_refuses_unless_forced_with_a_reason(
     with session_factory() as s:
         assert active_models(s)[0].name == "model-b"
         event = s.scalar(
-            select(AuditEvent).where(AuditEvent.action == "model_promote").order_by(AuditEvent.id.desc())
+            select(AuditEvent)
+            .where(AuditEvent.action == "model_promote")
+            .order_by(AuditEvent.id.desc())
         )
         detail = json.loads(event.detail)
         assert detail["forced"] is True and detail["reason"] == "site lead: ok"
@@ -190,8 +191,11 @@ def test_worker_follows_the_champion_without_restart(
     models = RegistryModels(settings, batch_size=4)
     first = models.refresh(session_factory)
     assert first.entry.name == "configured" and first.entry.role == "champion"
-    name, _, sha = _add(
-        session_factory, make_model("site", weight=-4.0), tmp_path / "data" / "models", actor,
+    _, _, sha = _add(
+        session_factory,
+        make_model("site", weight=-4.0),
+        tmp_path / "data" / "models",
+        actor,
         shadow=True,
     )
     again = models.refresh(session_factory)
