@@ -45,6 +45,7 @@ __all__ = [
     "RegistryError",
     "active_models",
     "add_model",
+    "champion_card",
     "check_model_file",
     "ensure_champion",
     "file_sha256",
@@ -228,6 +229,25 @@ def active_models(session: Session) -> tuple[ActiveModel | None, list[ActiveMode
         else:
             shadows.append(ActiveModel.of(row))
     return champion, shadows
+
+
+def champion_card(session: Session) -> dict[str, Any] | None:
+    """The champion's model card (as registered), or None with an empty registry.
+
+    Parameters
+    ----------
+    session : Session
+
+    Returns
+    -------
+    dict or None
+    """
+    import json
+
+    text = session.scalar(
+        select(ModelEntry.card).where(ModelEntry.role == ModelRole.CHAMPION.value)
+    )
+    return json.loads(text) if text else None
 
 
 def _champion_row(session: Session) -> ModelEntry | None:

@@ -71,3 +71,32 @@ def test_undefined_metrics_are_null_in_json_and_the_page_renders(
     with session_factory() as s:
         text = format_comparison(compare_registered(s, operating_point="balanced", n_boot=20))
     assert "roc_auc" in text and "n/a" in text
+
+
+def test_model_card_is_the_champions(
+    session_factory, site_settings, site, actor, make_model, tiny_classifier
+) -> None:
+    from triage.options import TriageOptions
+    from triage.tasks import WorkerContext
+    from worklist.model_registry import add_model, promote
+
+    WorkerContext(site_settings, TriageOptions(), session_factory=session_factory).models.refresh(
+        session_factory
+    )
+    site.study(label="normal", classifier=tiny_classifier)  # creates the radiologist
+    with session_factory.begin() as s:
+        add_model(
+            s,
+            path=make_model("next", weight=2.0),
+            models_dir=site_settings.data_dir / "m",
+            actor=actor,
+            operating_point="balanced",
+            shadow=True,
+        )
+        promote(s, name="next", actor=actor, force=True, reason="test")
+    with session_factory() as s:
+        token, _ = create_token(s, username="rad1", name="t")
+        s.commit()
+    with TestClient(create_app(site_settings, session_factory)) as client:
+        card = client.get("/api/model-card", headers={"Authorization": f"Bearer {token}"}).json()
+    assert card["name"] == "next"
