@@ -105,15 +105,15 @@ class RegistryModels:
         """
         from triage.inference import model_path_for
 
-        with session_factory.begin() as session:
+        with session_factory() as session:
             champion, shadows = active_models(session)
-            if champion is None:
-                champion = ensure_champion(
-                    session,
-                    path=model_path_for(self.settings),
-                    models_dir=self.settings.data_dir / "models",
-                    operating_point=self.settings.operating_point,
-                )
+        if champion is None:
+            champion = ensure_champion(
+                session_factory,
+                path=model_path_for(self.settings),
+                models_dir=self.settings.data_dir / "models",
+                operating_point=self.settings.operating_point,
+            )
         with self._lock:
             if self._pid != os.getpid():  # a forked child loads its own sessions
                 self._pid, self._loaded = os.getpid(), {}

@@ -142,6 +142,7 @@ def run_model_command(args: argparse.Namespace, settings: Settings) -> int:
         RegistryError,
         add_model,
         ensure_champion,
+        prepare_model,
         promote,
         record_refusal,
         rollback,
@@ -153,13 +154,12 @@ def run_model_command(args: argparse.Namespace, settings: Settings) -> int:
     actor = cli_actor()
     models_dir = settings.data_dir / "models"
     try:
-        with database.session_factory.begin() as session:
-            ensure_champion(
-                session,
-                path=resolve_model_path(settings.model_path),
-                models_dir=models_dir,
-                operating_point=settings.operating_point,
-            )
+        ensure_champion(
+            database.session_factory,
+            path=resolve_model_path(settings.model_path),
+            models_dir=models_dir,
+            operating_point=settings.operating_point,
+        )
         if args.command == "dataset":
             from worklist.dataset_export import ExportError, export_dataset
 
@@ -195,14 +195,20 @@ def run_model_command(args: argparse.Namespace, settings: Settings) -> int:
             sys.stdout.write(text + "\n")
             return 0
         try:
+            # Checking and copying a model takes time: before the transaction, not in it.
+            prepared = (
+                prepare_model(
+                    args.file, models_dir=models_dir, operating_point=settings.operating_point
+                )
+                if command == "add"
+                else None
+            )
             with database.session_factory.begin() as session:
                 if command == "add":
                     entry = add_model(
                         session,
-                        path=args.file,
-                        models_dir=models_dir,
+                        prepared=prepared,
                         actor=actor,
-                        operating_point=settings.operating_point,
                         shadow=args.shadow,
                         name=args.name,
                     )

@@ -31,7 +31,7 @@ from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from worklist import audit
 from worklist.audit import Action, Actor, Outcome
@@ -41,6 +41,7 @@ from worklist.tables import ModelEntry, ModelPromotion, ModelRole
 __all__ = [
     "SYSTEM_ACTOR",
     "ActiveModel",
+    "PreparedModel",
     "PromotionRefused",
     "RegistryError",
     "active_models",
@@ -51,6 +52,7 @@ __all__ = [
     "file_sha256",
     "get_model",
     "list_models",
+    "prepare_model",
     "promote",
     "record_refusal",
     "rollback",
@@ -192,6 +194,57 @@ def check_model_file(path: str | Path, *, operating_point: str) -> Any:
     return card
 
 
+@dataclass(frozen=True)
+class PreparedModel:
+    """A checked model file copied into the registry's directory, not registered yet.
+
+    Attributes
+    ----------
+    card : models.card.ModelCard
+    path : pathlib.Path
+        The registry's copy.
+    file_sha256 : str
+    """
+
+    card: Any
+    path: Path
+    file_sha256: str
+
+
+def prepare_model(
+    path: str | Path, *, models_dir: str | Path, operating_point: str
+) -> PreparedModel:
+    """Check a model file and copy it into ``models_dir``, outside any transaction.
+
+    Loading a model and running it once can take seconds (large models): done here,
+    before :func:`add_model`'s short transaction, no database lock is held meanwhile.
+
+    Parameters
+    ----------
+    path : str or Path
+    models_dir : str or Path
+    operating_point : str
+
+    Returns
+    -------
+    PreparedModel
+
+    Raises
+    ------
+    RegistryError
+        See :func:`check_model_file`.
+    """
+    card = check_model_file(path, operating_point=operating_point)
+    models_dir = Path(models_dir)
+    models_dir.mkdir(parents=True, exist_ok=True)
+    target = models_dir / f"{card.sha256[:16]}.onnx"
+    if not target.exists():
+        tmp = target.with_name(target.name + ".tmp")
+        shutil.copyfile(path, tmp)
+        tmp.replace(target)
+    return PreparedModel(card, target.resolve(), file_sha256(target))
+
+
 def get_model(session: Session, *, name: str) -> ModelEntry | None:
     """The registered model of that name, or None."""
     return session.scalar(select(ModelEntry).where(ModelEntry.name == name))
@@ -257,10 +310,11 @@ def _champion_row(session: Session) -> ModelEntry | None:
 def add_model(
     session: Session,
     *,
-    path: str | Path,
-    models_dir: str | Path,
     actor: Actor,
-    operating_point: str,
+    path: str | Path | None = None,
+    models_dir: str | Path | None = None,
+    operating_point: str | None = None,
+    prepared: PreparedModel | None = None,
     shadow: bool = False,
     name: str | None = None,
 ) -> ModelEntry:
@@ -273,13 +327,16 @@ def add_model(
     Parameters
     ----------
     session : Session
-    path : str or Path
-        The ``.onnx`` file with its card.
-    models_dir : str or Path
-        Where the registry keeps its copies (``DATA_DIR/models``).
     actor : Actor
-    operating_point : str
+    path : str or Path, optional
+        The ``.onnx`` file with its card (checked and copied here, inside the
+        caller's transaction; give ``prepared`` instead to do that before).
+    models_dir : str or Path, optional
+        Where the registry keeps its copies (``DATA_DIR/models``).
+    operating_point : str, optional
         The configured operating point; the card must have it.
+    prepared : PreparedModel, optional
+        What :func:`prepare_model` returned.
     shadow : bool
         Score every new study in shadow.
     name : str, optional
@@ -295,8 +352,11 @@ def add_model(
     RegistryError
         Bad model, or the name or weights are registered already.
     """
-    path = Path(path)
-    card = check_model_file(path, operating_point=operating_point)
+    if prepared is None:
+        if path is None or models_dir is None or operating_point is None:
+            raise RegistryError("add_model needs a prepared model or path, models_dir and point")
+        prepared = prepare_model(path, models_dir=models_dir, operating_point=operating_point)
+    card = prepared.card
     known = session.scalar(select(ModelEntry).where(ModelEntry.sha256 == card.sha256))
     if known is not None:
         raise RegistryError(
@@ -308,21 +368,14 @@ def add_model(
             name = f"{card.name}-{card.version}"
     if get_model(session, name=name) is not None:
         raise RegistryError(f"a model named {name!r} is registered already; choose --name")
-    models_dir = Path(models_dir)
-    models_dir.mkdir(parents=True, exist_ok=True)
-    target = models_dir / f"{card.sha256[:16]}.onnx"
-    if not target.exists():
-        tmp = target.with_name(target.name + ".tmp")
-        shutil.copyfile(path, tmp)
-        tmp.replace(target)
     now = utcnow()
     first = _champion_row(session) is None and not shadow
     entry = ModelEntry(
         name=name,
         version=card.version,
         sha256=card.sha256,
-        file_sha256=file_sha256(target),
-        path=str(target.resolve()),
+        file_sha256=prepared.file_sha256,
+        path=str(prepared.path),
         card=card.to_json(),
         role=(
             ModelRole.CHAMPION.value
@@ -349,16 +402,21 @@ def add_model(
 
 
 def ensure_champion(
-    session: Session, *, path: str | Path, models_dir: str | Path, operating_point: str
+    session_factory: sessionmaker[Session],
+    *,
+    path: str | Path,
+    models_dir: str | Path,
+    operating_point: str,
 ) -> ActiveModel:
     """The champion, registering ``path`` as champion when the registry has none.
 
-    Two workers starting at once may both try: the loser's insert fails on the
-    unique weights hash and it reads the winner's row. The caller commits.
+    The model is checked and copied outside any transaction (:func:`prepare_model`), then
+    registered in a short one. Two workers starting at once may both try: the loser's
+    insert fails on the unique weights hash and it reads the winner's row.
 
     Parameters
     ----------
-    session : Session
+    session_factory : sessionmaker
     path : str or Path
         The configured model (``TRIAGE_MODEL_PATH`` or the shipped default).
     models_dir : str or Path
@@ -368,33 +426,31 @@ def ensure_champion(
     -------
     ActiveModel
     """
-    row = _champion_row(session)
-    if row is not None:
-        return ActiveModel.of(row)
-    from models.card import read_card
-
-    card = read_card(path)
-    known = session.scalar(select(ModelEntry).where(ModelEntry.sha256 == card.sha256))
-    if known is not None:
-        # Registered before (e.g. retired, then every other model retired too).
-        known.role = ModelRole.CHAMPION.value
-        known.promoted_at = utcnow()
-        return ActiveModel.of(known)
-    try:
-        with session.begin_nested():
-            entry = add_model(
-                session,
-                path=path,
-                models_dir=models_dir,
-                actor=SYSTEM_ACTOR,
-                operating_point=operating_point,
-            )
-    except IntegrityError:
+    with session_factory() as session:
         row = _champion_row(session)
-        if row is None:
-            raise
-        return ActiveModel.of(row)
-    return ActiveModel.of(entry)
+        if row is not None:
+            return ActiveModel.of(row)
+    prepared = prepare_model(path, models_dir=models_dir, operating_point=operating_point)
+    try:
+        with session_factory.begin() as session:
+            row = _champion_row(session)
+            if row is not None:
+                return ActiveModel.of(row)
+            known = session.scalar(
+                select(ModelEntry).where(ModelEntry.sha256 == prepared.card.sha256)
+            )
+            if known is not None:  # registered before, then every champion retired
+                known.role = ModelRole.CHAMPION.value
+                known.promoted_at = utcnow()
+                return ActiveModel.of(known)
+            entry = add_model(session, prepared=prepared, actor=SYSTEM_ACTOR)
+            return ActiveModel.of(entry)
+    except IntegrityError:
+        with session_factory() as session:
+            row = _champion_row(session)
+            if row is None:
+                raise
+            return ActiveModel.of(row)
 
 
 def promote(

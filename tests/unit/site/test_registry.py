@@ -172,10 +172,9 @@ def test_ensure_champion_registers_the_configured_model_once(
 ) -> None:
     path = make_model("configured")
     for _ in range(2):
-        with session_factory.begin() as s:
-            champion = ensure_champion(
-                s, path=path, models_dir=tmp_path / "m", operating_point="balanced"
-            )
+        champion = ensure_champion(
+            session_factory, path=path, models_dir=tmp_path / "m", operating_point="balanced"
+        )
         assert champion.name == "configured"
     assert _count(session_factory, ModelEntry) == 1
 
