@@ -1,6 +1,7 @@
 """Benchmark: preprocessing of real DICOMs and ONNX Runtime inference of the default model.
 
-Run: ``python bench/model_throughput.py [--model PATH] [--providers CUDAExecutionProvider,CPUExecutionProvider]``
+Run: ``python bench/model_throughput.py [--model PATH]
+[--providers CUDAExecutionProvider,CPUExecutionProvider]``
 Data is read from ``<repo>/../shared/data``.
 """
 

@@ -31,8 +31,8 @@ from typing import Any
 
 from pynetdicom import AE, _config, evt
 
-from dicom_scp.contexts import supported_contexts
 from dicom_scp.ae import MAX_PDU_BYTES, SharedSocketAssociationServer, open_listening_socket
+from dicom_scp.contexts import supported_contexts
 
 
 def main() -> None:

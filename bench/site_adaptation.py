@@ -265,8 +265,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = run(args.limit, workdir, args.n_boot)
     m = result["metrics"]
     print(
-        f"cxr-nih512 test split: {result['test_images']} images ({result['test_abnormal']} abnormal);"
-        f" node data: {result['train_studies']} train studies sent as DICOM and labelled via the API;"
+        f"cxr-nih512 test split: {result['test_images']} images"
+        f" ({result['test_abnormal']} abnormal); node data: {result['train_studies']} train"
+        " studies sent as DICOM and labelled via the API;"
         f" head {result['finetune']['fitted_on']}"
     )
     print(f"{'metric':<26} {'shipped default':<24} {'site-adapted':<24} {'difference (p)':<30}")

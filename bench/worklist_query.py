@@ -43,7 +43,6 @@ from typing import Any
 from sqlalchemy import and_, create_engine, exists, func, insert, or_, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from worklist.http.schemas import WorklistFilters, WorklistRow
 from worklist.queries import _modalities, _row
 from worklist.tables import (
     ReadState,
@@ -54,6 +53,7 @@ from worklist.tables import (
     TriageResult,
     User,
 )
+from worklist.views import WorklistFilters, WorklistRow
 
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 LEVELS = (0, 20, 30, 40, 50, 60)
@@ -137,9 +137,7 @@ def reference_list_worklist(
     records = session.execute(query).all()
     modalities = _modalities(session, [r[0].id for r in records])
     rows = [
-        _row(
-            study, result, read, claimer, modalities.get(study.id, []), now=now, wait_cap=wait_cap
-        )
+        _row(study, result, read, claimer, modalities.get(study.id, []), now=now, wait_cap=wait_cap)
         for study, result, read, claimer in records
     ]
     if filters.priority:
@@ -340,7 +338,9 @@ def _time(call: Callable[[], object], repeats: int) -> tuple[float, float]:
     return _percentiles(samples)
 
 
-def measure(url: str, workdir: Path, *, count: int, in_reading: int, repeats: int) -> dict[str, Any]:
+def measure(
+    url: str, workdir: Path, *, count: int, in_reading: int, repeats: int
+) -> dict[str, Any]:
     """Seed one database and time the three ways of answering the first page.
 
     Parameters

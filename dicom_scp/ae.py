@@ -20,7 +20,7 @@ from typing import Any
 
 from pynetdicom import AE, evt
 from pynetdicom.transport import ThreadedAssociationServer
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_scp.contexts import supported_contexts
 from dicom_scp.handlers import handle_association_request, handle_echo, handle_store
@@ -279,7 +279,7 @@ def start_scp(
     return server
 
 
-def spool_sink(settings: Settings, session_factory: sessionmaker) -> SpoolSink:
+def spool_sink(settings: Settings, session_factory: sessionmaker[Session]) -> SpoolSink:
     """The sink an SCP process of the node writes received instances to.
 
     Parameters

@@ -71,9 +71,7 @@ class CeleryTriageQueue:
         Exception
             Whatever the broker raises; the caller retries on its next round.
         """
-        self.app.send_task(
-            TASK_TRIAGE, args=(int(study_id), int(revision)), queue=INFERENCE_QUEUE
-        )
+        self.app.send_task(TASK_TRIAGE, args=(int(study_id), int(revision)), queue=INFERENCE_QUEUE)
         log.debug("sent %s(%s, %s)", TASK_TRIAGE, study_id, revision)
 
     def close(self) -> None:

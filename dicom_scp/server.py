@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pynetdicom.transport import ThreadedAssociationServer
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_scp.ae import open_listening_socket, spool_sink, start_scp
 from dicom_scp.listeners import ListenerPool
@@ -85,7 +85,7 @@ class NodeScp:
 
 def start_node_scp(
     settings: Settings,
-    session_factory: sessionmaker,
+    session_factory: sessionmaker[Session],
     *,
     queue: TriageQueue | None = None,
     receive_into_files: bool = True,
@@ -204,5 +204,5 @@ def run_scp(settings: Settings, *, stop: threading.Event | None = None) -> None:
         if node is not None:
             node.stop()
         database.dispose()
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        for number, handler in previous.items():
+            signal.signal(number, handler)

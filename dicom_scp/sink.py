@@ -49,7 +49,7 @@ from typing import BinaryIO, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_scp.headers import (
     check_complete,
@@ -324,7 +324,7 @@ class SpoolSink:
     def __init__(
         self,
         spool_dir: Path,
-        session_factory: sessionmaker,
+        session_factory: sessionmaker[Session],
         min_free_mb: int,
         *,
         free_bytes: Callable[[Path], int] = _free_bytes,

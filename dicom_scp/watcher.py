@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from worklist.core.contracts import TriageQueue
 from worklist.stability import Handoff, run_stability_round
@@ -32,7 +32,7 @@ class StabilityWatcher:
 
     def __init__(
         self,
-        session_factory: sessionmaker,
+        session_factory: sessionmaker[Session],
         queue: TriageQueue,
         *,
         quiet_seconds: float,

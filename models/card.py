@@ -141,9 +141,8 @@ class ModelCard(BaseModel):
         try:
             return float(self.operating_points[name]["threshold"])
         except KeyError:
-            raise KeyError(
-                f"model card has no operating point {name!r}; known: {sorted(self.operating_points)}"
-            ) from None
+            known = sorted(self.operating_points)
+            raise KeyError(f"model card has no operating point {name!r}; known: {known}") from None
 
     def to_json(self) -> str:
         """Serialise to indented JSON."""

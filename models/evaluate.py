@@ -206,7 +206,8 @@ def calibrate_model(
     points["high_sensitivity"]["target_sensitivity"] = target_sensitivity
     points["balanced"]["rule"] = "maximum Youden J (sensitivity + specificity - 1)"
     points["high_sensitivity"]["rule"] = (
-        f"highest threshold with sensitivity >= {target_sensitivity}, capped at the balanced threshold"
+        f"highest threshold with sensitivity >= {target_sensitivity}, "
+        "capped at the balanced threshold"
     )
     uncal = 0.5 * (1 + np.tanh(0.5 * z))
     card = card.model_copy(
@@ -489,8 +490,10 @@ def _report(metrics: dict[str, Any], card: ModelCard) -> str:
             b, h = e.get("balanced", {}), e.get("high_sensitivity", {})
             lines.append(
                 f"| {g} | {e['n']} | {e['n_abnormal']} | {_fmt(e['roc_auc'])} | "
-                f"{_fmt(b.get('tpr'))} | {_fmt(b.get('fpr'))} | {_fmt(b.get('underdiagnosis_rate'))} | "
-                f"{_fmt(h.get('tpr'))} | {_fmt(h.get('fpr'))} | {_fmt(h.get('underdiagnosis_rate'))} |"
+                f"{_fmt(b.get('tpr'))} | {_fmt(b.get('fpr'))} | "
+                f"{_fmt(b.get('underdiagnosis_rate'))} | "
+                f"{_fmt(h.get('tpr'))} | {_fmt(h.get('fpr'))} | "
+                f"{_fmt(h.get('underdiagnosis_rate'))} |"
             )
         lines += [
             "",
@@ -590,12 +593,12 @@ def evaluate_model(
         prob = card.calibrate(logits)
         ok = np.isfinite(prob)
         y, p = y_all[ok], prob[ok]
-        recs_ok = [r for r, good in zip(records, ok) if good]
+        recs_ok = [r for r, good in zip(records, ok, strict=True) if good]
         name = "predictions.csv" if vi == 0 else f"predictions_{variant}.csv"
         with (out / name).open("w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(["image", "label", "probability"])
-            for r, pr in zip(records, prob):
+            for r, pr in zip(records, prob, strict=True):
                 w.writerow([r.image, LABELS[r.label], "" if not np.isfinite(pr) else f"{pr:.6f}"])
         metrics["variants"][variant] = {
             "description": VARIANT_DESCRIPTIONS.get(variant, variant),

@@ -25,8 +25,8 @@ LIMITATIONS = (
     (
         "Trained from scratch on 3,140 pediatric (age 1-5) chest radiographs from one hospital "
         "(Guangzhou; Kermany et al. 2018), where 'abnormal' means pneumonia (viral or bacterial); "
-        "other findings (nodules, effusion, pneumothorax, cardiomegaly, lines and tubes, fractures) "
-        "were not in the training labels."
+        "other findings (nodules, effusion, pneumothorax, cardiomegaly, lines and tubes, "
+        "fractures) were not in the training labels."
     ),
     (
         "Does not transfer to adults as trained: on the 64 px NIH ChestX-ray14 adult thumbnails "
@@ -35,9 +35,9 @@ LIMITATIONS = (
         "before use."
     ),
     (
-        "Training images were 224 px 8-bit JPEGs; the default model sees 160 px. Robustness to JPEG "
-        "recompression, lower resolution and MONOCHROME1/12-16 bit DICOM is tested on degraded "
-        "copies of the test split, not on images from other vendors with ground truth."
+        "Training images were 224 px 8-bit JPEGs; the default model sees 160 px. Robustness to "
+        "JPEG recompression, lower resolution and MONOCHROME1/12-16 bit DICOM is tested on "
+        "degraded copies of the test split, not on images from other vendors with ground truth."
     ),
     (
         "No age or sex in the training labels: subgroup performance by sex and age is unknown on "

@@ -131,7 +131,8 @@ def fit_operating_points(
     points["balanced"]["rule"] = "maximum Youden J (sensitivity + specificity - 1)"
     points["high_sensitivity"]["target_sensitivity"] = target_sensitivity
     points["high_sensitivity"]["rule"] = (
-        f"highest threshold with sensitivity >= {target_sensitivity}, capped at the balanced threshold"
+        f"highest threshold with sensitivity >= {target_sensitivity}, "
+        "capped at the balanced threshold"
     )
     calibration = {
         "method": "temperature",

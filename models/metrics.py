@@ -203,7 +203,9 @@ def expected_calibration_error(y_true: np.ndarray, prob: np.ndarray, n_bins: int
     return float(
         sum(
             c * abs(m - f)
-            for c, m, f in zip(bins["count"], bins["mean_predicted"], bins["fraction_positive"])
+            for c, m, f in zip(
+                bins["count"], bins["mean_predicted"], bins["fraction_positive"], strict=True
+            )
             if c
         )
         / max(n, 1)

@@ -20,9 +20,10 @@ import logging
 from typing import Any
 
 from celery import Celery
-from kombu import Queue
+from kombu.entity import Queue
 
-from triage.options import TriageOptions, load_triage_options
+from triage.broker import celery_broker
+from triage.tasks import register_tasks
 from worklist.core.contracts import (
     DELIVERY_QUEUE,
     INFERENCE_QUEUE,
@@ -30,33 +31,26 @@ from worklist.core.contracts import (
     TASK_SWEEP,
     TASK_TRIAGE,
 )
+from worklist.core.settings import Settings
 
 __all__ = ["make_celery"]
 
 log = logging.getLogger(__name__)
 
 
-def make_celery(settings: Any, options: TriageOptions | None = None) -> Celery:
+def make_celery(settings: Settings) -> Celery:
     """Build the Celery app with the triage tasks registered.
 
     Parameters
     ----------
     settings : Settings
-        The node's settings (broker, database, model, destinations).
-    options : TriageOptions, optional
-        Triage tuning; read with :func:`~triage.options.load_triage_options` when
-        not given.
+        The node's settings (broker, database, model, destinations, triage tuning).
 
     Returns
     -------
     celery.Celery
-        With ``app.conf.triage_settings`` and ``app.conf.triage_options`` set.
+        With ``app.conf.triage_settings`` set.
     """
-    from triage.tasks import register_tasks
-
-    options = options or load_triage_options(settings)
-    from triage.broker import celery_broker
-
     broker = settings.effective_broker_url
     url, transport = celery_broker(broker)
     app = Celery("triage", broker=url, set_as_current=False)
@@ -64,12 +58,12 @@ def make_celery(settings: Any, options: TriageOptions | None = None) -> Celery:
         app.conf.broker_transport = transport
     transport_options: dict[str, Any] = {}
     if settings.uses_embedded_broker:
-        transport_options["polling_interval"] = options.broker_poll_seconds
+        transport_options["polling_interval"] = settings.broker_poll_seconds
     elif broker.startswith(("redis://", "rediss://")):
         # A message whose whole worker died comes back after this many seconds
         # (a dead pool process is handled at once by reject_on_worker_lost; the
         # sweep re-sends stalled revisions after the lease anyway).
-        transport_options["visibility_timeout"] = max(60, int(options.lease_seconds * 2))
+        transport_options["visibility_timeout"] = max(60, int(settings.lease_seconds * 2))
     # Plain queues (exchange and routing key = queue name), as the SCP side sends
     # ``triage.triage_study`` by name with ``queue="inference"``.
     app.conf.update(
@@ -93,7 +87,6 @@ def make_celery(settings: Any, options: TriageOptions | None = None) -> Celery:
         enable_utc=True,
         timezone="UTC",
         triage_settings=settings,
-        triage_options=options,
     )
     register_tasks(app)
     return app

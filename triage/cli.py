@@ -13,8 +13,10 @@ token       bearer tokens for systems (RIS): add, revoke
 model       the model registry: add, list, compare, promote, rollback (worklist.model_cli)
 dataset     export labelled studies as a training dataset
 
-Settings come from ``TRIAGE_*`` environment variables and ``--config FILE`` (TOML).
-Heavy imports happen inside the subcommands, so ``scp`` never imports worker code.
+Settings come from ``TRIAGE_*`` environment variables and ``--config FILE`` (TOML), read
+once by :func:`main`, which calls the subcommand's ``cmd_*(args, settings)`` (bound to
+its parser with ``set_defaults(run=...)``). Heavy imports happen inside the
+subcommands, so ``scp`` never imports worker code.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def _stop_event() -> threading.Event:
     return stop
 
 
-def cmd_db_upgrade(settings: Settings) -> int:
+def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
     """Apply the migrations to the configured database."""
     from worklist.core.migrate import upgrade
 
@@ -56,7 +58,7 @@ def cmd_db_upgrade(settings: Settings) -> int:
     return 0
 
 
-def cmd_scp(settings: Settings) -> int:
+def cmd_scp(args: argparse.Namespace, settings: Settings) -> int:
     """Run the DICOM SCP and the stability watcher until stopped."""
     from dicom_scp.server import run_scp
 
@@ -64,15 +66,16 @@ def cmd_scp(settings: Settings) -> int:
     return 0
 
 
-def cmd_worker(settings: Settings, queues: list[str], concurrency: int) -> int:
-    """Run a Celery worker on ``queues`` until stopped."""
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    """Run a Celery worker on ``--queues`` (comma-separated) until stopped."""
     from triage.worker import run_worker
 
-    run_worker(settings, queues=queues, concurrency=concurrency)
+    queues = [q.strip() for q in args.queues.split(",") if q.strip()]
+    run_worker(settings, queues=queues, concurrency=args.concurrency)
     return 0
 
 
-def cmd_api(settings: Settings) -> int:
+def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     """Run the HTTP server until stopped."""
     import uvicorn
 
@@ -84,7 +87,7 @@ def cmd_api(settings: Settings) -> int:
     return 0
 
 
-def cmd_serve(settings: Settings) -> int:
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     """Run the whole node in one process (the embedded default)."""
     import uvicorn
 
@@ -115,7 +118,6 @@ def cmd_serve(settings: Settings) -> int:
             log_level="warning",
         )
     )
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     http = threading.Thread(target=server.run, name="http", daemon=True)
     http.start()
     log.info(
@@ -139,7 +141,7 @@ def cmd_serve(settings: Settings) -> int:
     return 0
 
 
-def cmd_config(settings: Settings) -> int:
+def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
     """Print the effective settings as JSON."""
     print(settings.model_dump_json(indent=2))  # noqa: T201 - CLI output
     return 0
@@ -157,26 +159,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", help="TOML settings file (default: $TRIAGE_CONFIG)")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("serve", help="run everything in one process (embedded default)")
-    sub.add_parser("scp", help="run the DICOM SCP and the stability watcher")
+    serve = sub.add_parser("serve", help="run everything in one process (embedded default)")
+    serve.set_defaults(run=cmd_serve)
+    scp = sub.add_parser("scp", help="run the DICOM SCP and the stability watcher")
+    scp.set_defaults(run=cmd_scp)
     worker = sub.add_parser("worker", help="run a triage worker")
     worker.add_argument(
         "--queues", default="inference,delivery", help="comma-separated queues to consume"
     )
     worker.add_argument("--concurrency", type=int, default=1, help="worker processes")
-    sub.add_parser("api", help="run the HTTP server")
+    worker.set_defaults(run=cmd_worker)
+    api = sub.add_parser("api", help="run the HTTP server")
+    api.set_defaults(run=cmd_api)
     db = sub.add_parser("db", help="database commands")
     db_sub = db.add_subparsers(dest="db_command", required=True)
-    db_sub.add_parser("upgrade", help="apply migrations")
-    sub.add_parser("config", help="print the effective settings")
+    upgrade = db_sub.add_parser("upgrade", help="apply migrations")
+    upgrade.set_defaults(run=cmd_db_upgrade)
+    config = sub.add_parser("config", help="print the effective settings")
+    config.set_defaults(run=cmd_config)
     # Accounts (worklist.admin_cli): user add|passwd|disable|list, token add|revoke
-    from worklist.admin_cli import add_account_commands
+    from worklist.admin_cli import add_account_commands, run_account_command
 
     add_account_commands(sub)
-    # Models and datasets (worklist.model_cli): model add|list|compare|promote|rollback, dataset export
-    from worklist.model_cli import add_model_commands
+    for name in ("user", "token"):
+        sub.choices[name].set_defaults(run=run_account_command)
+    # Models and datasets (worklist.model_cli): model add|list|compare|promote|rollback,
+    # dataset export
+    from worklist.model_cli import add_model_commands, run_model_command
 
     add_model_commands(sub)
+    for name in ("model", "dataset"):
+        sub.choices[name].set_defaults(run=run_model_command)
     return parser
 
 
@@ -200,32 +213,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"triage-node: {exc}", file=sys.stderr)  # noqa: T201
         return 2
     configure_logging(settings.log_level)
-    if args.command in ("serve", "scp"):
-        from dicom_scp.ae import PortInUseError
+    if args.command not in ("serve", "scp"):
+        return int(args.run(args, settings))
+    from dicom_scp.ae import PortInUseError
 
-        try:
-            return cmd_serve(settings) if args.command == "serve" else cmd_scp(settings)
-        except PortInUseError as exc:
-            print(f"triage-node: {exc}", file=sys.stderr)  # noqa: T201
-            return 2
-    if args.command == "worker":
-        queues = [q.strip() for q in args.queues.split(",") if q.strip()]
-        return cmd_worker(settings, queues, args.concurrency)
-    if args.command == "api":
-        return cmd_api(settings)
-    if args.command == "db":
-        return cmd_db_upgrade(settings)
-    if args.command == "config":
-        return cmd_config(settings)
-    if args.command in ("user", "token"):
-        from worklist.admin_cli import run_account_command
-
-        return run_account_command(args, settings)
-    if args.command in ("model", "dataset"):
-        from worklist.model_cli import run_model_command
-
-        return run_model_command(args, settings)
-    return 2  # pragma: no cover - argparse rejects unknown commands
+    try:
+        return int(args.run(args, settings))
+    except PortInUseError as exc:
+        print(f"triage-node: {exc}", file=sys.stderr)  # noqa: T201
+        return 2
 
 
 if __name__ == "__main__":

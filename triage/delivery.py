@@ -4,6 +4,7 @@
 one of two exceptions: :class:`~triage.errors.DestinationUnavailable` (transient:
 refused, aborted, timed out, no answer) or :class:`~triage.errors.StoreRejected`
 (the peer answered with a failure status; transient only for 0xA7xx).
+:func:`retry_delay` is how long a failed delivery waits before the next attempt.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from pydicom import dcmread
 from pynetdicom import AE
 
 from triage.errors import DestinationUnavailable, StoreRejected
-from worklist.core.settings import Destination
+from worklist.core.settings import Destination, Settings
 
-__all__ = ["store_file"]
+__all__ = ["retry_delay", "store_file"]
 
 log = logging.getLogger(__name__)
 
@@ -82,3 +83,22 @@ def store_file(
         log.info("SR %s stored at %s (status 0x%04X)", ds.SOPInstanceUID, destination, code)
         return code
     raise StoreRejected(f"{destination} answered C-STORE with status 0x{code:04X}", code)
+
+
+def retry_delay(settings: Settings, attempts: int) -> float:
+    """Delay before delivery retry number ``attempts`` (1-based), exponential and capped.
+
+    Parameters
+    ----------
+    settings : Settings
+        ``delivery_backoff_seconds`` (the first delay, doubled each attempt) and
+        ``delivery_backoff_max_seconds`` (the longest) are used.
+    attempts : int
+
+    Returns
+    -------
+    float
+        Seconds.
+    """
+    first = settings.delivery_backoff_seconds
+    return min(settings.delivery_backoff_max_seconds, first * 2.0 ** max(0, attempts - 1))

@@ -10,10 +10,6 @@ class TriageError(Exception):
     """Root of the triage package's errors."""
 
 
-class ConfigurationError(TriageError):
-    """A triage option or the model does not fit the configuration."""
-
-
 class ModelError(TriageError):
     """The model cannot be loaded or its card lacks what triage needs."""
 

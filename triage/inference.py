@@ -14,9 +14,10 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from models.runtime import Classifier, ModelLoadError, resolve_model_path
 from triage.errors import ModelError
+from worklist.core.settings import Settings
 
 __all__ = ["get_classifier", "model_path_for"]
 
@@ -27,14 +28,14 @@ log = logging.getLogger(__name__)
 class _Cached:
     pid: int
     key: tuple[str, tuple[str, ...], int]
-    classifier: Any
+    classifier: Classifier
 
 
 _lock = threading.Lock()
 _cached: _Cached | None = None
 
 
-def model_path_for(settings: Any) -> Path:
+def model_path_for(settings: Settings) -> Path:
     """The model file the settings name, or the shipped default.
 
     Parameters
@@ -45,12 +46,10 @@ def model_path_for(settings: Any) -> Path:
     -------
     pathlib.Path
     """
-    from models.runtime import resolve_model_path
-
-    return resolve_model_path(getattr(settings, "model_path", None))
+    return resolve_model_path(settings.model_path)
 
 
-def get_classifier(settings: Any, *, batch_size: int = 8) -> Any:
+def get_classifier(settings: Settings, *, batch_size: int = 8) -> Classifier:
     """Return this process's classifier, loading it on first use.
 
     Parameters
@@ -72,18 +71,16 @@ def get_classifier(settings: Any, *, batch_size: int = 8) -> Any:
     """
     global _cached
     path = model_path_for(settings)
-    providers = tuple(getattr(settings, "providers", None) or ())
+    providers = tuple(settings.providers)
     key = (str(path), providers, int(batch_size))
     with _lock:
         if _cached is not None and _cached.pid == os.getpid() and _cached.key == key:
             return _cached.classifier
-        from models.runtime import Classifier, ModelLoadError
-
         try:
             classifier = Classifier.load(path, list(providers) or None, max_batch=batch_size)
         except ModelLoadError as exc:
             raise ModelError(str(exc)) from exc
-        operating_point = getattr(settings, "operating_point", "balanced")
+        operating_point = settings.operating_point
         try:
             classifier.card.threshold(operating_point)
         except KeyError as exc:

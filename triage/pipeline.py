@@ -2,9 +2,11 @@
 
 :func:`triage_study` claims the revision, reads the study's instances from the
 spool, selects the images the model is for, preprocesses them exactly as the
-model card says, runs the classifier in batches, scores the study, writes the SR
-and records the result, its images and its outbox rows. It is idempotent: a
-revision that is done or no longer current is not redone.
+model card says, runs the classifier in batches and scores the study (a
+:class:`StudyEvaluation`); then :func:`write_study_sr` writes the SR and
+:func:`result_record` turns the evaluation into the row that records the result,
+its images and its outbox rows. It is idempotent: a revision that is done or no
+longer current is not redone.
 """
 
 from __future__ import annotations
@@ -13,23 +15,27 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
-from triage.options import TriageOptions
-from triage.scoring import score_study
+from models.card import ModelCard
+from models.preprocess import PreprocessError, PreprocessSpec, preprocess_dataset
+from models.runtime import Classifier
+from triage.scoring import StudyScore, score_study
 from triage.selection import Eligible, Skipped, select_instance, skipped_unreadable
 from triage.sr import SRContent, build_sr, sr_uids, write_sr
 from worklist.core.clock import utcnow
-from worklist.priority import compute_priority
+from worklist.core.settings import Settings
+from worklist.priority import PriorityDecision, compute_priority
 from worklist.results import (
     Claim,
     ClaimStatus,
@@ -40,9 +46,19 @@ from worklist.results import (
     result_for,
     save_result,
 )
-from worklist.tables import Delivery, DeliveryState, TriageStatus
+from worklist.tables import Delivery, DeliveryState, TriageResult, TriageStatus
 
-__all__ = ["DEFERRED", "MAX_ATTEMPTS", "TriageOutcome", "triage_study", "worker_id"]
+__all__ = [
+    "DEFERRED",
+    "MAX_ATTEMPTS",
+    "StudyEvaluation",
+    "TriageOutcome",
+    "WrittenSR",
+    "result_record",
+    "triage_study",
+    "worker_id",
+    "write_study_sr",
+]
 
 log = logging.getLogger(__name__)
 
@@ -116,9 +132,9 @@ def _read(ref_id: int, uid: str, path: str) -> _Image:
     return image
 
 
-def _preprocess(image: _Image, spec: Any) -> None:
-    from models.preprocess import PreprocessError, preprocess_dataset
-
+def _preprocess(image: _Image, spec: PreprocessSpec) -> None:
+    if image.header is None:  # only images with a header are eligible
+        return
     try:
         image.tensor = preprocess_dataset(image.header, spec)
     except PreprocessError as exc:
@@ -129,9 +145,7 @@ def _preprocess(image: _Image, spec: Any) -> None:
         )
 
 
-def _pending_deliveries(session_factory: sessionmaker, result_id: int) -> tuple[int, ...]:
-    from sqlalchemy import select
-
+def _pending_deliveries(session_factory: sessionmaker[Session], result_id: int) -> tuple[int, ...]:
     with session_factory() as session:
         return tuple(
             session.scalars(
@@ -143,7 +157,7 @@ def _pending_deliveries(session_factory: sessionmaker, result_id: int) -> tuple[
         )
 
 
-def _done(session_factory: sessionmaker, claim: Claim) -> TriageOutcome:
+def _done(session_factory: sessionmaker[Session], claim: Claim) -> TriageOutcome:
     with session_factory() as session:
         result = result_for(session, study_id=claim.study_id, revision=claim.revision)
         status = result.status if result else None
@@ -160,14 +174,55 @@ def _done(session_factory: sessionmaker, claim: Claim) -> TriageOutcome:
     )
 
 
+@dataclass
+class StudyEvaluation:
+    """What triage found in one study revision, before anything is written.
+
+    Attributes
+    ----------
+    status : TriageStatus
+        ``triaged``, ``not_evaluated`` or ``failed``.
+    reason : str or None
+        Why the study was not evaluated or failed.
+    images : list
+        Every instance of the revision, with its selection.
+    card : ModelCard or None
+        The model's card, once the model was loaded.
+    providers : list of str or None
+        ONNX Runtime's active providers, once the model was loaded.
+    score : StudyScore or None
+        The study's score (``triaged`` only).
+    per_image : dict
+        ``{sop_instance_uid: (logit, probability)}`` of the images scored.
+    evidence : list of Dataset
+        Headers of the images scored (the SR's evidence).
+    """
+
+    status: TriageStatus
+    reason: str | None
+    images: list[_Image]
+    card: ModelCard | None = None
+    providers: list[str] | None = None
+    score: StudyScore | None = None
+    per_image: dict[str, tuple[float, float]] = field(default_factory=dict)
+    evidence: list[Dataset] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class WrittenSR:
+    """Where :func:`write_study_sr` wrote the SR, and its UIDs."""
+
+    path: str
+    series_instance_uid: str
+    sop_instance_uid: str
+
+
 def triage_study(
-    session_factory: sessionmaker,
-    settings: Any,
-    classifier: Any,
+    session_factory: sessionmaker[Session],
+    settings: Settings,
+    classifier: Classifier | Callable[[], Classifier],
     study_id: int,
     revision: int,
-    *,
-    options: TriageOptions | None = None,
 ) -> TriageOutcome:
     """Triage one study revision and record the result (idempotent).
 
@@ -176,19 +231,18 @@ def triage_study(
     session_factory : sessionmaker
         Sessions on the node's database.
     settings : Settings
-        ``operating_point``, ``destinations``, ``data_dir``, ``ae_title`` are used.
+        ``operating_point``, ``aggregation``, ``high_confidence``, ``destinations``,
+        ``data_dir`` and ``ae_title`` are used.
     classifier : models.runtime.Classifier or a callable returning one
         The model (its card gives preprocessing, calibration, thresholds). A
         callable is called only when there is an image to score, so a study with
         nothing eligible never loads the model.
     study_id, revision : int
-    options : TriageOptions, optional
 
     Returns
     -------
     TriageOutcome
     """
-    options = options or TriageOptions()
     with session_factory.begin() as session:
         claim = claim_revision(session, study_id=study_id, revision=revision, worker=worker_id())
     if claim.status is ClaimStatus.DONE:
@@ -199,23 +253,25 @@ def triage_study(
         return TriageOutcome(study_id, revision, ClaimStatus.STALE)
     started = claim.claimed_at or utcnow()
     timings: dict[str, float] = {}
+    evaluation = _evaluate(settings, classifier, claim, timings)
+    return _record(session_factory, settings, claim, started, evaluation, timings)
 
+
+def _evaluate(
+    settings: Settings,
+    classifier: Classifier | Callable[[], Classifier],
+    claim: Claim,
+    timings: dict[str, float],
+) -> StudyEvaluation:
+    """Read, select, preprocess, infer and score the claimed revision's images."""
     if claim.attempts > MAX_ATTEMPTS:
-        return _record(
-            session_factory,
-            settings,
-            options,
-            claim,
-            started,
-            status=TriageStatus.FAILED,
+        return StudyEvaluation(
+            TriageStatus.FAILED,
             reason=(
                 f"gave up after {claim.attempts - 1} attempts without a result "
                 "(worker lost or a permanent error; see the worker logs)"
             ),
             images=[],
-            card=None,
-            providers=None,
-            timings=timings,
         )
 
     t0 = time.perf_counter()
@@ -223,21 +279,11 @@ def triage_study(
     timings["read"] = time.perf_counter() - t0
     eligible = [im for im in images if isinstance(im.selection, Eligible)]
     if not eligible:
-        return _record(
-            session_factory,
-            settings,
-            options,
-            claim,
-            started,
-            status=TriageStatus.NOT_EVALUATED,
-            reason=_not_evaluated_reason(images),
-            images=images,
-            card=None,
-            providers=None,
-            timings=timings,
+        return StudyEvaluation(
+            TriageStatus.NOT_EVALUATED, reason=_not_evaluated_reason(images), images=images
         )
 
-    clf = classifier() if callable(classifier) and not hasattr(classifier, "card") else classifier
+    clf = classifier if isinstance(classifier, Classifier) else classifier()
     card = clf.card
     spec = card.preprocess_spec
     t0 = time.perf_counter()
@@ -246,21 +292,16 @@ def triage_study(
     timings["preprocess"] = time.perf_counter() - t0
     scored = [im for im in eligible if isinstance(im.selection, Eligible)]
     if not scored:
-        return _record(
-            session_factory,
-            settings,
-            options,
-            claim,
-            started,
-            status=TriageStatus.NOT_EVALUATED,
+        return StudyEvaluation(
+            TriageStatus.NOT_EVALUATED,
             reason=_not_evaluated_reason(images),
             images=images,
             card=card,
             providers=clf.active_providers,
-            timings=timings,
         )
     t0 = time.perf_counter()
-    batch = np.stack([im.tensor for im in scored]).astype(np.float32, copy=False)
+    batch = np.stack([im.tensor for im in scored if im.tensor is not None])
+    batch = batch.astype(np.float32, copy=False)
     logits = np.asarray(clf.predict_logits(batch), dtype=np.float32).reshape(-1)
     timings["inference"] = time.perf_counter() - t0
     operating_point = settings.operating_point
@@ -269,36 +310,25 @@ def triage_study(
         calibrate=card.calibrate,
         threshold=card.threshold(operating_point),
         operating_point=operating_point,
-        how=options.aggregation,
+        how=settings.aggregation,
     )
-    per_image = {
-        im.sop_instance_uid: (float(lg), p)
-        for im, lg, p in zip(scored, logits, study_score.image_probabilities, strict=True)
-    }
-    return _record(
-        session_factory,
-        settings,
-        options,
-        claim,
-        started,
-        status=TriageStatus.TRIAGED,
+    return StudyEvaluation(
+        TriageStatus.TRIAGED,
         reason=None,
         images=images,
         card=card,
         providers=clf.active_providers,
-        timings=timings,
         score=study_score,
-        per_image=per_image,
-        evidence=[im.header for im in scored],
+        per_image={
+            im.sop_instance_uid: (float(lg), p)
+            for im, lg, p in zip(scored, logits, study_score.image_probabilities, strict=True)
+        },
+        evidence=[im.header for im in scored if im.header is not None],
     )
 
 
-def _previous_srs(session_factory: sessionmaker, claim: Claim) -> list[Dataset]:
+def _previous_srs(session_factory: sessionmaker[Session], claim: Claim) -> list[Dataset]:
     """The SR of the latest earlier revision of the study, when its file is still there."""
-    from sqlalchemy import select
-
-    from worklist.tables import TriageResult
-
     with session_factory() as session:
         path = session.scalar(
             select(TriageResult.sr_path)
@@ -326,56 +356,179 @@ def _not_evaluated_reason(images: list[_Image]) -> str:
     return "no eligible image: " + "; ".join(reasons)
 
 
+def write_study_sr(
+    session_factory: sessionmaker[Session],
+    settings: Settings,
+    claim: Claim,
+    *,
+    score: StudyScore,
+    card: ModelCard,
+    evidence: list[Dataset],
+    content_datetime: datetime,
+) -> WrittenSR:
+    """Build the revision's SR and write it under ``data_dir/results``.
+
+    The SR names the study's latest earlier SR, when its file is still there, as
+    the one it supersedes.
+
+    Parameters
+    ----------
+    session_factory : sessionmaker
+        To find the earlier SR.
+    settings : Settings
+        ``data_dir`` and ``ae_title`` (the device name) are used.
+    claim : Claim
+        The revision.
+    score : StudyScore
+    card : ModelCard
+        Gives the model's provenance.
+    evidence : list of Dataset
+        Headers of the images scored.
+    content_datetime : datetime
+
+    Returns
+    -------
+    WrittenSR
+
+    Raises
+    ------
+    OSError
+        When the file cannot be written.
+    """
+    series_uid, sop_uid = sr_uids(claim.study_instance_uid, claim.revision)
+    sr = build_sr(
+        SRContent(
+            study_instance_uid=claim.study_instance_uid,
+            revision=claim.revision,
+            decision=score.decision.value,
+            probability=score.probability,
+            threshold=score.threshold,
+            operating_point=score.operating_point,
+            model_name=card.name,
+            model_version=card.version,
+            model_sha256=card.sha256,
+            manufacturer=card.manufacturer or "cxr-triage-node",
+            device_name=settings.ae_title,
+            content_datetime=content_datetime,
+        ),
+        evidence,
+        previous=_previous_srs(session_factory, claim),
+    )
+    path = write_sr(sr, Path(settings.data_dir) / "results")
+    return WrittenSR(str(path), series_uid, sop_uid)
+
+
+def result_record(
+    settings: Settings,
+    claim: Claim,
+    evaluation: StudyEvaluation,
+    *,
+    priority: PriorityDecision,
+    started: datetime,
+    finished: datetime,
+    sr: WrittenSR | None,
+) -> ResultRecord:
+    """The row that records one revision's result, its images and its outbox rows.
+
+    Parameters
+    ----------
+    settings : Settings
+        ``operating_point``, ``aggregation`` and ``destinations`` are used.
+    claim : Claim
+    evaluation : StudyEvaluation
+    priority : PriorityDecision
+    started, finished : datetime
+    sr : WrittenSR or None
+        The SR written for the revision, if any.
+
+    Returns
+    -------
+    ResultRecord
+    """
+    score, card, per_image = evaluation.score, evaluation.card, evaluation.per_image
+    image_records = []
+    for im in evaluation.images:
+        sel = im.selection
+        logit, prob = per_image.get(im.sop_instance_uid, (None, None))
+        image_records.append(
+            ImageRecord(
+                instance_id=im.instance_id,
+                sop_instance_uid=im.sop_instance_uid,
+                evaluated=im.sop_instance_uid in per_image,
+                reason=sel.reason if isinstance(sel, Skipped) else None,
+                logit=logit,
+                probability=prob,
+            )
+        )
+    if score is not None:
+        threshold: float | None = score.threshold
+    else:
+        threshold = card.threshold(settings.operating_point) if card is not None else None
+    return ResultRecord(
+        study_id=claim.study_id,
+        revision=claim.revision,
+        status=evaluation.status.value,
+        reason=evaluation.reason,
+        decision=score.decision.value if score else None,
+        probability=score.probability if score else None,
+        score=score.score if score else None,
+        threshold=threshold,
+        aggregation=settings.aggregation,
+        operating_point=settings.operating_point,
+        model_name=card.name if card is not None else "",
+        model_version=card.version if card is not None else "",
+        model_sha256=card.sha256 if card is not None else "",
+        model_manufacturer=card.manufacturer if card is not None else None,
+        providers=",".join(evaluation.providers) if evaluation.providers else None,
+        priority=int(priority.priority),
+        priority_reason=priority.reason,
+        queued_at=claim.queued_at,
+        started_at=started,
+        finished_at=finished,
+        sr_sop_instance_uid=sr.sop_instance_uid if sr else None,
+        sr_series_instance_uid=sr.series_instance_uid if sr else None,
+        sr_path=sr.path if sr else None,
+        images=image_records,
+        destinations=[str(d) for d in settings.destinations],
+    )
+
+
 def _record(
-    session_factory: sessionmaker,
-    settings: Any,
-    options: TriageOptions,
+    session_factory: sessionmaker[Session],
+    settings: Settings,
     claim: Claim,
     started: datetime,
-    *,
-    status: TriageStatus,
-    reason: str | None,
-    images: list[_Image],
-    card: Any,
-    providers: list[str] | None,
+    evaluation: StudyEvaluation,
     timings: dict[str, float],
-    score: Any = None,
-    per_image: dict[str, tuple[float, float]] | None = None,
-    evidence: list[Dataset] | None = None,
 ) -> TriageOutcome:
-    per_image = per_image or {}
+    """Write the SR (triaged studies), then save the result in one transaction."""
+    score = evaluation.score
     finished = utcnow()
     priority = compute_priority(
-        status=status.value,
+        status=evaluation.status.value,
         decision=score.decision.value if score else None,
         probability=score.probability if score else None,
         requested_priority=claim.requested_priority,
-        high_confidence=options.high_confidence,
+        high_confidence=settings.high_confidence,
     )
-    sr_path = sr_series = sr_sop = None
-    if status is TriageStatus.TRIAGED and score is not None and evidence:
+    sr = None
+    if (
+        evaluation.status is TriageStatus.TRIAGED
+        and score is not None
+        and evaluation.card is not None
+        and evaluation.evidence
+    ):
         t0 = time.perf_counter()
-        sr_series, sr_sop = sr_uids(claim.study_instance_uid, claim.revision)
-        sr = build_sr(
-            SRContent(
-                study_instance_uid=claim.study_instance_uid,
-                revision=claim.revision,
-                decision=score.decision.value,
-                probability=score.probability,
-                threshold=score.threshold,
-                operating_point=score.operating_point,
-                model_name=card.name,
-                model_version=card.version,
-                model_sha256=card.sha256,
-                manufacturer=getattr(card, "manufacturer", "") or "cxr-triage-node",
-                device_name=getattr(settings, "ae_title", "TRIAGE"),
-                content_datetime=finished,
-            ),
-            evidence,
-            previous=_previous_srs(session_factory, claim),
-        )
         try:
-            sr_path = str(write_sr(sr, Path(settings.data_dir) / "results"))
+            sr = write_study_sr(
+                session_factory,
+                settings,
+                claim,
+                score=score,
+                card=evaluation.card,
+                evidence=evaluation.evidence,
+                content_datetime=finished,
+            )
         except OSError as exc:
             # A full or failing results disk is not the study's fault: give the
             # revision back uncounted; the sweep sends it again after the lease.
@@ -391,48 +544,8 @@ def _record(
                 claim.study_id, claim.revision, ClaimStatus.CLAIMED, status=DEFERRED
             )
         timings["sr"] = time.perf_counter() - t0
-    image_records = []
-    for im in images:
-        sel = im.selection
-        logit, prob = per_image.get(im.sop_instance_uid, (None, None))
-        image_records.append(
-            ImageRecord(
-                instance_id=im.instance_id,
-                sop_instance_uid=im.sop_instance_uid,
-                evaluated=im.sop_instance_uid in per_image,
-                reason=sel.reason if isinstance(sel, Skipped) else None,
-                logit=logit,
-                probability=prob,
-            )
-        )
-    record = ResultRecord(
-        study_id=claim.study_id,
-        revision=claim.revision,
-        status=status.value,
-        reason=reason,
-        decision=score.decision.value if score else None,
-        probability=score.probability if score else None,
-        score=score.score if score else None,
-        threshold=score.threshold
-        if score
-        else (card.threshold(settings.operating_point) if card is not None else None),
-        aggregation=options.aggregation,
-        operating_point=settings.operating_point,
-        model_name=card.name if card is not None else "",
-        model_version=card.version if card is not None else "",
-        model_sha256=card.sha256 if card is not None else "",
-        model_manufacturer=getattr(card, "manufacturer", None) if card is not None else None,
-        providers=",".join(providers) if providers else None,
-        priority=int(priority.priority),
-        priority_reason=priority.reason,
-        queued_at=claim.queued_at,
-        started_at=started,
-        finished_at=finished,
-        sr_sop_instance_uid=sr_sop,
-        sr_series_instance_uid=sr_series,
-        sr_path=sr_path,
-        images=image_records,
-        destinations=[str(d) for d in getattr(settings, "destinations", [])],
+    record = result_record(
+        settings, claim, evaluation, priority=priority, started=started, finished=finished, sr=sr
     )
     try:
         with session_factory.begin() as session:
@@ -448,12 +561,12 @@ def _record(
         "study %s revision %s: %s%s, priority %s (%s); %d image(s), %d evaluated; %s",
         claim.study_id,
         claim.revision,
-        status.value,
+        evaluation.status.value,
         f" {score.decision.value} p={score.probability:.3f}" if score else "",
         int(priority.priority),
         priority.reason,
-        len(images),
-        len(per_image),
+        len(evaluation.images),
+        len(evaluation.per_image),
         ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in timings.items()),
     )
     return TriageOutcome(
@@ -461,7 +574,7 @@ def _record(
         claim.revision,
         ClaimStatus.CLAIMED,
         result_id=result_id,
-        status=status.value,
+        status=evaluation.status.value,
         decision=score.decision.value if score else None,
         deliveries=_pending_deliveries(session_factory, result_id),
         timings=timings,

@@ -13,11 +13,13 @@ import logging
 import os
 import threading
 from dataclasses import dataclass
-from typing import Any
 
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
+from models.runtime import Classifier, ModelLoadError
 from triage.errors import ModelError
+from triage.inference import model_path_for
+from worklist.core.settings import Settings
 from worklist.model_registry import ActiveModel, active_models, ensure_champion
 
 __all__ = ["LoadedModel", "RegistryModels"]
@@ -36,7 +38,7 @@ class LoadedModel:
     """
 
     entry: ActiveModel
-    classifier: Any
+    classifier: Classifier
 
 
 class RegistryModels:
@@ -49,22 +51,20 @@ class RegistryModels:
     batch_size : int
     """
 
-    def __init__(self, settings: Any, batch_size: int = 8) -> None:
+    def __init__(self, settings: Settings, batch_size: int = 8) -> None:
         self.settings = settings
         self.batch_size = int(batch_size)
         self._lock = threading.Lock()
         self._pid = os.getpid()
-        self._loaded: dict[str, Any] = {}
+        self._loaded: dict[str, Classifier] = {}
         self.champion: LoadedModel | None = None
         self.shadows: list[LoadedModel] = []
 
-    def _load(self, entry: ActiveModel) -> Any:
-        from models.runtime import Classifier, ModelLoadError
-
+    def _load(self, entry: ActiveModel) -> Classifier:
         classifier = self._loaded.get(entry.sha256)
         if classifier is not None:
             return classifier
-        providers = list(getattr(self.settings, "providers", None) or ()) or None
+        providers = list(self.settings.providers) or None
         try:
             classifier = Classifier.load(entry.path, providers, max_batch=self.batch_size)
         except ModelLoadError as exc:
@@ -86,7 +86,7 @@ class RegistryModels:
         self._loaded[entry.sha256] = classifier
         return classifier
 
-    def refresh(self, session_factory: sessionmaker) -> LoadedModel:
+    def refresh(self, session_factory: sessionmaker[Session]) -> LoadedModel:
         """Read the registry and load what changed; return the champion.
 
         Parameters
@@ -103,8 +103,6 @@ class RegistryModels:
         ModelError
             When a registered model cannot be loaded.
         """
-        from triage.inference import model_path_for
-
         with session_factory() as session:
             champion, shadows = active_models(session)
         if champion is None:

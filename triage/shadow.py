@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import pydicom
+from pydicom.dataset import Dataset
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
+from models.preprocess import preprocess_dataset
 from triage.registry_models import LoadedModel
 from triage.scoring import score_study
+from worklist.core.settings import Settings
 from worklist.shadow_results import ShadowScore, evaluated_files, save_shadow_score, scored_models
 
 __all__ = ["score_shadows"]
@@ -30,10 +32,13 @@ log = logging.getLogger(__name__)
 
 
 def _score_one(
-    model: LoadedModel, datasets: list[Any], *, result_id: int, settings: Any, aggregation: str
+    model: LoadedModel,
+    datasets: Sequence[Dataset],
+    *,
+    result_id: int,
+    settings: Settings,
+    aggregation: str,
 ) -> ShadowScore:
-    from models.preprocess import preprocess_dataset
-
     clf = model.classifier
     card = clf.card
     batch = np.stack([preprocess_dataset(ds, card.preprocess_spec) for ds in datasets])
@@ -62,8 +67,8 @@ def _score_one(
 
 
 def score_shadows(
-    session_factory: sessionmaker,
-    settings: Any,
+    session_factory: sessionmaker[Session],
+    settings: Settings,
     shadows: Sequence[LoadedModel],
     result_id: int,
     *,

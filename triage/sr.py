@@ -36,6 +36,7 @@ from pathlib import Path
 
 from highdicom.sr import (
     AlgorithmIdentification,
+    CodedConcept,
     ComprehensiveSR,
     DeviceObserverIdentifyingAttributes,
     Measurement,
@@ -49,6 +50,7 @@ from highdicom.sr import (
 )
 from pydicom import Dataset, dcmread
 from pydicom.sr.coding import Code
+from pydicom.valuerep import DA, TM
 
 from worklist.core.files import fsync_directory
 
@@ -237,7 +239,7 @@ def build_sr(
         ],
     )
     observer = ObserverContext(
-        observer_type=Code("121007", "DCM", "Device"),
+        observer_type=CodedConcept("121007", "DCM", "Device"),
         observer_identifying_attributes=DeviceObserverIdentifyingAttributes(
             uid=_device_uid(content.device_name),
             name=content.device_name,
@@ -266,8 +268,8 @@ def build_sr(
         series_description=SERIES_DESCRIPTION,
     )
     when = content.content_datetime
-    sr.ContentDate = when.strftime("%Y%m%d")
-    sr.ContentTime = when.strftime("%H%M%S.%f")
+    sr.ContentDate = DA(when.strftime("%Y%m%d"))
+    sr.ContentTime = TM(when.strftime("%H%M%S.%f"))
     sr.InstanceCreationDate = sr.ContentDate
     sr.InstanceCreationTime = sr.ContentTime
     sr.SeriesDate = sr.ContentDate
@@ -276,8 +278,10 @@ def build_sr(
         if "ContributionDateTime" in item:
             item.ContributionDateTime = when.strftime("%Y%m%d%H%M%S.%f")
     sr.SoftwareVersions = f"{content.model_name} {content.model_version}"[:64]
-    sr.InstitutionName = getattr(evidence[0], "InstitutionName", None) or None
-    if sr.InstitutionName is None:
+    institution = getattr(evidence[0], "InstitutionName", None)
+    if institution:
+        sr.InstitutionName = institution
+    elif "InstitutionName" in sr:
         del sr.InstitutionName
     _add_private_coding_scheme(sr)
     return sr

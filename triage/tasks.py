@@ -22,12 +22,17 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from celery import Celery
+from celery import Celery, Task
+from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
+from models.runtime import Classifier
+from triage.delivery import retry_delay, store_file
 from triage.errors import DestinationUnavailable, StoreRejected, TransientError
-from triage.options import TriageOptions
+from triage.pipeline import triage_study
+from triage.registry_models import RegistryModels
+from triage.shadow import score_shadows
 from worklist.core.contracts import (
     DELIVERY_QUEUE,
     INFERENCE_QUEUE,
@@ -35,6 +40,16 @@ from worklist.core.contracts import (
     TASK_SWEEP,
     TASK_TRIAGE,
 )
+from worklist.core.db import open_database
+from worklist.core.settings import Settings
+from worklist.outbox import (
+    claim_delivery,
+    due_deliveries,
+    mark_delivered,
+    mark_failed_attempt,
+    mark_redispatched,
+)
+from worklist.results import stalled_revisions
 
 __all__ = ["WorkerContext", "deliver_one", "register_tasks", "shadow_score", "sweep"]
 
@@ -44,8 +59,8 @@ log = logging.getLogger(__name__)
 @dataclass
 class _Engine:
     pid: int
-    engine: Any
-    session_factory: sessionmaker
+    engine: Engine
+    session_factory: sessionmaker[Session]
 
 
 class WorkerContext:
@@ -53,41 +68,33 @@ class WorkerContext:
     lazily (and again in a forked child)."""
 
     def __init__(
-        self,
-        settings: Any,
-        options: TriageOptions,
-        session_factory: sessionmaker | None = None,
+        self, settings: Settings, session_factory: sessionmaker[Session] | None = None
     ) -> None:
         self.settings = settings
-        self.options = options
         self._lock = threading.Lock()
         self._engine: _Engine | None = None
         self._given_factory = session_factory
-        self._models: Any = None
+        self._models: RegistryModels | None = None
 
     @property
-    def session_factory(self) -> sessionmaker:
+    def session_factory(self) -> sessionmaker[Session]:
         """This process's session factory (the given one, if any)."""
         if self._given_factory is not None:
             return self._given_factory
         with self._lock:
             if self._engine is None or self._engine.pid != os.getpid():
-                from worklist.core.db import open_database
-
                 database = open_database(self.settings)
                 self._engine = _Engine(os.getpid(), database.engine, database.session_factory)
             return self._engine.session_factory
 
     @property
-    def models(self) -> Any:
-        """This process's registry models (:class:`triage.registry_models.RegistryModels`)."""
+    def models(self) -> RegistryModels:
+        """This process's registry models (champion and shadows, loaded once)."""
         if self._models is None:
-            from triage.registry_models import RegistryModels
-
-            self._models = RegistryModels(self.settings, batch_size=self.options.batch_size)
+            self._models = RegistryModels(self.settings, batch_size=self.settings.batch_size)
         return self._models
 
-    def classifier(self) -> Any:
+    def classifier(self) -> Classifier:
         """The registry's champion, reloaded when a promotion changed it."""
         return self.models.refresh(self.session_factory).classifier
 
@@ -95,8 +102,8 @@ class WorkerContext:
 def _context(app: Celery) -> WorkerContext:
     ctx = getattr(app, "triage_context", None)
     if ctx is None:
-        ctx = WorkerContext(app.conf.triage_settings, app.conf.triage_options)
-        app.triage_context = ctx  # type: ignore[attr-defined]
+        ctx = WorkerContext(app.conf.triage_settings)
+        app.triage_context = ctx
     return ctx
 
 
@@ -113,16 +120,13 @@ def deliver_one(ctx: WorkerContext, delivery_id: int) -> str:
     str
         ``delivered``, ``pending`` (will be retried), ``failed`` or ``not due``.
     """
-    from triage.delivery import store_file
-    from worklist.outbox import claim_delivery, mark_delivered, mark_failed_attempt
-
-    options = ctx.options
+    settings = ctx.settings
     with ctx.session_factory.begin() as session:
-        job = claim_delivery(session, delivery_id=delivery_id, lease_seconds=options.lease_seconds)
+        job = claim_delivery(session, delivery_id=delivery_id, lease_seconds=settings.lease_seconds)
     if job is None:
         return "not due"
     try:
-        store_file(job.file_path, job.destination, calling_ae=ctx.settings.ae_title)
+        store_file(job.file_path, job.destination, calling_ae=settings.ae_title)
     except (DestinationUnavailable, StoreRejected, FileNotFoundError, OSError) as exc:
         transient = (
             isinstance(exc, DestinationUnavailable)
@@ -130,8 +134,8 @@ def deliver_one(ctx: WorkerContext, delivery_id: int) -> str:
             or (isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError))
         )
         retry_in = (
-            options.backoff(job.attempts)
-            if transient and job.attempts < options.delivery_max_attempts
+            retry_delay(settings, job.attempts)
+            if transient and job.attempts < settings.delivery_max_attempts
             else None
         )
         with ctx.session_factory.begin() as session:
@@ -166,13 +170,10 @@ def sweep(app: Celery) -> dict[str, int]:
     dict
         ``{"deliveries": n, "revisions": m}`` sent.
     """
-    from worklist.outbox import due_deliveries, mark_redispatched
-    from worklist.results import stalled_revisions
-
     ctx = _context(app)
     with ctx.session_factory() as session:
         due = due_deliveries(session)
-        stalled = stalled_revisions(session, lease_seconds=ctx.options.lease_seconds)
+        stalled = stalled_revisions(session, lease_seconds=ctx.settings.lease_seconds)
     for delivery_id in due:
         app.send_task(TASK_DELIVER, args=(delivery_id,), queue=DELIVERY_QUEUE)
     for study_id, revision in stalled:
@@ -197,15 +198,13 @@ def shadow_score(ctx: WorkerContext, result_id: int) -> int:
     int
         Shadow scores stored.
     """
-    from triage.shadow import score_shadows
-
     ctx.models.refresh(ctx.session_factory)
     return score_shadows(
         ctx.session_factory,
         ctx.settings,
         ctx.models.shadows,
         result_id,
-        aggregation=ctx.options.aggregation,
+        aggregation=ctx.settings.aggregation,
     )
 
 
@@ -228,17 +227,10 @@ def register_tasks(app: Celery) -> None:
         retry_jitter=True,
         max_retries=8,
     )
-    def triage_study_task(self: Any, study_id: int, revision: int) -> dict[str, Any]:
-        from triage.pipeline import triage_study
-
+    def triage_study_task(self: Task, study_id: int, revision: int) -> dict[str, Any]:
         ctx = _context(app)
         outcome = triage_study(
-            ctx.session_factory,
-            ctx.settings,
-            ctx.classifier,
-            int(study_id),
-            int(revision),
-            options=ctx.options,
+            ctx.session_factory, ctx.settings, ctx.classifier, int(study_id), int(revision)
         )
         for delivery_id in outcome.deliveries:
             app.send_task(TASK_DELIVER, args=(delivery_id,), queue=DELIVERY_QUEUE)
@@ -262,7 +254,7 @@ def register_tasks(app: Celery) -> None:
         retry_backoff_max=30,
         max_retries=8,
     )
-    def deliver_task(self: Any, delivery_id: int) -> str:
+    def deliver_task(self: Task, delivery_id: int) -> str:
         return deliver_one(_context(app), int(delivery_id))
 
     @app.task(name=TASK_SWEEP, acks_late=True, autoretry_for=(OperationalError,), max_retries=3)

@@ -31,13 +31,15 @@ import subprocess
 import sys
 import threading
 from collections.abc import Sequence
-from typing import Any
 
+from celery import Celery
 from pydantic import SecretStr
 
 from triage.celery_app import make_celery
-from triage.options import TriageOptions, load_triage_options
+from triage.tasks import sweep
 from worklist.core.contracts import DELIVERY_QUEUE, INFERENCE_QUEUE
+from worklist.core.logs import configure_logging
+from worklist.core.settings import Settings, load_settings
 
 __all__ = ["EmbeddedWorker", "main", "run_worker", "settings_to_env", "start_embedded_worker"]
 
@@ -47,15 +49,13 @@ log = logging.getLogger(__name__)
 class _Sweeper(threading.Thread):
     """Background thread calling :func:`triage.tasks.sweep` every ``period`` seconds."""
 
-    def __init__(self, app: Any, period: float) -> None:
+    def __init__(self, app: Celery, period: float) -> None:
         super().__init__(name="triage-sweeper", daemon=True)
         self.app = app
         self.period = period
         self.stopped = threading.Event()
 
     def run(self) -> None:
-        from triage.tasks import sweep
-
         while not self.stopped.is_set():
             try:
                 counts = sweep(self.app)
@@ -66,13 +66,7 @@ class _Sweeper(threading.Thread):
             self.stopped.wait(self.period)
 
 
-def run_worker(
-    settings: Any,
-    queues: Sequence[str],
-    concurrency: int = 1,
-    *,
-    options: TriageOptions | None = None,
-) -> None:
+def run_worker(settings: Settings, queues: Sequence[str], concurrency: int = 1) -> None:
     """Run a triage worker in this process until it is stopped (blocking).
 
     Migrations are already applied by the caller.
@@ -84,18 +78,16 @@ def run_worker(
         ``inference``, ``delivery`` or both.
     concurrency : int
         Pool processes (inference) or threads (delivery).
-    options : TriageOptions, optional
     """
     queues = [q.strip() for q in queues if q.strip()]
     unknown = set(queues) - {INFERENCE_QUEUE, DELIVERY_QUEUE}
     if not queues or unknown:
         raise ValueError(f"queues must be among inference, delivery; got {queues}")
-    options = options or load_triage_options(settings)
-    app = make_celery(settings, options)
+    app = make_celery(settings)
     pool = "prefork" if INFERENCE_QUEUE in queues else "threads"
     sweeper = None
     if DELIVERY_QUEUE in queues:
-        sweeper = _Sweeper(app, options.sweep_seconds)
+        sweeper = _Sweeper(app, settings.sweep_seconds)
         sweeper.start()
     log.info(
         "triage worker: queues %s, pool %s x%s, broker %s",
@@ -112,7 +104,7 @@ def run_worker(
         f"--concurrency={max(1, int(concurrency))}",
         f"--pool={pool}",
         f"--hostname={'-'.join(queues)}.{os.getpid()}@%h",
-        f"--loglevel={getattr(settings, 'log_level', 'INFO')}",
+        f"--loglevel={settings.log_level}",
         "--without-gossip",
         "--without-mingle",
         "--without-heartbeat",
@@ -125,7 +117,7 @@ def run_worker(
             sweeper.stopped.set()
 
 
-def settings_to_env(settings: Any) -> dict[str, str]:
+def settings_to_env(settings: Settings) -> dict[str, str]:
     """The ``TRIAGE_*`` environment variables that rebuild ``settings`` in a child.
 
     Parameters
@@ -137,7 +129,7 @@ def settings_to_env(settings: Any) -> dict[str, str]:
     dict of str
     """
     env: dict[str, str] = {}
-    for name in type(settings).model_fields:
+    for name in Settings.model_fields:
         value = getattr(settings, name)
         if value is None:
             continue
@@ -188,7 +180,7 @@ class EmbeddedWorker:
 
 
 def start_embedded_worker(
-    settings: Any,
+    settings: Settings,
     *,
     inference_concurrency: int = 1,
     delivery_concurrency: int = 4,
@@ -246,9 +238,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     int
         Exit status.
     """
-    from worklist.core.logs import configure_logging
-    from worklist.core.settings import load_settings
-
     parser = argparse.ArgumentParser(prog="python -m triage.worker")
     parser.add_argument("--queues", default=f"{INFERENCE_QUEUE},{DELIVERY_QUEUE}")
     parser.add_argument("--concurrency", type=int, default=1)

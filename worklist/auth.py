@@ -316,4 +316,3 @@ class Authenticator:
                 session.commit()
             return Principal(row.user, "session", client_ip, session_token=cookie)
         return None
-

@@ -1,4 +1,4 @@
-"""``triage-node model ...`` and ``triage-node dataset ...``: the site's models from the command line.
+"""``triage-node model ...`` and ``triage-node dataset ...``: the site's models, from the CLI.
 
 Admin actions on the node's database, each audited as the operating-system user
 who ran it (``cli:<user>``)::

@@ -1,8 +1,9 @@
 """Worklist priority: the one rule and its display (smaller number = read sooner).
 
 Used by the triage worker (:func:`compute_priority`, stored with each result), the
-worklist (:func:`effective_priority` and :func:`priority_display`, in Python and in
-its SQL query through :func:`overdue_cutoff`) and the simulator.
+worklist (:func:`effective_priority` and :func:`priority_display`; its query orders by
+the same rule written as SQL, :func:`base_priority_sql` and
+:func:`effective_priority_sql`) and the simulator.
 
 Base priority of a triaged study (:func:`compute_priority`):
 

@@ -19,16 +19,6 @@ from sqlalchemy.orm import Session
 
 from worklist.core.clock import as_utc
 from worklist.dicom_values import format_person_name
-from worklist.http.schemas import (
-    DeliveryOut,
-    FeedbackOut,
-    ImageOut,
-    ModelSummary,
-    ResultOut,
-    StudyDetail,
-    WorklistFilters,
-    WorklistRow,
-)
 from worklist.priority import (
     Priority,
     base_priority,
@@ -48,6 +38,16 @@ from worklist.tables import (
     TriageImage,
     TriageResult,
     User,
+)
+from worklist.views import (
+    DeliveryOut,
+    FeedbackOut,
+    ImageOut,
+    ModelSummary,
+    ResultOut,
+    StudyDetail,
+    WorklistFilters,
+    WorklistRow,
 )
 
 __all__ = [
@@ -202,8 +202,8 @@ def list_worklist(
     effective priority, wait cap included, is computed in it
     (:func:`~worklist.priority.effective_priority_sql` over the latest result's
     stored priority), and only the studies in the asked reading states are read,
-    through ``ix_studies_read_state_received``. A second set of queries loads the
-    results, reads and modalities of the page's studies only.
+    through ``ix_studies_read_state_received``; the page's studies come with their
+    reading state, and two more queries load their results and modalities.
 
     Parameters
     ----------
@@ -267,40 +267,34 @@ def list_worklist(
     uid = Study.study_instance_uid
     if session.get_bind().dialect.name == "postgresql":
         uid = uid.collate("C")  # code-point order, as Python compares strings
-    page = session.execute(
+    page = (
         query.order_by(level, Study.first_received_at, uid)
         .offset(filters.offset)
         .limit(filters.limit)
+        .subquery("page")
+    )
+    records = session.execute(
+        select(Study, StudyRead, User.username)
+        .join(page, page.c.id == Study.id)
+        .outerjoin(StudyRead, StudyRead.study_id == Study.id)
+        .outerjoin(User, User.id == StudyRead.user_id)
+        .order_by(page.c.level, Study.first_received_at, uid)
     ).all()
-    ids = [study_id for study_id, _level in page]
-    if not ids:
-        return []
-    studies = {
-        study.id: (study, read, claimer)
-        for study, read, claimer in session.execute(
-            select(Study, StudyRead, User.username)
-            .outerjoin(StudyRead, StudyRead.study_id == Study.id)
-            .outerjoin(User, User.id == StudyRead.user_id)
-            .where(Study.id.in_(ids))
-        )
-    }
+    ids = [study.id for study, _read, _claimer in records]
     results = _latest_results(session, ids)
     modalities = _modalities(session, ids)
-    rows = []
-    for study_id in ids:
-        study, read, claimer = studies[study_id]
-        rows.append(
-            _row(
-                study,
-                results.get(study_id),
-                read,
-                claimer,
-                modalities.get(study_id, []),
-                now=now,
-                wait_cap=wait_cap,
-            )
+    return [
+        _row(
+            study,
+            results.get(study.id),
+            read,
+            claimer,
+            modalities.get(study.id, []),
+            now=now,
+            wait_cap=wait_cap,
         )
-    return rows
+        for study, read, claimer in records
+    ]
 
 
 def _delivery_state(deliveries: Iterable[Delivery]) -> str:

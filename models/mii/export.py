@@ -154,12 +154,12 @@ def mii_card(
     )
     limitations = [
         (
-            "Encoder pretrained by Microsoft (MedImageInsight); its training data and licence terms "
-            "apply. Only the head (probe) or the later stages (finetune) were fitted here."
+            "Encoder pretrained by Microsoft (MedImageInsight); its training data and licence "
+            "terms apply. Only the head (probe) or the later stages (finetune) were fitted here."
         ),
         (
-            "Preprocessing follows Microsoft's (1st-99th percentile, 480x480 stretched) but keeps float "
-            "values instead of 8-bit and clips after resizing rather than before."
+            "Preprocessing follows Microsoft's (1st-99th percentile, 480x480 stretched) but keeps "
+            "float values instead of 8-bit and clips after resizing rather than before."
         ),
     ]
     return ModelCard(

@@ -51,7 +51,7 @@ class Destination:
     port: int
 
     @classmethod
-    def parse(cls, text: str) -> "Destination":
+    def parse(cls, text: str) -> Destination:
         """Parse ``AE@host:port``.
 
         Parameters
@@ -194,7 +194,7 @@ class Settings(BaseSettings):
         60.0, gt=0, description="No study waits longer on the worklist (then OVERDUE)."
     )
 
-    # Triage tuning (read by the workers through triage.options.load_triage_options)
+    # Triage tuning (read by the workers)
     aggregation: Literal["max", "mean"] = Field(
         "max", description="Study score from image scores: max or mean."
     )
@@ -267,7 +267,7 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _check_tls(self) -> "Settings":
+    def _check_tls(self) -> Settings:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key must be set together")
         if self.tls_ca is not None and self.tls_cert is None:

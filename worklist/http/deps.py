@@ -33,8 +33,8 @@ from worklist.audit import Action, Outcome
 from worklist.auth import CSRF_HEADER, SESSION_COOKIE, Authenticator, Principal
 from worklist.core.clock import utcnow
 from worklist.core.settings import Settings
-from worklist.http.schemas import StudyDetail
 from worklist.tables import Role, Study
+from worklist.views import StudyDetail
 
 __all__ = [
     "ALL_ROLES",

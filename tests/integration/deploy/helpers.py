@@ -3,6 +3,7 @@ chest radiographs with fresh UIDs, small HTTP calls."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -110,10 +111,8 @@ class Proc:
                 except subprocess.TimeoutExpired:
                     self.process.kill()
                     self.process.wait(timeout=10)
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         if self._log is not None:
             self._log.close()
             self._log = None

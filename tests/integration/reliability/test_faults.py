@@ -99,7 +99,8 @@ def test_redis_restarted_while_studies_are_queued(
     assert_no_phi(cluster.all_logs())
     print(
         f"\nredis restart: all {len(studies)} studies triaged and delivered "
-        f"{outcome.seconds:.1f} s after Redis went down (lease {cluster.env()['TRIAGE_LEASE_SECONDS']} s)"
+        f"{outcome.seconds:.1f} s after Redis went down "
+        f"(lease {cluster.env()['TRIAGE_LEASE_SECONDS']} s)"
     )
 
 

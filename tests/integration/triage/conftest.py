@@ -19,7 +19,7 @@ from tests.conftest import environment_without_settings, free_port, wait_until
 from tests.support.dx import wrap_image_as_dx
 from tests.support.tiny_model import build_tiny_model
 
-#: Fast retries and sweeps for tests (TRIAGE_* are the triage options).
+#: Fast retries and sweeps for tests (TRIAGE_* triage tuning settings).
 FAST_OPTIONS = {
     "TRIAGE_SWEEP_SECONDS": "0.3",
     "TRIAGE_DELIVERY_BACKOFF_SECONDS": "0.5",

@@ -12,7 +12,6 @@ from sqlalchemy import select
 from tests.conftest import free_port
 from tests.integration.triage.conftest import Pacs
 from tests.unit.triage.conftest import make_stable
-from triage.options import TriageOptions
 from triage.pipeline import triage_study
 from triage.tasks import WorkerContext, deliver_one
 from worklist.core.clock import utcnow
@@ -40,9 +39,12 @@ def test_failing_destination_does_not_hold_back_the_other(
 
     dead = f"DEAD@127.0.0.1:{free_port()}"
     settings = load_settings(
-        data_dir=tmp_path / "node", model_path=tiny_model, destinations=f"{dead},{pacs.destination}"
+        data_dir=tmp_path / "node",
+        model_path=tiny_model,
+        destinations=f"{dead},{pacs.destination}",
+        delivery_max_attempts=2,
+        delivery_backoff_seconds=0.01,
     )
-    options = TriageOptions(delivery_max_attempts=2, delivery_backoff_seconds=0.01)
     study_id = ingest(shared_data / "dicom/real/fuji_CR_chest_from_fodicom_withmeta.dcm")
     (handoff,) = make_stable(session_factory)
     out = triage_study(
@@ -51,9 +53,8 @@ def test_failing_destination_does_not_hold_back_the_other(
         Classifier.load(tiny_model),
         study_id,
         handoff.revision,
-        options=options,
     )
-    ctx = WorkerContext(settings, options, session_factory=session_factory)
+    ctx = WorkerContext(settings, session_factory=session_factory)
     states = {}
     for delivery_id in out.deliveries:
         states[delivery_id] = deliver_one(ctx, delivery_id)

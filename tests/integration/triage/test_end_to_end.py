@@ -134,9 +134,9 @@ def test_embedded_mode_real_radiographs_and_wrapped_pngs(
     labelled_dx,
     nodes,  # type: ignore[no-untyped-def]
 ) -> None:
-    from worklist.priority import Priority
     from tests.support.dx import wrap_image_as_dx
     from triage.worker import start_embedded_worker
+    from worklist.priority import Priority
 
     settings = make_node_settings(tmp_path, default_or_tiny(tiny_model), pacs.destination)
     assert settings.uses_embedded_broker

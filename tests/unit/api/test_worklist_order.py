@@ -11,10 +11,10 @@ from sqlalchemy import inspect, select, text
 
 from bench.worklist_query import reference_list_worklist
 from worklist.accounts import create_user
-from worklist.http.schemas import WorklistFilters
 from worklist.queries import list_worklist
 from worklist.reading import claim_study, complete_study, release_study
 from worklist.tables import ReadState, Series, Study, StudyState, TriageResult
+from worklist.views import WorklistFilters
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 WAIT_CAP = timedelta(minutes=60)
@@ -119,9 +119,7 @@ def test_sql_order_and_pages_equal_the_python_sort(session_factory: Any, seed: i
         assert states == {r.value for r in ReadState}
         for values in FILTERS:
             filters = WorklistFilters(**values)
-            expected = reference_list_worklist(
-                session, filters=filters, now=NOW, wait_cap=WAIT_CAP
-            )
+            expected = reference_list_worklist(session, filters=filters, now=NOW, wait_cap=WAIT_CAP)
             got = list_worklist(session, filters=filters, now=NOW, wait_cap=WAIT_CAP)
             assert [r.study_instance_uid for r in got] == [
                 r.study_instance_uid for r in expected
@@ -148,9 +146,7 @@ def test_migration_0004_matches_the_studies_model(migrated_url: str) -> None:
     try:
         with engine.connect() as conn:
             diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
-            index = {
-                i["name"]: i["column_names"] for i in inspect(conn).get_indexes("studies")
-            }
+            index = {i["name"]: i["column_names"] for i in inspect(conn).get_indexes("studies")}
     finally:
         engine.dispose()
     assert [d for d in diff if "'studies'" in repr(d)] == []

@@ -19,7 +19,7 @@ from models.card import (
 from models.preprocess import PreprocessSpec
 
 onnx = pytest.importorskip("onnx")
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 
 def _tiny_onnx(path: Path, weight: float = 2.0) -> Path:

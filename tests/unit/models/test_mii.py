@@ -324,7 +324,7 @@ def test_cli_train_routes_medimageinsight(dataset, ckpt: Path, tmp_path: Path) -
 
 @pytest.mark.slow
 def test_full_size_export(tmp_path: Path) -> None:
-    """The real-size encoder (random weights through a synthetic checkpoint): load, export, parity."""
+    """The real-size encoder (random weights, a synthetic checkpoint): load, export, parity."""
     model = build_mii_model("full")
     n = sum(p.numel() for p in model.backbone.parameters())
     assert 330e6 < n < 400e6, n

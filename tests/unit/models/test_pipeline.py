@@ -16,11 +16,11 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("timm")
 pytest.importorskip("onnx")
 
-from models.backbones import BACKBONES, build_model
-from models.cli import main
-from models.onnx_export import ParityError, export_onnx, parity_check
-from models.preprocess import PreprocessSpec
-from models.runtime import Classifier
+from models.backbones import BACKBONES, build_model  # noqa: E402
+from models.cli import main  # noqa: E402
+from models.onnx_export import ParityError, export_onnx, parity_check  # noqa: E402
+from models.preprocess import PreprocessSpec  # noqa: E402
+from models.runtime import Classifier  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -69,7 +69,7 @@ def test_runtime_modules_do_not_import_torch() -> None:
     import sys
 
     code = (
-        "import sys, models.runtime, models.preprocess, models.card, models.metrics, models.evaluate, "
-        "models.degrade; assert 'torch' not in sys.modules, 'torch imported'"
+        "import sys, models.runtime, models.preprocess, models.card, models.metrics, "
+        "models.evaluate, models.degrade; assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from dicom_scp.contexts import SUPPORTED_TRANSFER_SYNTAXES, storage_sop_classes
 from dicom_scp.ae import MAX_PDU_BYTES, build_ae, event_handlers, ssl_context
+from dicom_scp.contexts import SUPPORTED_TRANSFER_SYNTAXES, storage_sop_classes
 from worklist.core.settings import load_settings
 
 
@@ -20,7 +20,7 @@ def test_build_ae_from_settings() -> None:
     assert ae.ae_title == "CXRNODE"
     assert ae.require_called_aet is True
     assert ae.maximum_associations == 3
-    assert 0 < ae.acse_timeout <= 60 and 0 < ae.dimse_timeout and 0 < ae.network_timeout
+    assert 0 < ae.acse_timeout <= 60 and ae.dimse_timeout > 0 and ae.network_timeout > 0
     assert ae.maximum_pdu_size == MAX_PDU_BYTES == 1024 * 1024
     abstract = [str(c.abstract_syntax) for c in ae.supported_contexts]
     assert set(abstract) == {"1.2.840.10008.1.1", *storage_sop_classes()}

@@ -7,7 +7,6 @@ import pytest
 from sqlalchemy import select
 
 from models.compare import ModelScores, compare_models
-from triage.options import TriageOptions
 from triage.tasks import WorkerContext, shadow_score
 from worklist.model_compare import compare_registered, format_comparison
 from worklist.model_registry import PromotionRefused, active_models, add_model, promote
@@ -19,7 +18,7 @@ from worklist.tables import TriageResult
 def scored_site(site, session_factory, site_settings, actor, make_model, tiny_classifier):  # type: ignore[no-untyped-def]
     """Champion 'configured' (right), shadows 'inverted' (wrong way) and 'gentle' (right,
     less confident); 16 labelled studies scored by all three, 2 unlabelled."""
-    ctx = WorkerContext(site_settings, TriageOptions(), session_factory=session_factory)
+    ctx = WorkerContext(site_settings, session_factory=session_factory)
     ctx.models.refresh(session_factory)
     with session_factory.begin() as s:
         for name, weight in (("inverted", -4.0), ("gentle", 1.5)):
@@ -89,9 +88,7 @@ def test_promotion_of_a_less_sensitive_model_is_refused(
 def test_promotion_without_labelled_evidence_is_refused(
     site, session_factory, site_settings, actor, make_model
 ) -> None:
-    WorkerContext(site_settings, TriageOptions(), session_factory=session_factory).models.refresh(
-        session_factory
-    )
+    WorkerContext(site_settings, session_factory=session_factory).models.refresh(session_factory)
     with session_factory.begin() as s:
         add_model(
             s,

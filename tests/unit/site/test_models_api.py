@@ -35,12 +35,11 @@ def test_undefined_metrics_are_null_in_json_and_the_page_renders(
     site, session_factory, site_settings, actor, make_model, tiny_classifier
 ) -> None:
     """Only normal studies labelled: sensitivity and ROC-AUC are undefined (null)."""
-    from triage.options import TriageOptions
     from triage.tasks import WorkerContext, shadow_score
     from worklist.model_registry import add_model
     from worklist.tables import TriageResult
 
-    ctx = WorkerContext(site_settings, TriageOptions(), session_factory=session_factory)
+    ctx = WorkerContext(site_settings, session_factory=session_factory)
     ctx.models.refresh(session_factory)
     with session_factory.begin() as s:
         add_model(
@@ -76,13 +75,10 @@ def test_undefined_metrics_are_null_in_json_and_the_page_renders(
 def test_model_card_is_the_champions(
     session_factory, site_settings, site, actor, make_model, tiny_classifier
 ) -> None:
-    from triage.options import TriageOptions
     from triage.tasks import WorkerContext
     from worklist.model_registry import add_model, promote
 
-    WorkerContext(site_settings, TriageOptions(), session_factory=session_factory).models.refresh(
-        session_factory
-    )
+    WorkerContext(site_settings, session_factory=session_factory).models.refresh(session_factory)
     site.study(label="normal", classifier=tiny_classifier)  # creates the radiologist
     with session_factory.begin() as s:
         add_model(

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from triage.options import TriageOptions
 from triage.tasks import WorkerContext, shadow_score
 from worklist.model_registry import add_model
 from worklist.tables import Delivery, ShadowResult, TriageResult
@@ -18,7 +17,7 @@ def test_shadow_models_score_beside_the_champion(
     site, session_factory, site_settings, actor, make_model, tiny_classifier
 ) -> None:
     settings = site_settings.model_copy(update={"destinations": []})
-    ctx = WorkerContext(settings, TriageOptions(), session_factory=session_factory)
+    ctx = WorkerContext(settings, session_factory=session_factory)
     ctx.models.refresh(session_factory)  # registers the configured model as champion
     with session_factory.begin() as s:
         for name, weight in (("shadow-neg", -4.0), ("shadow-half", 2.0)):
@@ -54,7 +53,7 @@ def test_shadow_models_score_beside_the_champion(
 def test_a_broken_shadow_model_never_holds_back(
     site, session_factory, site_settings, actor, make_model, tiny_classifier, tmp_path: Path
 ) -> None:
-    ctx = WorkerContext(site_settings, TriageOptions(), session_factory=session_factory)
+    ctx = WorkerContext(site_settings, session_factory=session_factory)
     ctx.models.refresh(session_factory)
     with session_factory.begin() as s:
         entry = add_model(

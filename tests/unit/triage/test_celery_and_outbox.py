@@ -9,8 +9,7 @@ import pytest
 from sqlalchemy import select
 
 from triage.celery_app import make_celery
-from triage.errors import ConfigurationError
-from triage.options import TriageOptions, load_triage_options
+from triage.delivery import retry_delay
 from triage.worker import settings_to_env
 from worklist.core.clock import utcnow
 from worklist.core.contracts import DELIVERY_QUEUE, INFERENCE_QUEUE
@@ -23,8 +22,8 @@ from .conftest import make_stable
 
 
 def test_celery_app_embedded_defaults(tmp_path: Path) -> None:
-    settings = load_settings(data_dir=tmp_path)
-    app = make_celery(settings, TriageOptions(broker_poll_seconds=0.05))
+    settings = load_settings(data_dir=tmp_path, broker_poll_seconds=0.05)
+    app = make_celery(settings)
     conf = app.conf
     assert conf.task_acks_late and conf.task_reject_on_worker_lost
     assert conf.worker_prefetch_multiplier == 1
@@ -42,15 +41,17 @@ def test_celery_app_embedded_defaults(tmp_path: Path) -> None:
 
 
 def test_celery_app_redis(tmp_path: Path) -> None:
-    settings = load_settings(data_dir=tmp_path, broker_url="redis://127.0.0.1:6379/3")
-    app = make_celery(settings, TriageOptions(lease_seconds=100))
+    settings = load_settings(
+        data_dir=tmp_path, broker_url="redis://127.0.0.1:6379/3", lease_seconds=100
+    )
+    app = make_celery(settings)
     assert app.conf.broker_url == "redis://127.0.0.1:6379/3"
     assert app.conf.broker_transport_options == {"visibility_timeout": 200}
 
 
 def test_embedded_broker_carries_a_message(tmp_path: Path) -> None:
-    settings = load_settings(data_dir=tmp_path)
-    app = make_celery(settings, TriageOptions(broker_poll_seconds=0.01))
+    settings = load_settings(data_dir=tmp_path, broker_poll_seconds=0.01)
+    app = make_celery(settings)
     with app.connection_for_write() as conn:
         queue = conn.SimpleQueue(INFERENCE_QUEUE + "-probe")
         queue.put({"study_id": 1})
@@ -58,16 +59,22 @@ def test_embedded_broker_carries_a_message(tmp_path: Path) -> None:
         queue.close()
 
 
-def test_options_from_settings(tmp_path: Path) -> None:
+def test_triage_tuning_is_checked_by_the_settings(tmp_path: Path) -> None:
     settings = load_settings(data_dir=tmp_path, aggregation="mean", wait_cap_minutes=30)
-    opts = load_triage_options(settings)
-    assert opts.aggregation == "mean" and opts.wait_cap_minutes == 30.0
-    assert load_triage_options(None) == TriageOptions()
+    assert settings.aggregation == "mean" and settings.wait_cap_minutes == 30.0
     with pytest.raises(SettingsError, match="TRIAGE_AGGREGATION"):
         load_settings(data_dir=tmp_path, aggregation="median")
-    with pytest.raises(ConfigurationError):
-        TriageOptions(aggregation="median")
-    assert TriageOptions(delivery_backoff_seconds=2, delivery_backoff_max_seconds=5).backoff(3) == 5
+    with pytest.raises(SettingsError, match="TRIAGE_HIGH_CONFIDENCE"):
+        load_settings(data_dir=tmp_path, high_confidence=1.5)
+    with pytest.raises(SettingsError, match="TRIAGE_LEASE_SECONDS"):
+        load_settings(data_dir=tmp_path, lease_seconds=0)
+
+
+def test_delivery_retry_delay_doubles_up_to_its_cap(tmp_path: Path) -> None:
+    settings = load_settings(
+        data_dir=tmp_path, delivery_backoff_seconds=2, delivery_backoff_max_seconds=5
+    )
+    assert [retry_delay(settings, n) for n in (1, 2, 3, 4)] == [2, 4, 5, 5]
 
 
 def test_settings_travel_to_a_child_through_the_environment(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]

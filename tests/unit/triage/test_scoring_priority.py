@@ -102,7 +102,7 @@ def test_no_study_waits_beyond_cap_behind_a_younger_non_stat(waits, priorities) 
     cap = timedelta(minutes=120)
     studies = [(p, now - timedelta(minutes=w)) for w, p in zip(waits, priorities, strict=False)]
     order = sorted(studies, key=lambda s: worklist_sort_key(s[0], s[1], now=now, wait_cap=cap))
-    for i, (p, arrived) in enumerate(order):
+    for i, (_, arrived) in enumerate(order):
         if now - arrived > cap:
             ahead = order[:i]
             assert all(q == Priority.STAT or now - a > cap for q, a in ahead)

@@ -17,9 +17,9 @@ from worklist.http.deps import (
     audited,
     study_detail,
 )
-from worklist.http.schemas import StudyDetail
 from worklist.tables import Instance, Study
 from worklist.thumbnails import ThumbnailError, render_thumbnail
+from worklist.views import StudyDetail
 
 router = APIRouter(tags=["worklist"])
 

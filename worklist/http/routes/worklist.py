@@ -11,8 +11,8 @@ from worklist import queries
 from worklist.audit import Action
 from worklist.core.clock import utcnow
 from worklist.http.deps import AnyUser, SessionDep, SettingsDep, audited, wait_cap
-from worklist.http.schemas import WorklistFilters, WorklistRow
 from worklist.priority import priority_level
+from worklist.views import WorklistFilters, WorklistRow
 
 router = APIRouter(tags=["worklist"])
 

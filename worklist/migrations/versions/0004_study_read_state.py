@@ -8,20 +8,20 @@ Revision ID: 0004
 Revises: 0003
 Create Date: 2026-11-29 22:30:00
 """
-from alembic import op
+
 import sqlalchemy as sa
+from alembic import op
 
-
-revision = '0004'
-down_revision = '0003'
+revision = "0004"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
 
 def upgrade() -> None:
     op.add_column(
-        'studies',
-        sa.Column('read_state', sa.String(length=16), server_default='unread', nullable=False),
+        "studies",
+        sa.Column("read_state", sa.String(length=16), server_default="unread", nullable=False),
     )
     op.execute(
         "UPDATE studies SET read_state = "
@@ -29,11 +29,11 @@ def upgrade() -> None:
         "WHERE EXISTS (SELECT 1 FROM study_reads WHERE study_reads.study_id = studies.id)"
     )
     op.create_index(
-        'ix_studies_read_state_received', 'studies', ['read_state', 'first_received_at']
+        "ix_studies_read_state_received", "studies", ["read_state", "first_received_at"]
     )
 
 
 def downgrade() -> None:
-    op.drop_index('ix_studies_read_state_received', table_name='studies')
-    with op.batch_alter_table('studies') as batch:
-        batch.drop_column('read_state')
+    op.drop_index("ix_studies_read_state_received", table_name="studies")
+    with op.batch_alter_table("studies") as batch:
+        batch.drop_column("read_state")
