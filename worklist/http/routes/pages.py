@@ -12,7 +12,6 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from worklist import monitoring, queries
-from worklist.http.routes.models import champion_vs_challengers
 from worklist.audit import Action
 from worklist.auth import Principal
 from worklist.core.clock import utcnow
@@ -27,6 +26,7 @@ from worklist.http.deps import (
     audited,
     study_detail,
 )
+from worklist.http.routes.models import champion_vs_challengers
 
 router = APIRouter(include_in_schema=False)
 
