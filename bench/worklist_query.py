@@ -385,7 +385,7 @@ def measure(
             reader = create_user(
                 session, username="reader", password="bench passphrase 1234", role="radiologist"
             )
-            create_user(session, username="ris", password="bench passphrase 5678", role="service")
+            create_user(session, username="ris", password=None, role="service")
             token, _row_ = create_token(session, username="ris", name="bench")
             seed_history(session, count=count, in_reading=in_reading, now=now, reader_id=reader.id)
             session.commit()

@@ -20,7 +20,7 @@
 set -eu
 
 case "${1:-}" in
-    "" | serve | scp | worker | api | db | config | --config | --config=* | -h | --help) ;;
+    "" | serve | scp | worker | api | db | config | --config | --config=* | --verbose | -h | --help) ;;
     *) exec "$@" ;;
 esac
 

@@ -59,6 +59,11 @@ class ModelCard(BaseModel):
     sha256: str = ""
     manufacturer: str = MANUFACTURER
     intended_use: str = ""
+    intended_population: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Who the model is for: description, age_min_years, age_max_years"
+        " (models.population).",
+    )
     limitations: list[str] = Field(default_factory=list)
     architecture: dict[str, Any] = Field(default_factory=dict)
     input: dict[str, Any] = Field(default_factory=dict)

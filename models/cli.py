@@ -11,7 +11,33 @@ import logging
 import sys
 from collections.abc import Sequence
 
-__all__ = ["main"]
+from models.extras import MissingExtra, missing_extra_line
+
+__all__ = ["BACKBONE_NAMES", "HelpFormatter", "main"]
+
+#: The keys of :data:`models.backbones.BACKBONES` (which needs torch; help must not).
+BACKBONE_NAMES: tuple[str, ...] = (
+    "resnet10t",
+    "resnet18",
+    "mobilenetv3_small",
+    "mobilenetv3_large",
+    "regnetx_004",
+    "efficientnet_b0",
+    "default",
+    "plaincnn8",
+    "medimageinsight",
+    "medimageinsight_tiny",
+)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show an option's default in its help, except for required options and defaults
+    that say nothing (None, False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.required or action.default in (None, False):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -177,31 +203,54 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``triage-model``."""
-    p = argparse.ArgumentParser(prog="triage-model", description=__doc__)
-    p.add_argument("-v", "--verbose", action="store_true")
+    p = argparse.ArgumentParser(
+        prog="triage-model", description=__doc__, formatter_class=HelpFormatter
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train a classifier from scratch on the train split")
+    t = sub.add_parser(
+        "train",
+        help="train a classifier from scratch on the train split",
+        description="Train a Normal/Abnormal classifier on the rows of split 'train' of a"
+        " labels.csv, select the epoch on split 'val' (never 'test'), write checkpoints and"
+        " summary.json to --out. Needs the 'train' extra.",
+    )
     t.add_argument("--labels", required=True, help="labels.csv (image,label,...,split)")
-    t.add_argument("--images-root", required=True)
+    t.add_argument("--images-root", required=True, help="folder the image paths are relative to")
     t.add_argument("--out", required=True, help="run directory (checkpoints, summary.json)")
-    t.add_argument("--backbone", default="resnet10t")
-    t.add_argument("--input-size", type=int, default=128)
-    t.add_argument("--epochs", type=int, default=40)
-    t.add_argument("--batch-size", type=int, default=64)
-    t.add_argument("--lr", type=float, default=2e-3)
-    t.add_argument("--patience", type=int, default=8)
-    t.add_argument("--seed", type=int, default=20261123)
+    t.add_argument(
+        "--backbone",
+        default="resnet10t",
+        choices=BACKBONE_NAMES,
+        metavar="BACKBONE",
+        help="network; choices: %(choices)s (medimageinsight* need --mii-checkpoint)",
+    )
+    t.add_argument("--input-size", type=int, default=128, help="square input size in pixels")
+    t.add_argument("--epochs", type=int, default=40, help="most epochs")
+    t.add_argument("--batch-size", type=int, default=64, help="images per step")
+    t.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW)")
+    t.add_argument(
+        "--patience", type=int, default=8, help="stop after this many epochs without a better val"
+    )
+    t.add_argument("--seed", type=int, default=20261123, help="random seed")
     t.add_argument(
         "--threads",
         type=int,
         default=1,
         help="torch intra-op threads (1 + one augmentation worker suits 2 shared cores)",
     )
-    t.add_argument("--workers", type=int, default=1)
-    t.add_argument("--max-minutes", type=float, default=None)
-    t.add_argument("--max-train-images", type=int, default=None)
-    t.add_argument("--no-augment", action="store_true")
+    t.add_argument("--workers", type=int, default=1, help="data-loading worker processes")
+    t.add_argument(
+        "--max-minutes", type=float, default=None, help="stop after this wall time (default: none)"
+    )
+    t.add_argument(
+        "--max-train-images",
+        type=int,
+        default=None,
+        help="use at most this many training images (default: all)",
+    )
+    t.add_argument("--no-augment", action="store_true", help="no data augmentation")
     t.add_argument("--ema-decay", type=float, default=0.995, help="weight EMA decay (0 disables)")
     t.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     t.add_argument(
@@ -221,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="start from this model: an ONNX file (new head on its embedding) or a torch run "
         "directory/checkpoint (fine-tune); see models/finetune.py",
     )
-    t.add_argument("--name", default="cxr-triage-site", help="name of the new model (--init)")
+    t.add_argument("--name", default="cxr-triage-site", help="the new model's name")
     t.add_argument("--version", default="0.1.0", help="version of the new model (--init)")
     t.set_defaults(func=_cmd_train)
 
@@ -229,45 +278,71 @@ def build_parser() -> argparse.ArgumentParser:
         "mii", help="MedImageInsight: finetune, probe, export (all options: triage-model mii -h)"
     )
 
-    e = sub.add_parser("export", help="export a checkpoint to ONNX with checker and parity check")
-    e.add_argument("checkpoint")
+    e = sub.add_parser(
+        "export",
+        help="export a checkpoint to ONNX with checker and parity check",
+        description="Export a trained checkpoint (or a MedImageInsight run folder) to ONNX,"
+        " embed the model card, run the ONNX checker and a parity check against the source"
+        " model. Needs the 'train' extra.",
+    )
+    e.add_argument("checkpoint", help="best.pt of a run, or a MedImageInsight run folder")
     e.add_argument("--out", required=True, help="output .onnx path")
-    e.add_argument("--name", default="cxr-triage-default")
-    e.add_argument("--version", default="0.1.0")
-    e.add_argument("--opset", type=int, default=17)
-    e.add_argument("--atol", type=float, default=1e-4)
+    e.add_argument("--name", default="cxr-triage-default", help="model name in the card")
+    e.add_argument("--version", default="0.1.0", help="model version in the card")
+    e.add_argument("--opset", type=int, default=17, help="ONNX opset")
+    e.add_argument("--atol", type=float, default=1e-4, help="parity limit (max abs difference)")
     e.add_argument(
         "--fp16", action="store_true", help="MedImageInsight runs: also write <out>.fp16.onnx"
     )
     e.set_defaults(func=_cmd_export)
 
-    c = sub.add_parser("calibrate", help="fit temperature and operating points on a split (val)")
-    c.add_argument("model")
-    c.add_argument("--labels", required=True)
-    c.add_argument("--images-root", required=True)
-    c.add_argument("--split", default="val")
-    c.add_argument("--target-sensitivity", type=float, default=0.98)
+    c = sub.add_parser(
+        "calibrate",
+        help="fit temperature and operating points on a split (val)",
+        description="Fit the temperature and the operating points of an ONNX model on one"
+        " split (validation, never test) and store them in its card.",
+    )
+    c.add_argument("model", help="the .onnx file")
+    c.add_argument("--labels", required=True, help="labels.csv (image,label,...,split)")
+    c.add_argument("--images-root", required=True, help="folder the image paths are relative to")
+    c.add_argument("--split", default="val", help="rows of this split")
+    c.add_argument(
+        "--target-sensitivity",
+        type=float,
+        default=0.98,
+        help="sensitivity of the high_sensitivity operating point",
+    )
     c.set_defaults(func=_cmd_calibrate)
 
-    v = sub.add_parser("evaluate", help="evaluate an ONNX model on a labels file")
-    v.add_argument("model")
-    v.add_argument("--labels", required=True)
-    v.add_argument("--images-root", required=True)
-    v.add_argument("--out", required=True)
+    v = sub.add_parser(
+        "evaluate",
+        help="evaluate an ONNX model on a labels file",
+        description="Score an ONNX model on a labels.csv: ROC-AUC, Brier, calibration,"
+        " operating points and subgroups with bootstrap intervals; writes metrics.json,"
+        " predictions.csv and report.md, then the plots (matplotlib, 'train' extra).",
+    )
+    v.add_argument("model", help="the .onnx file")
+    v.add_argument("--labels", required=True, help="labels.csv (image,label,...,split)")
+    v.add_argument("--images-root", required=True, help="folder the image paths are relative to")
+    v.add_argument("--out", required=True, help="output folder")
     v.add_argument("--split", default=None, help="only rows of this split (default: all rows)")
     v.add_argument(
         "--variants",
         default="original",
         help="comma list of: original, jpeg30_96px, mono1_dicom, j2k_mono1_dicom, lowres64",
     )
-    v.add_argument("--n-boot", type=int, default=1000)
+    v.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples")
     v.add_argument(
         "--update-card",
         action="store_true",
         help="store the metrics in the model card (ONNX metadata and sidecar)",
     )
-    v.add_argument("--title", default=None)
+    v.add_argument("--title", default=None, help="report title (default: the file names)")
     v.set_defaults(func=_cmd_evaluate)
+    for action in p._actions:  # noqa: SLF001 - argparse has no public walk
+        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+            for child in action.choices.values():
+                child.formatter_class = HelpFormatter
     return p
 
 
@@ -275,8 +350,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``triage-model`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["mii"]:
-        from models.mii_train import mii_main
-
+        try:
+            from models.mii_train import mii_main
+        except ModuleNotFoundError as exc:
+            line = missing_extra_line(exc, "triage-model mii")
+            if line is None:
+                raise
+            print(line, file=sys.stderr)
+            return 2
         return mii_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -285,6 +366,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.func(args))
+    except MissingExtra as exc:
+        print(f"triage-model {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except ModuleNotFoundError as exc:
+        line = missing_extra_line(exc, f"triage-model {args.command}")
+        if line is None:
+            raise
+        print(line, file=sys.stderr)
+        return 2
     except (FileNotFoundError, ValueError, KeyError) as exc:
         print(f"triage-model {args.command}: error: {exc}", file=sys.stderr)
         return 2

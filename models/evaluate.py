@@ -26,6 +26,7 @@ from models.card import ModelCard, embed_card
 from models.data import LABELS, Record, read_labels
 from models.degrade import VARIANT_DESCRIPTIONS, apply_variant
 from models.demographics import age_band
+from models.extras import MissingExtra, missing_extra_line
 from models.metrics import (
     average_precision,
     bootstrap_ci,
@@ -616,7 +617,12 @@ def evaluate_model(
             brier_score(y, p),
             len(errors),
         )
-    metrics["plots"] = _plots(out, curves, metrics["title"])
+    # The numbers first: a missing plotting library must not cost the evaluation.
+    missing: ModuleNotFoundError | None = None
+    try:
+        metrics["plots"] = _plots(out, curves, metrics["title"])
+    except ModuleNotFoundError as exc:
+        missing, metrics["plots"] = exc, []
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=True))
     (out / "report.md").write_text(_report(metrics, card))
     if update_card:
@@ -651,4 +657,11 @@ def evaluate_model(
         }
         updated = card.model_copy(update={"metrics": new_metrics, "subgroups": new_sub})
         embed_card(model, updated)
+    if missing is not None:
+        line = missing_extra_line(
+            missing, "the plots (roc.png, precision_recall.png, calibration.png)"
+        )
+        if line is None:
+            raise missing
+        raise MissingExtra(f"metrics.json, predictions.csv and report.md are in {out}; {line}")
     return metrics

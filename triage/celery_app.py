@@ -20,7 +20,7 @@ import logging
 from typing import Any
 
 from celery import Celery
-from kombu.entity import Queue
+from kombu.entity import Exchange, Queue
 
 from triage.broker import celery_broker
 from triage.tasks import register_tasks
@@ -67,7 +67,10 @@ def make_celery(settings: Settings) -> Celery:
     # Plain queues (exchange and routing key = queue name), as the SCP side sends
     # ``triage.triage_study`` by name with ``queue="inference"``.
     app.conf.update(
-        task_queues=(Queue(INFERENCE_QUEUE), Queue(DELIVERY_QUEUE)),
+        task_queues=tuple(
+            Queue(name, Exchange(name, type="direct"), routing_key=name)
+            for name in (INFERENCE_QUEUE, DELIVERY_QUEUE)
+        ),
         task_default_queue=INFERENCE_QUEUE,
         task_routes={
             TASK_TRIAGE: {"queue": INFERENCE_QUEUE},

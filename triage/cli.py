@@ -7,7 +7,8 @@ scp         the DICOM SCP and the stability watcher
 worker      a Celery worker (``--queues inference,delivery``)
 api         the HTTP server (API, web page, metrics)
 db upgrade  apply the database migrations
-config      print the effective settings (secrets hidden)
+config      print every setting: variable, effective value, meaning (secrets masked)
+retriage    triage a study again (new revision) after a model change, audited
 user        local accounts: add, passwd, disable, list (worklist.admin_cli)
 token       bearer tokens for systems (RIS): add, revoke
 model       the model registry: add, list, compare, promote, rollback (worklist.model_cli)
@@ -29,6 +30,7 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
+from models.cli import HelpFormatter
 from worklist.core.logs import configure_logging
 from worklist.core.settings import Settings, SettingsError, load_settings
 
@@ -71,7 +73,11 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from triage.worker import run_worker
 
     queues = [q.strip() for q in args.queues.split(",") if q.strip()]
-    run_worker(settings, queues=queues, concurrency=args.concurrency)
+    if "inference" in queues:
+        from triage.startup import model_line
+
+        log.info("%s", model_line(settings))
+    run_worker(settings, queues=queues, concurrency=args.concurrency, verbose=args.verbose)
     return 0
 
 
@@ -103,7 +109,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     session_factory = database.session_factory
     stop = _stop_event()
 
-    worker = start_embedded_worker(settings)
+    worker = start_embedded_worker(settings, verbose=args.verbose)
     try:
         scp = start_node_scp(settings, session_factory, processes=scp_process_count(settings))
     except BaseException:
@@ -129,6 +135,10 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         settings.http_port,
         settings.data_dir.resolve(),
     )
+    from triage.startup import startup_lines
+
+    for line in startup_lines(settings):
+        log.info("%s", line)
     try:
         stop.wait()
     finally:
@@ -142,8 +152,43 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
-    """Print the effective settings as JSON."""
-    print(settings.model_dump_json(indent=2))  # noqa: T201 - CLI output
+    """Print every setting: effective value (secrets masked), variable, meaning."""
+    from triage.config_report import config_rows, format_config
+
+    print(format_config(config_rows(settings), as_json=args.json))  # noqa: T201 - CLI output
+    return 0
+
+
+def cmd_retriage(args: argparse.Namespace, settings: Settings) -> int:
+    """Queue a triaged study for a new triage revision (audited), e.g. after a model change."""
+    import getpass
+
+    from worklist.audit import Actor
+    from worklist.core.db import open_database
+    from worklist.core.migrate import upgrade
+    from worklist.retriage import RetriageError, request_retriage
+
+    upgrade(settings.effective_database_url)
+    database = open_database(settings)
+    actor = Actor(None, f"cli:{getpass.getuser()}", "admin", "cli", None)
+    try:
+        with database.session_factory() as session:
+            try:
+                done = request_retriage(
+                    session, study_instance_uid=args.study_uid, actor=actor, reason=args.reason
+                )
+            except RetriageError as exc:
+                session.rollback()
+                print(f"triage-node retriage: {exc}", file=sys.stderr)  # noqa: T201
+                return 1
+            session.commit()
+    finally:
+        database.dispose()
+    print(  # noqa: T201 - CLI output
+        f"study {done.study_instance_uid} queued as revision {done.revision} (was"
+        f" {done.previous_revision}); the running node triages it with its current model"
+        " and its SR supersedes the earlier one"
+    )
     return 0
 
 
@@ -154,29 +199,105 @@ def build_parser() -> argparse.ArgumentParser:
     -------
     argparse.ArgumentParser
     """
+    fmt = HelpFormatter
     parser = argparse.ArgumentParser(
-        prog="triage-node", description="Chest X-ray triage DICOM node."
+        prog="triage-node",
+        description="Chest X-ray triage DICOM node: receives radiographs by C-STORE,"
+        " scores them with an ONNX model, sends a DICOM SR back and keeps a priority"
+        " worklist. Settings come from TRIAGE_* variables and --config (see"
+        " 'triage-node config').",
+        formatter_class=fmt,
     )
-    parser.add_argument("--config", help="TOML settings file (default: $TRIAGE_CONFIG)")
-    sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run everything in one process (embedded default)")
+    parser.add_argument(
+        "--config", default=None, help="TOML settings file (default: $TRIAGE_CONFIG, if set)"
+    )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also show the libraries' start-up output (Celery banners and warnings,"
+        " Alembic plugin lines)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = sub.add_parser(
+        "serve",
+        help="run everything in one process (embedded default)",
+        description="Run the DICOM SCP, the stability watcher, an inference and a delivery"
+        " worker and the HTTP server in one process, with SQLite and an embedded broker"
+        " under TRIAGE_DATA_DIR unless TRIAGE_DATABASE_URL/TRIAGE_BROKER_URL say otherwise."
+        " Applies the database migrations first.",
+        formatter_class=fmt,
+    )
     serve.set_defaults(run=cmd_serve)
-    scp = sub.add_parser("scp", help="run the DICOM SCP and the stability watcher")
-    scp.set_defaults(run=cmd_scp)
-    worker = sub.add_parser("worker", help="run a triage worker")
-    worker.add_argument(
-        "--queues", default="inference,delivery", help="comma-separated queues to consume"
+    scp = sub.add_parser(
+        "scp",
+        help="run the DICOM SCP and the stability watcher",
+        description="Run the DICOM SCP (C-ECHO, C-STORE into the spool) and the watcher"
+        " that hands stable studies to the inference queue. Scaled-out layout.",
+        formatter_class=fmt,
     )
-    worker.add_argument("--concurrency", type=int, default=1, help="worker processes")
+    scp.set_defaults(run=cmd_scp)
+    worker = sub.add_parser(
+        "worker",
+        help="run a triage worker (inference and/or SR delivery)",
+        description="Run a Celery worker. 'inference' triages studies (one per GPU);"
+        " 'delivery' sends SRs to the destinations and runs the outbox sweep.",
+        formatter_class=fmt,
+    )
+    worker.add_argument(
+        "--queues",
+        default="inference,delivery",
+        help="comma-separated queues to consume; choices: inference, delivery",
+    )
+    worker.add_argument(
+        "--concurrency",
+        type=int,
+        default=1,
+        help="pool size: processes for inference, threads for delivery",
+    )
     worker.set_defaults(run=cmd_worker)
-    api = sub.add_parser("api", help="run the HTTP server")
+    api = sub.add_parser(
+        "api",
+        help="run the HTTP server (API, web page, metrics)",
+        description="Run the HTTP server: JSON API under /api, the radiologists' web page,"
+        " /healthz, /readyz and /metrics, on TRIAGE_HTTP_HOST:TRIAGE_HTTP_PORT.",
+        formatter_class=fmt,
+    )
     api.set_defaults(run=cmd_api)
-    db = sub.add_parser("db", help="database commands")
-    db_sub = db.add_subparsers(dest="db_command", required=True)
-    upgrade = db_sub.add_parser("upgrade", help="apply migrations")
+    db = sub.add_parser(
+        "db",
+        help="database commands",
+        description="Database commands (Alembic migrations of TRIAGE_DATABASE_URL).",
+        formatter_class=fmt,
+    )
+    db_sub = db.add_subparsers(dest="db_command", required=True, metavar="COMMAND")
+    upgrade = db_sub.add_parser(
+        "upgrade",
+        help="apply the migrations up to the newest schema",
+        description="Apply the database migrations up to the newest schema (idempotent).",
+        formatter_class=fmt,
+    )
     upgrade.set_defaults(run=cmd_db_upgrade)
-    config = sub.add_parser("config", help="print the effective settings")
+    config = sub.add_parser(
+        "config",
+        help="print every setting: its TRIAGE_ variable, effective value and meaning",
+        description="Print every setting with the value the node will use (the SQLite"
+        " file, the model file, the active ONNX Runtime providers), where it came from,"
+        " its TRIAGE_ variable and what it means. Secrets are masked.",
+        formatter_class=fmt,
+    )
+    config.add_argument("--json", action="store_true", help="JSON instead of a table")
     config.set_defaults(run=cmd_config)
+    retriage = sub.add_parser(
+        "retriage",
+        help="triage a study again (a new revision), e.g. after a model change; audited",
+        description="Queue a triaged study for a new triage revision. The running node"
+        " (serve, or scp + workers) triages it with the model it runs now and sends an SR"
+        " that supersedes the earlier one. Written to the audit log.",
+        formatter_class=fmt,
+    )
+    retriage.add_argument("study_uid", help="Study Instance UID")
+    retriage.add_argument("--reason", default=None, help="why, for the audit log (no patient data)")
+    retriage.set_defaults(run=cmd_retriage)
     # Accounts (worklist.admin_cli): user add|passwd|disable|list, token add|revoke
     from worklist.admin_cli import add_account_commands, run_account_command
 
@@ -190,7 +311,23 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_commands(sub)
     for name in ("model", "dataset"):
         sub.choices[name].set_defaults(run=run_model_command)
+    _describe_subcommands(parser)
     return parser
+
+
+def _describe_subcommands(parser: argparse.ArgumentParser) -> None:
+    """Give every sub-command a description (its help sentence when it has none) and
+    show defaults in every help text."""
+    for action in parser._actions:  # noqa: SLF001 - argparse has no public walk
+        if not isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+            continue
+        helps = {choice.dest: choice.help for choice in action._choices_actions}  # noqa: SLF001
+        for name, child in action.choices.items():
+            child.formatter_class = HelpFormatter
+            if not child.description and helps.get(name):
+                text = str(helps[name])
+                child.description = text[0].upper() + text[1:] + "."
+            _describe_subcommands(child)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -212,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"triage-node: {exc}", file=sys.stderr)  # noqa: T201
         return 2
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, verbose=args.verbose)
     if args.command not in ("serve", "scp"):
         return int(args.run(args, settings))
     from dicom_scp.ae import PortInUseError

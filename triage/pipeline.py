@@ -28,6 +28,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.card import ModelCard
+from models.occlusion import PATCHES_PER_SIDE, occlusion_map
+from models.population import intended_population, population_warning
 from models.preprocess import PreprocessError, PreprocessSpec, preprocess_dataset
 from models.runtime import Classifier
 from triage.scoring import StudyScore, score_study
@@ -35,6 +37,8 @@ from triage.selection import Eligible, Skipped, select_instance, skipped_unreada
 from triage.sr import SRContent, build_sr, sr_uids, write_sr
 from worklist.core.clock import utcnow
 from worklist.core.settings import Settings
+from worklist.dicom_values import age_years
+from worklist.heatmaps import heatmap_path, save_heatmap
 from worklist.priority import PriorityDecision, compute_priority
 from worklist.results import (
     Claim,
@@ -104,6 +108,10 @@ class TriageOutcome:
 def worker_id() -> str:
     """``host:pid`` of this process."""
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+#: Longest a worker spends on the heatmaps of one study (estimated from its inference).
+HEATMAP_BUDGET_S = 20.0
 
 
 @dataclass
@@ -196,6 +204,10 @@ class StudyEvaluation:
         ``{sop_instance_uid: (logit, probability)}`` of the images scored.
     evidence : list of Dataset
         Headers of the images scored (the SR's evidence).
+    scored : list of (str, numpy.ndarray, float)
+        SOP Instance UID, model input and logit of each image scored (for heatmaps).
+    predict_logits : callable or None
+        The model's logits function (for heatmaps).
     """
 
     status: TriageStatus
@@ -206,6 +218,8 @@ class StudyEvaluation:
     score: StudyScore | None = None
     per_image: dict[str, tuple[float, float]] = field(default_factory=dict)
     evidence: list[Dataset] = field(default_factory=list)
+    scored: list[tuple[str, np.ndarray, float]] = field(default_factory=list)
+    predict_logits: Callable[[np.ndarray], np.ndarray] | None = None
 
 
 @dataclass(frozen=True)
@@ -254,7 +268,45 @@ def triage_study(
     started = claim.claimed_at or utcnow()
     timings: dict[str, float] = {}
     evaluation = _evaluate(settings, classifier, claim, timings)
-    return _record(session_factory, settings, claim, started, evaluation, timings)
+    outcome = _record(session_factory, settings, claim, started, evaluation, timings)
+    # After the result and its SR are recorded: a heatmap never delays either.
+    score = evaluation.score
+    if score is not None and score.decision.value == "abnormal":
+        _write_heatmaps(settings, claim, evaluation, timings.get("inference", 0.0))
+    return outcome
+
+
+def _write_heatmaps(
+    settings: Settings, claim: Claim, evaluation: StudyEvaluation, inference_seconds: float
+) -> None:
+    """Store an occlusion map of each evaluated image of an abnormal study (best effort:
+    a map that cannot be made or written is logged, never fails the triage). Skipped
+    when the model is so slow here that the maps would take over
+    :data:`HEATMAP_BUDGET_S` (each costs ``PATCHES_PER_SIDE ** 2`` inferences)."""
+    predict = evaluation.predict_logits
+    if predict is None:
+        return
+    estimate = inference_seconds * PATCHES_PER_SIDE**2  # one map per image, as many runs
+    if estimate > HEATMAP_BUDGET_S:
+        log.info(
+            "no heatmaps for study %s revision %s: about %.0f s on this machine (budget %.0f s)",
+            claim.study_id,
+            claim.revision,
+            estimate,
+            HEATMAP_BUDGET_S,
+        )
+        return
+    for sop_uid, tensor, logit in evaluation.scored:
+        path = heatmap_path(settings.data_dir, claim.study_instance_uid, claim.revision, sop_uid)
+        try:
+            save_heatmap(path, occlusion_map(predict, tensor, base_logit=logit))
+        except (OSError, ValueError) as exc:
+            log.warning(
+                "no heatmap for an image of study %s revision %s: %s",
+                claim.study_id,
+                claim.revision,
+                exc,
+            )
 
 
 def _evaluate(
@@ -324,6 +376,12 @@ def _evaluate(
             for im, lg, p in zip(scored, logits, study_score.image_probabilities, strict=True)
         },
         evidence=[im.header for im in scored if im.header is not None],
+        scored=[
+            (im.sop_instance_uid, im.tensor, float(lg))
+            for im, lg in zip(scored, logits, strict=True)
+            if im.tensor is not None
+        ],
+        predict_logits=clf.predict_logits,
     )
 
 
@@ -396,6 +454,8 @@ def write_study_sr(
         When the file cannot be written.
     """
     series_uid, sop_uid = sr_uids(claim.study_instance_uid, claim.revision)
+    population = intended_population(card.model_dump(mode="json"))
+    warning = population_warning(population, age_years(str(evidence[0].get("PatientAge") or "")))
     sr = build_sr(
         SRContent(
             study_instance_uid=claim.study_instance_uid,
@@ -410,6 +470,8 @@ def write_study_sr(
             manufacturer=card.manufacturer or "cxr-triage-node",
             device_name=settings.ae_title,
             content_datetime=content_datetime,
+            intended_population=population.summary() if population else "",
+            population_warning=warning or "",
         ),
         evidence,
         previous=_previous_srs(session_factory, claim),

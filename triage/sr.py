@@ -9,7 +9,8 @@ Structure (Comprehensive SR Storage, a *Measurement Report*, TID 1500)::
     └── Imaging Measurements
         └── Measurement Group (TID 1501), tracking id "CXR triage", UID per revision
             ├── Algorithm Identification (TID 4019): name, version, manufacturer,
-            │   parameters ["operating point: <name>", "threshold: <t>", "model sha256: ..."]
+            │   parameters ["operating point: <name>", "threshold: <t>", "model sha256: ...",
+            │   "intended population: ..." and "warning: <patient outside it>" when known]
             ├── Source images for the group: the evaluated images
             ├── Qualitative evaluation  Finding (DCM 121071) = Abnormal (SCT 263654008)
             │                                                 | Normal (SCT 17621005)
@@ -105,6 +106,10 @@ class SRContent:
         The node's AE title (observer device name).
     content_datetime : datetime
         Content Date/Time (the result's finish time; fixed so re-writes are equal).
+    intended_population : str
+        Who the model is for, from its card ("" when the card does not say).
+    population_warning : str
+        Why this patient is outside that population ("" when inside or unknown).
     """
 
     study_instance_uid: str
@@ -119,6 +124,8 @@ class SRContent:
     manufacturer: str
     device_name: str
     content_datetime: datetime
+    intended_population: str = ""
+    population_warning: str = ""
 
 
 _UID_NAMESPACE = uuid.UUID("6f1f3c1e-4a55-5b7e-9d0c-2f5a8c1e7b31")
@@ -202,6 +209,12 @@ def build_sr(
             f"operating point: {content.operating_point}",
             f"threshold: {content.threshold:.6g}",
             f"model sha256: {content.model_sha256}",
+            *(
+                [f"intended population: {content.intended_population}"]
+                if content.intended_population
+                else []
+            ),
+            *([f"warning: {content.population_warning}"] if content.population_warning else []),
         ],
     )
     finding = CODES.abnormal if content.decision == "abnormal" else CODES.normal

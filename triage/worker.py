@@ -66,7 +66,9 @@ class _Sweeper(threading.Thread):
             self.stopped.wait(self.period)
 
 
-def run_worker(settings: Settings, queues: Sequence[str], concurrency: int = 1) -> None:
+def run_worker(
+    settings: Settings, queues: Sequence[str], concurrency: int = 1, *, verbose: bool = False
+) -> None:
     """Run a triage worker in this process until it is stopped (blocking).
 
     Migrations are already applied by the caller.
@@ -78,6 +80,8 @@ def run_worker(settings: Settings, queues: Sequence[str], concurrency: int = 1) 
         ``inference``, ``delivery`` or both.
     concurrency : int
         Pool processes (inference) or threads (delivery).
+    verbose : bool
+        Print Celery's banner (queues, tasks, transport); off by default.
     """
     queues = [q.strip() for q in queues if q.strip()]
     unknown = set(queues) - {INFERENCE_QUEUE, DELIVERY_QUEUE}
@@ -99,6 +103,7 @@ def run_worker(settings: Settings, queues: Sequence[str], concurrency: int = 1) 
         else settings.effective_broker_url.split("@")[-1],
     )
     argv = [
+        *([] if verbose else ["--quiet"]),
         "worker",
         f"--queues={','.join(queues)}",
         f"--concurrency={max(1, int(concurrency))}",
@@ -185,6 +190,7 @@ def start_embedded_worker(
     inference_concurrency: int = 1,
     delivery_concurrency: int = 4,
     extra_env: dict[str, str] | None = None,
+    verbose: bool = False,
 ) -> EmbeddedWorker:
     """Start the embedded workers (inference, delivery) as two subprocesses.
 
@@ -195,6 +201,8 @@ def start_embedded_worker(
     delivery_concurrency : int
     extra_env : dict, optional
         More environment for the children (tests).
+    verbose : bool
+        The workers print Celery's banner and start-up chatter.
 
     Returns
     -------
@@ -217,6 +225,7 @@ def start_embedded_worker(
                 queue,
                 "--concurrency",
                 str(concurrency),
+                *(["--verbose"] if verbose else []),
             ],
             env=env,
         )
@@ -241,10 +250,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m triage.worker")
     parser.add_argument("--queues", default=f"{INFERENCE_QUEUE},{DELIVERY_QUEUE}")
     parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--verbose", action="store_true", help="Celery's banner and chatter")
     args = parser.parse_args(argv)
     settings = load_settings()
-    configure_logging(settings.log_level, with_process=True)
-    run_worker(settings, args.queues.split(","), args.concurrency)
+    configure_logging(settings.log_level, with_process=True, verbose=args.verbose)
+    run_worker(settings, args.queues.split(","), args.concurrency, verbose=args.verbose)
     return 0
 
 

@@ -4,6 +4,8 @@ Passwords are Argon2id hashes, bearer tokens are stored as their SHA-256; the ta
 (:class:`~worklist.tables.User`, :class:`~worklist.tables.ApiToken`...) and the roles
 (:class:`~worklist.tables.Role`) are in :mod:`worklist.tables`. Service functions take
 ``session=`` first and flush but do not commit; the caller owns the transaction.
+A ``service`` account (the RIS, a script) is token-only: it has no password and cannot
+sign in to the web page; it acts with bearer tokens (``triage-node token add``).
 
 There is no built-in account and no default password: accounts are created with
 ``triage-node user add`` (:func:`create_user`).
@@ -21,7 +23,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from worklist.core.clock import utcnow
+from worklist.core.clock import as_utc, utcnow
 from worklist.tables import ApiToken, Role, User, WebSession
 
 __all__ = [
@@ -33,8 +35,10 @@ __all__ = [
     "get_user",
     "hash_password",
     "hash_token",
+    "list_tokens",
     "revoke_token",
     "set_password",
+    "token_state",
     "verify_password",
 ]
 
@@ -148,7 +152,7 @@ def get_user(session: Session, *, username: str) -> User | None:
     return session.scalar(select(User).where(User.username == username.strip()))
 
 
-def create_user(session: Session, *, username: str, password: str, role: str) -> User:
+def create_user(session: Session, *, username: str, password: str | None, role: str) -> User:
     """Create a local account (``triage-node user add``).
 
     Parameters
@@ -157,8 +161,9 @@ def create_user(session: Session, *, username: str, password: str, role: str) ->
         Open session; flushed, not committed.
     username : str
         Letters, digits and ``. _ - @``; unique.
-    password : str
-        Must pass :func:`check_password_policy`; stored as an Argon2id hash.
+    password : str or None
+        Must pass :func:`check_password_policy`; stored as an Argon2id hash. None
+        (and only None) for a ``service`` account, which is token-only.
     role : str
         ``radiologist``, ``admin`` or ``service``.
 
@@ -169,7 +174,8 @@ def create_user(session: Session, *, username: str, password: str, role: str) ->
     Raises
     ------
     AccountError
-        When the name is invalid or taken, the role unknown or the password weak.
+        When the name is invalid or taken, the role unknown, the password weak, or
+        given for a service account (missing for a person).
     """
     name = _check_username(username)
     try:
@@ -178,10 +184,19 @@ def create_user(session: Session, *, username: str, password: str, role: str) ->
         raise AccountError(f"role must be one of {', '.join(r.value for r in Role)}") from None
     if get_user(session, username=name) is not None:
         raise AccountError(f"user {name!r} exists")
-    check_password_policy(name, password)
+    if role == Role.SERVICE.value:
+        if password is not None:
+            raise AccountError(
+                "service accounts are token-only: no password (create a token with"
+                " triage-node token add)"
+            )
+    elif password is None:
+        raise AccountError("a password is needed")
+    else:
+        check_password_policy(name, password)
     user = User(
         username=name,
-        password_hash=hash_password(password),
+        password_hash=hash_password(password) if password is not None else None,
         role=role,
         active=True,
         created_at=utcnow(),
@@ -212,6 +227,8 @@ def set_password(session: Session, *, username: str, password: str) -> User:
     user = get_user(session, username=username)
     if user is None:
         raise AccountError(f"no user {username!r}")
+    if user.role == Role.SERVICE.value:
+        raise AccountError(f"{user.username} is a service account: token-only, no password")
     check_password_policy(user.username, password)
     user.password_hash = hash_password(password)
     now = utcnow()
@@ -308,3 +325,38 @@ def revoke_token(session: Session, *, token_id: int) -> ApiToken:
         row.revoked_at = utcnow()
     session.flush()
     return row
+
+
+def list_tokens(session: Session) -> list[ApiToken]:
+    """Every bearer token (never the token text: only its hash is stored), oldest first.
+
+    Parameters
+    ----------
+    session : Session
+
+    Returns
+    -------
+    list of ApiToken
+        With ``user`` loaded.
+    """
+    return list(session.scalars(select(ApiToken).order_by(ApiToken.id)))
+
+
+def token_state(token: ApiToken, now: datetime) -> str:
+    """``active``, ``revoked`` or ``expired``.
+
+    Parameters
+    ----------
+    token : ApiToken
+    now : datetime
+        Aware UTC time.
+
+    Returns
+    -------
+    str
+    """
+    if token.revoked_at is not None:
+        return "revoked"
+    if token.expires_at is not None and as_utc(token.expires_at) <= now:
+        return "expired"
+    return "active"

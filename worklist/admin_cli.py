@@ -11,8 +11,9 @@ from __future__ import annotations
 import argparse
 import getpass
 import sys
-from datetime import timedelta
+from datetime import datetime, timedelta
 
+from worklist.accounts import MIN_PASSWORD_LENGTH
 from worklist.core.settings import Settings
 
 __all__ = ["add_account_commands", "run_account_command"]
@@ -26,27 +27,67 @@ def add_account_commands(sub: argparse._SubParsersAction) -> None:  # noqa: SLF0
     sub : argparse._SubParsersAction
         What ``parser.add_subparsers()`` returned.
     """
-    user = sub.add_parser("user", help="manage local accounts")
+    user = sub.add_parser("user", help="manage local accounts: add, passwd, disable, list")
     user_sub = user.add_subparsers(dest="user_command", required=True)
-    add = user_sub.add_parser("add", help="create an account")
-    add.add_argument("username")
-    add.add_argument("--role", required=True, choices=["radiologist", "admin", "service"])
-    add.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
-    passwd = user_sub.add_parser("passwd", help="set a password (ends the user's sessions)")
-    passwd.add_argument("username")
-    passwd.add_argument("--password-stdin", action="store_true")
-    disable = user_sub.add_parser("disable", help="disable an account")
-    disable.add_argument("username")
-    user_sub.add_parser("list", help="list accounts")
+    rule = (
+        f"Passwords: at least {MIN_PASSWORD_LENGTH} characters, at least 4 different ones,"
+        " not containing the user name."
+    )
+    add = user_sub.add_parser(
+        "add",
+        help="create an account",
+        description="Create an account. Radiologists and admins sign in to the web page"
+        " with a password (asked twice on the terminal, or one line of stdin with"
+        " --password-stdin). A service account (a system such as the RIS) has no"
+        " password and cannot sign in: give it a token with 'triage-node token add'. " + rule,
+    )
+    add.add_argument("username", help="letters, digits and . _ - @ (at most 64)")
+    add.add_argument(
+        "--role",
+        required=True,
+        choices=["radiologist", "admin", "service"],
+        help="radiologist: reads and acts on studies; admin: also the audit log and"
+        " monitoring; service: token-only, read-only (choices: %(choices)s)",
+    )
+    add.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from one line of stdin (for scripts); not for service",
+    )
+    passwd = user_sub.add_parser(
+        "passwd",
+        help="set a password (ends the user's sessions)",
+        description="Set a person's password and end their web sessions. " + rule,
+    )
+    passwd.add_argument("username", help="the account")
+    passwd.add_argument(
+        "--password-stdin", action="store_true", help="read the password from one line of stdin"
+    )
+    disable = user_sub.add_parser(
+        "disable", help="disable an account (its sessions and tokens stop working)"
+    )
+    disable.add_argument("username", help="the account")
+    user_sub.add_parser("list", help="list accounts: name, role, active or disabled")
 
-    token = sub.add_parser("token", help="manage bearer tokens of systems (RIS)")
+    token = sub.add_parser("token", help="manage bearer tokens of systems (RIS): add, list, revoke")
     token_sub = token.add_subparsers(dest="token_command", required=True)
-    tadd = token_sub.add_parser("add", help="create a token (printed once)")
+    tadd = token_sub.add_parser(
+        "add", help="create a token (printed once on stdout; only its hash is kept)"
+    )
     tadd.add_argument("--user", required=True, help="the account the token acts as")
     tadd.add_argument("--name", required=True, help="what it is for, e.g. RIS")
-    tadd.add_argument("--expires-days", type=float, default=None)
-    trevoke = token_sub.add_parser("revoke", help="revoke a token")
-    trevoke.add_argument("token_id", type=int)
+    tadd.add_argument(
+        "--expires-days", type=float, default=None, help="lifetime in days (default: none)"
+    )
+    token_sub.add_parser(
+        "list", help="list tokens: id, user, name, created, expires, last used, state"
+    )
+    trevoke = token_sub.add_parser("revoke", help="revoke a token (see token list for ids)")
+    trevoke.add_argument("token_id", type=int, help="the token's id (first column of token list)")
+
+
+def _when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M UTC") if value is not None else "-"
 
 
 def _read_password(from_stdin: bool) -> str:
@@ -88,11 +129,18 @@ def run_account_command(args: argparse.Namespace, settings: Settings) -> int:
         with database.session_factory() as session:
             try:
                 if args.command == "user" and args.user_command == "add":
-                    password = _read_password(args.password_stdin)
+                    password = (
+                        None if args.role == "service" else _read_password(args.password_stdin)
+                    )
                     user = accounts.create_user(
                         session, username=args.username, password=password, role=args.role
                     )
                     out.write(f"created {user.role} {user.username}\n")
+                    if password is None:
+                        sys.stderr.write(
+                            f"{user.username} is token-only (no password, no web sign-in):"
+                            f" triage-node token add --user {user.username} --name NAME\n"
+                        )
                 elif args.command == "user" and args.user_command == "passwd":
                     password = _read_password(args.password_stdin)
                     accounts.set_password(session, username=args.username, password=password)
@@ -117,6 +165,19 @@ def run_account_command(args: argparse.Namespace, settings: Settings) -> int:
                     session.flush()
                     sys.stderr.write(f"token {row.id} for {args.user}; it is shown once:\n")
                     out.write(token + "\n")
+                elif args.token_command == "list":
+                    now = utcnow()
+                    for row in accounts.list_tokens(session):
+                        cells = [
+                            str(row.id),
+                            row.user.username,
+                            row.name,
+                            _when(row.created_at),
+                            _when(row.expires_at),
+                            _when(row.last_used_at),
+                            accounts.token_state(row, now),
+                        ]
+                        out.write("\t".join(cells) + "\n")
                 else:
                     accounts.revoke_token(session, token_id=args.token_id)
                     out.write(f"revoked token {args.token_id}\n")

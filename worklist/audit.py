@@ -39,6 +39,7 @@ class Action(StrEnum):
     VIEW_AUDIT = "view_audit"
     VIEW_MONITORING = "view_monitoring"
     ACCESS_DENIED = "access_denied"
+    RETRIAGE = "retriage"
     MODEL_ADD = "model_add"
     MODEL_PROMOTE = "model_promote"
     MODEL_ROLLBACK = "model_rollback"

@@ -31,7 +31,7 @@ from worklist.accounts import get_user, hash_token, verify_password
 from worklist.audit import Action, Actor, Outcome
 from worklist.core.clock import as_utc, utcnow
 from worklist.core.settings import Settings
-from worklist.tables import ApiToken, User, WebSession
+from worklist.tables import ApiToken, Role, User, WebSession
 
 __all__ = [
     "CSRF_HEADER",
@@ -40,6 +40,7 @@ __all__ = [
     "LoginFailed",
     "LoginRateLimited",
     "Principal",
+    "ServiceAccountLogin",
     "session_key",
 ]
 
@@ -52,6 +53,10 @@ _TOUCH_EVERY = timedelta(seconds=60)
 
 class LoginFailed(Exception):
     """Wrong user name or password (the two are not told apart)."""
+
+
+class ServiceAccountLogin(LoginFailed):
+    """A service account tried the sign-in page: it is token-only."""
 
 
 class LoginRateLimited(Exception):
@@ -208,6 +213,19 @@ class Authenticator:
             log.warning("sign-in rate limit reached (address %s)", client_ip)
             raise LoginRateLimited(int(window))
         user = get_user(session, username=name) if name else None
+        if user is not None and user.active and user.role == Role.SERVICE.value:
+            audit.record(
+                session,
+                actor=anonymous,
+                action=Action.LOGIN,
+                outcome=Outcome.DENIED,
+                detail={"reason": "service account (token-only)"},
+            )
+            session.commit()
+            raise ServiceAccountLogin(
+                f"{user.username} is a service account: it uses a bearer token and cannot"
+                " sign in to the web page"
+            )
         ok = verify_password(user.password_hash if user is not None else None, password)
         if user is None or not ok or not user.active:
             audit.record(session, actor=anonymous, action=Action.LOGIN, outcome=Outcome.FAILURE)

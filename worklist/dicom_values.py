@@ -6,7 +6,7 @@ import re
 
 from models.demographics import age_band
 
-__all__ = ["age_years", "format_person_name", "patient_age_band", "sex_group"]
+__all__ = ["age_years", "format_person_name", "patient_age_band", "sex_age", "sex_group"]
 
 
 def format_person_name(value: str | None) -> str | None:
@@ -78,3 +78,32 @@ def sex_group(patient_sex: str | None) -> str:
     """
     value = (patient_sex or "").strip().upper()
     return value if value in ("F", "M", "O") else "unknown"
+
+
+_AGE_UNIT_WORD = {"D": "d", "W": "wk", "M": "mo", "Y": ""}
+
+
+def sex_age(sex: str | None, age: str | None) -> str:
+    """Sex and age as people write them: ``"M 67"``, ``"F 18 mo"``, ``"F"``, ``""``.
+
+    An absent, empty or ``O`` sex is left out ("O 000Y" says nothing); an age of zero
+    is left out (senders write ``000Y`` for unknown).
+
+    Parameters
+    ----------
+    sex : str or None
+        DICOM Patient's Sex (``M``, ``F``, ``O``).
+    age : str or None
+        DICOM Patient's Age (``nnnD|W|M|Y``).
+
+    Returns
+    -------
+    str
+    """
+    sex_text = (sex or "").strip().upper()
+    sex_text = sex_text if sex_text in ("M", "F") else ""
+    age_text = ""
+    match = re.fullmatch(r"\s*(\d{1,3})\s*([YMWD])\s*", (age or "").upper())
+    if match and int(match[1]) > 0:
+        age_text = f"{int(match[1])} {_AGE_UNIT_WORD[match[2]]}".strip()
+    return " ".join(part for part in (sex_text, age_text) if part)

@@ -69,30 +69,49 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:
     """
     model = sub.add_parser("model", help="the model registry: champion and shadow models")
     msub = model.add_subparsers(dest="model_command", required=True)
-    add = msub.add_parser("add", help="register an ONNX model with its card")
-    add.add_argument("file")
-    add.add_argument("--shadow", action="store_true", help="score every new study in shadow")
+    add = msub.add_parser("add", help="register an ONNX model with its card (checked first)")
+    add.add_argument("file", help="the .onnx file with its model card")
+    add.add_argument(
+        "--shadow",
+        action="store_true",
+        help="score every new study in shadow (without it the model is registered idle)",
+    )
     add.add_argument("--name", default=None, help="registry name (default: the card's name)")
-    lst = msub.add_parser("list", help="list the registered models")
-    lst.add_argument("--json", action="store_true")
+    lst = msub.add_parser("list", help="list the registered models, champion first")
+    lst.add_argument("--json", action="store_true", help="print JSON instead of a table")
     promote = msub.add_parser("promote", help="make a registered model the champion")
-    promote.add_argument("name")
-    promote.add_argument("--force", action="store_true", help="override the safety rule")
+    promote.add_argument("name", help="the registry name of the model")
+    promote.add_argument(
+        "--force", action="store_true", help="override the safety rule (needs --reason)"
+    )
     promote.add_argument("--reason", default=None, help="why (audited; needed with --force)")
-    promote.add_argument("--since", type=parse_day, default=None)
+    promote.add_argument(
+        "--since",
+        type=parse_day,
+        default=None,
+        help="judge the safety rule on studies received since this date (YYYY-MM-DD)",
+    )
     msub.add_parser("rollback", help="undo the latest promotion")
     compare = msub.add_parser("compare", help="champion vs challengers on labelled studies")
-    compare.add_argument("--since", type=parse_day, default=None)
-    compare.add_argument("--until", type=parse_day, default=None)
-    compare.add_argument("--n-boot", type=int, default=1000)
+    compare.add_argument(
+        "--since", type=parse_day, default=None, help="studies received since (YYYY-MM-DD)"
+    )
+    compare.add_argument(
+        "--until", type=parse_day, default=None, help="studies received before (YYYY-MM-DD)"
+    )
+    compare.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates")
     compare.add_argument("--json", action="store_true", help="print the full comparison as JSON")
 
     dataset = sub.add_parser("dataset", help="labelled studies as a training dataset")
     dsub = dataset.add_subparsers(dest="dataset_command", required=True)
     export = dsub.add_parser("export", help="write labels.csv and images of labelled studies")
     export.add_argument("--out", required=True, help="a new or empty directory")
-    export.add_argument("--since", type=parse_day, default=None)
-    export.add_argument("--until", type=parse_day, default=None)
+    export.add_argument(
+        "--since", type=parse_day, default=None, help="studies received since (YYYY-MM-DD)"
+    )
+    export.add_argument(
+        "--until", type=parse_day, default=None, help="studies received before (YYYY-MM-DD)"
+    )
 
 
 def _print_models(session: Any, as_json: bool) -> None:

@@ -28,6 +28,7 @@ from worklist.priority import (
     priority_display,
 )
 from worklist.tables import (
+    AuditEvent,
     Delivery,
     Feedback,
     Instance,
@@ -121,6 +122,28 @@ def _modalities(session: Session, study_ids: Sequence[int]) -> dict[int, list[st
         if modality:
             found[study_id].add(modality)
     return {k: sorted(v) for k, v in found.items()}
+
+
+def _opened_by(session: Session, study_ids: Sequence[int]) -> dict[int, list[str]]:
+    """Who opened each study's page (audited views by a signed-in person), oldest first."""
+    found: dict[int, list[str]] = defaultdict(list)
+    if not study_ids:
+        return {}
+    query = (
+        select(AuditEvent.study_id, AuditEvent.username)
+        .where(
+            AuditEvent.study_id.in_(study_ids),
+            AuditEvent.action == "view_study",
+            AuditEvent.outcome == "success",
+            AuditEvent.auth_method == "session",
+            AuditEvent.username.is_not(None),
+        )
+        .order_by(AuditEvent.id)
+    )
+    for study_id, username in session.execute(query):
+        if username not in found[study_id]:
+            found[study_id].append(username)
+    return dict(found)
 
 
 def _row(
@@ -283,6 +306,7 @@ def list_worklist(
     ids = [study.id for study, _read, _claimer in records]
     results = _latest_results(session, ids)
     modalities = _modalities(session, ids)
+    opened = _opened_by(session, ids)
     return [
         _row(
             study,
@@ -292,7 +316,7 @@ def list_worklist(
             modalities.get(study.id, []),
             now=now,
             wait_cap=wait_cap,
-        )
+        ).model_copy(update={"opened_by": opened.get(study.id, [])})
         for study, read, claimer in records
     ]
 
@@ -336,6 +360,7 @@ def study_detail(
     claimer = read.user.username if read is not None else None
     modalities = _modalities(session, [study.id]).get(study.id, [])
     row = _row(study, result, read, claimer, modalities, now=now, wait_cap=wait_cap)
+    row = row.model_copy(update={"opened_by": _opened_by(session, [study.id]).get(study.id, [])})
 
     by_instance: dict[int, TriageImage] = {}
     by_sop: dict[str, TriageImage] = {}

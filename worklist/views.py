@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from datetime import date, datetime
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
+
+from worklist.dicom_values import sex_age
+from worklist.display import plain_skip_reason, probability_text
 
 __all__ = [
     "DeliveryOut",
@@ -69,6 +72,19 @@ class WorklistRow(BaseModel):
     triaged_at: datetime | None
     instance_count: int
     revision: int
+    opened_by: list[str] = Field(
+        default_factory=list, description="Who opened the study page (oldest first)."
+    )
+
+    @computed_field(description="Sex and age as people write them, e.g. 'M 67'.")  # type: ignore[prop-decorator]
+    @property
+    def sex_age(self) -> str:
+        return sex_age(self.patient_sex, self.patient_age)
+
+    @computed_field(description="The probability as shown: '71 %', '> 99 %', '< 1 %'.")  # type: ignore[prop-decorator]
+    @property
+    def probability_text(self) -> str:
+        return probability_text(self.probability)
 
 
 class ImageOut(BaseModel):
@@ -86,6 +102,18 @@ class ImageOut(BaseModel):
     evaluated: bool | None = Field(description="None: no triage result covers it yet.")
     probability: float | None
     reason: str | None = Field(description="Why the image was skipped (selection rule).")
+
+    @computed_field(description="The skip reason in plain words, e.g. 'lateral view'.")  # type: ignore[prop-decorator]
+    @property
+    def reason_text(self) -> str | None:
+        if self.evaluated:
+            return None
+        return plain_skip_reason(self.reason, self.modality)
+
+    @computed_field(description="The image's probability as shown.")  # type: ignore[prop-decorator]
+    @property
+    def probability_text(self) -> str:
+        return probability_text(self.probability)
 
 
 class DeliveryOut(BaseModel):
@@ -132,6 +160,11 @@ class ResultOut(BaseModel):
     sr_sop_instance_uid: str | None
     delivery_state: str = Field(description="none, pending, delivered, failed, partial.")
     deliveries: list[DeliveryOut]
+
+    @computed_field(description="The probability as shown: '71 %', '> 99 %', '< 1 %'.")  # type: ignore[prop-decorator]
+    @property
+    def probability_text(self) -> str:
+        return probability_text(self.probability)
 
 
 class FeedbackOut(BaseModel):

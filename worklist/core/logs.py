@@ -7,8 +7,19 @@ import logging
 #: Libraries whose INFO lines are noise or may quote element values (patient data).
 QUIET_LIBRARIES = ("pynetdicom", "highdicom")
 
+#: Libraries whose start-up chatter (Alembic's plugin lines, Celery's connection lines)
+#: is shown only with ``--verbose``.
+VERBOSE_ONLY_LIBRARIES = ("alembic", "celery", "kombu", "models.runtime")
 
-def configure_logging(level: str, *, with_process: bool = False) -> None:
+#: Warnings shown only with ``--verbose`` (message starts): Celery's superuser warning
+#: (the container and systemd set the user) and its 6.0 deprecation notice.
+VERBOSE_ONLY_WARNINGS = (
+    "You're running the worker with superuser privileges",
+    "\nIn Celery 5.1 we introduced an optional breaking change",
+)
+
+
+def configure_logging(level: str, *, with_process: bool = False, verbose: bool = False) -> None:
     """Configure the root logger once for a node process.
 
     pynetdicom logs every PDU at DEBUG and element values in some INFO lines, and
@@ -24,6 +35,9 @@ def configure_logging(level: str, *, with_process: bool = False) -> None:
         Level name of the node's own loggers (``INFO``, ``DEBUG``...).
     with_process : bool
         Put the process name in each line (worker pools).
+    verbose : bool
+        Also show the libraries' start-up chatter (:data:`VERBOSE_ONLY_LIBRARIES`,
+        :data:`VERBOSE_ONLY_WARNINGS`); off by default.
     """
     process = " %(processName)s" if with_process else ""
     logging.basicConfig(
@@ -33,6 +47,13 @@ def configure_logging(level: str, *, with_process: bool = False) -> None:
     quiet = max(logging.WARNING, logging.getLogger().getEffectiveLevel())
     for name in QUIET_LIBRARIES:
         logging.getLogger(name).setLevel(quiet)
+    if not verbose:
+        import warnings
+
+        for name in VERBOSE_ONLY_LIBRARIES:
+            logging.getLogger(name).setLevel(quiet)
+        for message in VERBOSE_ONLY_WARNINGS:
+            warnings.filterwarnings("ignore", message=message)
     from pynetdicom import _config
 
     _config.LOG_HANDLER_LEVEL = "none"

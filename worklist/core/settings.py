@@ -193,6 +193,11 @@ class Settings(BaseSettings):
     wait_cap_minutes: float = Field(
         60.0, gt=0, description="No study waits longer on the worklist (then OVERDUE)."
     )
+    time_zone: str = Field(
+        "UTC",
+        description="IANA time zone of every time on the web page (24-hour, zone shown),"
+        " e.g. Europe/Berlin.",
+    )
 
     # Triage tuning (read by the workers)
     aggregation: Literal["max", "mean"] = Field(
@@ -244,6 +249,19 @@ class Settings(BaseSettings):
         if not _AE_RE.match(value) or "\\" in value or not value.strip():
             raise ValueError("AE title must be 1-16 printable characters, no backslash")
         return value.strip()
+
+    @field_validator("time_zone")
+    @classmethod
+    def _check_time_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {value!r} (an IANA name, e.g. Europe/Berlin)"
+            ) from None
+        return value
 
     @field_validator("destinations", mode="before")
     @classmethod

@@ -22,6 +22,7 @@ from worklist.core.settings import Settings
 from worklist.http.deps import LoginRequired
 from worklist.http.readiness import BrokerCheck, ModelCardCache
 from worklist.http.routes import ROUTERS
+from worklist.http.templating import configure_templates
 from worklist.metrics import make_registry
 
 __all__ = ["create_app"]
@@ -63,6 +64,7 @@ def create_app(settings: Settings, session_factory: sessionmaker[Session]) -> Fa
     app.state.registry = make_registry(session_factory)
     app.state.templates = Jinja2Templates(directory=str(WEB_DIR / "templates"))
     app.state.templates.env.filters["dicom_date"] = dicom_date
+    configure_templates(app.state.templates.env, settings)
     app.middleware("http")(security_headers)
     app.add_exception_handler(LoginRequired, redirect_to_login)  # type: ignore[arg-type]
     app.mount("/static", StaticFiles(directory=str(WEB_DIR / "static")), name="static")

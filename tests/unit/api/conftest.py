@@ -84,7 +84,12 @@ def users(session_factory: Any) -> dict[str, str]:
             ("admin", "admin"),
             ("ris", "service"),
         ):
-            create_user(session, username=name, password=PASSWORD, role=role)
+            create_user(
+                session,
+                username=name,
+                password=None if role == "service" else PASSWORD,
+                role=role,
+            )
             tokens[name], _row = create_token(session, username=name, name=f"{name} token")
         session.commit()
     return tokens

@@ -39,6 +39,7 @@ ANONYMOUS_DENIED = [
     ("GET", "/api/worklist"),
     ("GET", "/api/studies/1.2.3"),
     ("GET", "/api/studies/1.2.3/images/1.2.4/thumbnail"),
+    ("GET", "/api/studies/1.2.3/images/1.2.4/heatmap"),
     ("POST", "/api/studies/1.2.3/claim"),
     ("POST", "/api/studies/1.2.3/release"),
     ("POST", "/api/studies/1.2.3/complete"),

@@ -309,6 +309,12 @@ def test_entrypoint_passes_the_config_file_to_the_migration(fake_bin: Path) -> N
     assert calls[0] == "triage-node --config /etc/t.toml db upgrade"
 
 
+def test_entrypoint_passes_verbose_through(fake_bin: Path) -> None:
+    rc, calls = _run_entrypoint(fake_bin, "--verbose", "api")
+    assert rc == 0
+    assert calls == ["triage-node db upgrade", "triage-node --verbose api"]
+
+
 def test_entrypoint_can_skip_migration(fake_bin: Path) -> None:
     rc, calls = _run_entrypoint(fake_bin, "scp", MIGRATE_ON_START="0")
     assert rc == 0 and calls == ["triage-node scp"]

@@ -92,3 +92,32 @@ def test_sr_refuses_images_of_another_study(shared_data: Path) -> None:
     )
     with pytest.raises(ValueError):
         build_sr(content(a, "normal"), [a, b])
+
+
+def test_sr_states_the_intended_population_and_the_warning(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    from dataclasses import replace
+
+    ds = pydicom.dcmread(shared_data / "dicom" / SOURCES[0], stop_before_pixels=True)
+    stated = replace(
+        content(ds, "abnormal"),
+        intended_population="Children aged 1-5 years",
+        population_warning="patient (67 years) is outside the model's intended population",
+    )
+    path = write_sr(build_sr(stated, [ds]), tmp_path)
+    assert dciodvfy_errors(path) == []
+    dump = subprocess.run(
+        ["dsrdump", "+Pl", str(path)], capture_output=True, text=True, check=False
+    )
+    assert '"intended population: Children aged 1-5 years"' in dump.stdout
+    assert '"warning: patient (67 years) is outside the model\'s intended population"' in (
+        dump.stdout
+    )
+    plain = write_sr(build_sr(content(ds, "normal"), [ds]), tmp_path / "plain")
+    assert (
+        "intended population"
+        not in subprocess.run(
+            ["dsrdump", str(plain)], capture_output=True, text=True, check=False
+        ).stdout
+    )

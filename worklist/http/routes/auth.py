@@ -12,7 +12,7 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from worklist.auth import SESSION_COOKIE, LoginFailed, LoginRateLimited
+from worklist.auth import SESSION_COOKIE, LoginFailed, LoginRateLimited, ServiceAccountLogin
 from worklist.http.deps import (
     AuthenticatorDep,
     Caller,
@@ -54,6 +54,8 @@ def login(
     except LoginRateLimited as exc:
         retry = {"Retry-After": str(exc.retry_after)}
         return login_form(request, templates, next, TOO_MANY, status_code=429, headers=retry)
+    except ServiceAccountLogin as exc:
+        return login_form(request, templates, next, f"{exc}.", status_code=403)
     except LoginFailed:
         return login_form(request, templates, next, WRONG, status_code=401)
     response = RedirectResponse(safe_next(next), status_code=303)

@@ -27,6 +27,7 @@ from worklist.http.deps import (
     study_detail,
 )
 from worklist.http.routes.models import champion_vs_challengers
+from worklist.http.templating import heatmap_context, population_context
 
 router = APIRouter(include_in_schema=False)
 
@@ -59,6 +60,8 @@ def study_page(
         mine=mine,
         can_read=principal.role in {r.value for r in READERS},
         has_viewer=bool(detail.viewer_url),
+        **population_context(request.app.state.model_card.get()[0], detail.row.patient_age),
+        **heatmap_context(settings, detail),
     )
     return templates.TemplateResponse(request, "study.html", context)
 

@@ -1,13 +1,14 @@
-"""A study: its detail, and a thumbnail of each image."""
+"""A study: its detail, a thumbnail of each image, and the heatmap of an evaluated one."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from worklist.audit import Action
+from worklist.heatmaps import LABEL, heatmap_path, load_heatmap, overlay_png
 from worklist.http.deps import (
     AnyUser,
     PathStudy,
@@ -17,6 +18,7 @@ from worklist.http.deps import (
     audited,
     study_detail,
 )
+from worklist.queries import latest_result
 from worklist.tables import Instance, Study
 from worklist.thumbnails import ThumbnailError, render_thumbnail
 from worklist.views import StudyDetail
@@ -48,6 +50,45 @@ def thumbnail(principal: Reader, found: PathStudy, sop_uid: str, db: SessionDep)
         raise HTTPException(status_code=422, detail=str(exc)) from None
     audited(db, principal, Action.VIEW_IMAGE, study=found, object_uid=sop_uid)
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, no-store"})
+
+
+@router.get(
+    "/api/studies/{study_uid}/images/{sop_uid}/heatmap",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}, 404: {"description": "no heatmap"}},
+)
+def heatmap(
+    request: Request,
+    principal: Reader,
+    found: PathStudy,
+    sop_uid: str,
+    db: SessionDep,
+    settings: SettingsDep,
+) -> Response:
+    """The thumbnail with the occlusion heatmap of the latest triage over it (abnormal
+    studies only; "AI heatmap, not for diagnosis")."""
+    file_path = image_file(db, found, sop_uid)
+    result = latest_result(db, study_id=found.id)
+    grid = None
+    if result is not None:
+        uid = found.study_instance_uid
+        grid = load_heatmap(heatmap_path(settings.data_dir, uid, result.revision, sop_uid))
+    if grid is None:
+        raise HTTPException(status_code=404, detail="no heatmap for this image")
+    card, _problem = request.app.state.model_card.get()
+    keep_aspect = bool(((card or {}).get("preprocessing") or {}).get("keep_aspect", False))
+    try:
+        png = overlay_png(render_thumbnail(file_path), grid, keep_aspect=keep_aspect)
+    except ThumbnailError as exc:
+        raise HTTPException(status_code=422, detail=str(exc)) from None
+    audited(
+        db, principal, Action.VIEW_IMAGE, study=found, object_uid=sop_uid, detail={"heatmap": True}
+    )
+    return Response(
+        png,
+        media_type="image/png",
+        headers={"Cache-Control": "private, no-store", "X-Content-Label": LABEL},
+    )
 
 
 def image_file(db: Session, study: Study, sop_uid: str) -> str:

@@ -61,30 +61,82 @@ function worklistQuery() {
   return q.toString();
 }
 
+function timeZone() {
+  return document.body.dataset.timeZone || "UTC";
+}
+
+function clock(date, withSeconds) {
+  // 24-hour clock in the node's time zone (never the browser's locale), zone shown.
+  const opts = { timeZone: timeZone(), hour: "2-digit", minute: "2-digit", hourCycle: "h23", timeZoneName: "short" };
+  if (withSeconds) opts.second = "2-digit";
+  return new Intl.DateTimeFormat("en-GB", opts).format(date);
+}
+
+function cut(tag, cls, text, href) {
+  // One line: long text is cut with an ellipsis; the full text shows on hover.
+  const value = text || "—";
+  const inner = href ? el("a", { href, title: value }, value) : value;
+  const attrs = { class: cls + " cut" };
+  if (!href) attrs.title = value;
+  return el(tag, attrs, inner);
+}
+
+function renderCounts(rows) {
+  // Rows come in priority order, so the counts do too.
+  const groups = new Map();
+  for (const r of rows) {
+    const g = groups.get(r.priority_name) || { label: r.priority_label, colour: r.priority_colour, n: 0 };
+    g.n += 1;
+    groups.set(r.priority_name, g);
+  }
+  const items = [];
+  for (const [name, g] of groups) {
+    items.push(el("li", { class: "count count-" + g.colour, "data-priority-name": name, title: g.label + ": " + g.n },
+      el("span", { class: "n" }, g.n), " " + g.label));
+  }
+  if (!items.length) items.push(el("li", { class: "count" }, "no studies"));
+  document.getElementById("counts").replaceChildren(...items);
+}
+
+function readingCell(r) {
+  const td = el("td", { class: "state" });
+  const parts = [];
+  if (r.read_state === "claimed") {
+    parts.push(el("span", { class: "mark-claimed", title: "Claimed by " + r.claimed_by }, "Claimed: " + r.claimed_by));
+  } else if (r.read_state === "completed") {
+    parts.push(el("span", { class: "mark-read" }, "Read" + (r.claimed_by ? " by " + r.claimed_by : "")));
+  } else {
+    parts.push(el("span", { class: "triage-state" }, r.state === "triaged" ? "unread" : r.state.replace("_", " ")));
+  }
+  if (r.opened_by && r.opened_by.length) {
+    parts.push(" ", el("span", { class: "mark-opened", title: "Opened by " + r.opened_by.join(", ") }, "opened"));
+  }
+  td.append(...parts);
+  td.title = td.textContent;
+  return td;
+}
+
 function renderRows(rows) {
   const tbody = document.getElementById("rows");
   const out = [];
   for (const r of rows) {
     const href = "/studies/" + encodeURIComponent(r.study_instance_uid);
-    const prob = r.probability === null ? "—" : Math.round(r.probability * 100) + " %";
-    const patient = el("td", { class: "patient" },
-      el("a", { href }, r.patient_name || "(no name)"),
-      el("small", {}, " " + [r.patient_sex, r.patient_age].filter(Boolean).join(" / ")));
-    const study = el("td", {}, r.study_description || "—",
-      el("br"), el("small", {}, dicomDate(r.study_date) + (r.accession_number ? " · " + r.accession_number : "")));
-    const state = r.read_state === "unread"
-      ? r.state.replace("_", " ") + " · unread"
-      : r.read_state + (r.claimed_by ? " by " + r.claimed_by : "");
+    const received = r.received_at ? "received " + clock(new Date(r.received_at), false) : "";
     out.push(el("tr", { class: "row prio-" + r.priority_colour, "data-uid": r.study_instance_uid, "data-priority": r.priority },
       el("td", {}, el("span", { class: "flag flag-" + r.priority_colour, title: r.priority_reason || "" }, r.priority_label)),
-      el("td", { class: "num" }, prob),
-      el("td", { class: "num waiting", "data-received": r.received_at }, waiting(r.received_at, r.waiting_seconds)),
-      patient, study,
-      el("td", {}, (r.modalities || []).join(", ")),
-      el("td", { class: "state" }, state)));
+      el("td", { class: "num prob" }, r.probability_text),
+      el("td", { class: "num waiting", "data-received": r.received_at, title: received }, waiting(r.received_at, r.waiting_seconds)),
+      cut("td", "patient", r.patient_name || "(no name)", href),
+      el("td", { class: "sexage" }, r.sex_age || "—"),
+      cut("td", "study", r.study_description),
+      cut("td", "accession", r.accession_number),
+      el("td", { class: "date" }, dicomDate(r.study_date) || "—"),
+      cut("td", "mod", (r.modalities || []).join(", ")),
+      readingCell(r)));
   }
-  if (!out.length) out.push(el("tr", {}, el("td", { colspan: 7 }, "No studies.")));
+  if (!out.length) out.push(el("tr", {}, el("td", { colspan: 10 }, "No studies.")));
   tbody.replaceChildren(...out);
+  renderCounts(rows);
 }
 
 async function refreshWorklist() {
@@ -92,7 +144,8 @@ async function refreshWorklist() {
   try {
     const rows = await api("GET", "/api/worklist?" + worklistQuery());
     renderRows(rows);
-    status.textContent = rows.length + " studies · updated " + new Date().toLocaleTimeString();
+    status.textContent = "updated " + clock(new Date(), true);
+    status.title = rows.length + " studies, updated " + clock(new Date(), true);
     status.classList.remove("error");
   } catch (e) {
     status.textContent = "update failed: " + e.message;
@@ -117,6 +170,12 @@ function initWorklist() {
 function initStudy() {
   const page = document.getElementById("study-page");
   if (!page) return;
+  // A result without a heatmap (older revision, map not made): no broken image.
+  for (const img of document.querySelectorAll("img.heatmap")) {
+    const hide = () => { img.closest("figure").hidden = true; };
+    img.addEventListener("error", hide);
+    if (img.complete && img.naturalWidth === 0) hide();
+  }
   const uid = page.dataset.studyUid;
   const base = "/api/studies/" + encodeURIComponent(uid);
   for (const b of document.querySelectorAll("button.study-action")) {
