@@ -23,19 +23,20 @@ from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_scp.contexts import supported_contexts
-from dicom_scp.handlers import handle_association_request, handle_echo, handle_store
+from dicom_scp.handlers import (
+    close_after_abort,
+    handle_association_request,
+    handle_echo,
+    handle_store,
+)
 from dicom_scp.pynetdicom_tweaks import read_pdus_in_full
 from dicom_scp.sink import InstanceSink, SpoolSink
 from worklist.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
-ACSE_TIMEOUT_S = 30.0
-"""Seconds to wait for association request/release messages."""
 DIMSE_TIMEOUT_S = 120.0
 """Seconds to wait for the next DIMSE message on an association."""
-NETWORK_TIMEOUT_S = 300.0
-"""Seconds an idle association is kept open."""
 MAX_PDU_BYTES = 1048576
 """Largest P-DATA-TF PDU the node accepts: fewer, larger PDUs cost less per byte."""
 
@@ -103,6 +104,26 @@ def open_listening_socket(host: str, port: int, *, backlog: int = 64) -> socket.
     return sock
 
 
+class NodeAE(AE):
+    """pynetdicom's AE whose association limit counts associations, not connections.
+
+    pynetdicom compares ``maximum_associations`` with every live acceptor thread,
+    including connections that have not (yet, or ever) sent an A-ASSOCIATE-RQ, so
+    a few idle connections refused every real sender ("local limit exceeded").
+    Here a connection takes a slot only once its A-ASSOCIATE-RQ has arrived (and
+    passed the allow-lists, checked first by ``EVT_REQUESTED``).
+    """
+
+    @property
+    def active_associations(self) -> list[Any]:
+        """Requestor associations and acceptors that received their A-ASSOCIATE-RQ."""
+        return [
+            assoc
+            for assoc in super().active_associations
+            if not assoc.is_acceptor or assoc.requestor.primitive is not None
+        ]
+
+
 class SharedSocketAssociationServer(ThreadedAssociationServer):
     """pynetdicom's threaded server on a listening socket that several processes share.
 
@@ -111,17 +132,62 @@ class SharedSocketAssociationServer(ThreadedAssociationServer):
     when it stops, shuts it down (that would stop the other processes too); it only
     closes its own handle.
 
+    A connection from an address outside ``settings.allowed_peers`` is closed at
+    ``accept()``, before it costs a thread. With TLS, the handshake runs in the
+    connection's own thread within the ACSE timeout, not in the accepting thread,
+    where a silent client stopped every other connection of the process.
+
     Parameters
     ----------
     *args, **kwargs
         As for :class:`pynetdicom.transport.AssociationServer`.
     listen_socket : socket.socket
         The shared listening socket.
+    settings : Settings, optional
+        For the peer allow-list.
     """
 
-    def __init__(self, *args: Any, listen_socket: socket.socket, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        listen_socket: socket.socket,
+        settings: Settings | None = None,
+        **kwargs: Any,
+    ) -> None:
         self._listen_socket = listen_socket
+        self._settings = settings
         super().__init__(*args, **kwargs)
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        """Accept; with TLS, wrap without the handshake (see :meth:`process_request_thread`)."""
+        if self.socket is None:
+            raise OSError("the server's listening socket is closed")
+        client, address = self.socket.accept()
+        if self.ssl_context:
+            client = self.ssl_context.wrap_socket(
+                client, server_side=True, do_handshake_on_connect=False
+            )
+        return client, address
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """Refuse (close) a connection from a peer address the allow-list does not hold."""
+        if self._settings is None or self._settings.peer_allowed(str(client_address[0])):
+            return True
+        log.warning("refusing connection from %s: address not allowed", client_address[0])
+        return False
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        """Complete the TLS handshake (within the ACSE timeout), then serve the association."""
+        if isinstance(request, ssl.SSLSocket):
+            try:
+                request.settimeout(self.ae.acse_timeout)
+                request.do_handshake()
+                request.settimeout(self.ae.network_timeout)
+            except (OSError, ValueError) as exc:
+                log.warning("TLS handshake with %s failed: %s", client_address[0], exc)
+                self.shutdown_request(request)
+                return
+        super().process_request_thread(request, client_address)
 
     def server_bind(self) -> None:
         """Use the shared socket instead of binding a new one."""
@@ -158,13 +224,13 @@ def build_ae(settings: Settings, *, processes: int = 1) -> AE:
     -------
     pynetdicom.AE
     """
-    ae = AE(ae_title=settings.ae_title)
+    ae = NodeAE(ae_title=settings.ae_title)
     ae.supported_contexts = supported_contexts()
     ae.require_called_aet = True
     ae.maximum_associations = associations_per_process(settings, processes)
-    ae.acse_timeout = ACSE_TIMEOUT_S
+    ae.acse_timeout = settings.acse_timeout_seconds
     ae.dimse_timeout = DIMSE_TIMEOUT_S
-    ae.network_timeout = NETWORK_TIMEOUT_S
+    ae.network_timeout = settings.network_timeout_seconds
     ae.maximum_pdu_size = MAX_PDU_BYTES
     return ae
 
@@ -188,6 +254,7 @@ def event_handlers(settings: Settings, sink: InstanceSink) -> list[tuple[Any, ..
         (evt.EVT_REQUESTED, handle_association_request, [settings]),
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, handle_store, [sink]),
+        (evt.EVT_PDU_SENT, close_after_abort),
     ]
 
 
@@ -270,6 +337,7 @@ def start_scp(
         ssl_context=context,
         server_class=SharedSocketAssociationServer,
         listen_socket=listen_socket,
+        settings=settings,
     )
     if block:
         server.serve_forever()
@@ -285,7 +353,8 @@ def spool_sink(settings: Settings, session_factory: sessionmaker[Session]) -> Sp
     Parameters
     ----------
     settings : Settings
-        ``spool_dir`` and ``min_free_mb`` are used.
+        ``spool_dir``, ``min_free_mb``, ``network_timeout_seconds`` and
+        ``resent_instance_policy`` are used.
     session_factory : sessionmaker
         The process's session factory.
 
@@ -299,5 +368,6 @@ def spool_sink(settings: Settings, session_factory: sessionmaker[Session]) -> Sp
         settings.spool_dir.absolute(),
         session_factory,
         settings.min_free_mb,
-        abandoned_after_s=NETWORK_TIMEOUT_S + DIMSE_TIMEOUT_S,
+        abandoned_after_s=settings.network_timeout_seconds + DIMSE_TIMEOUT_S,
+        resent_policy=settings.resent_instance_policy,
     )

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
+from pynetdicom.pdu import A_ABORT_RQ
 
 from dicom_scp.sink import InstanceSink, ReceivedInstance
 from dicom_scp.status import StoreStatus, status_dataset, status_for_exception
@@ -94,6 +95,25 @@ def handle_store(event: Any, sink: InstanceSink) -> int | Dataset:
     if result.ok:
         return int(StoreStatus.SUCCESS)
     return status_dataset(result.status, result.comment)
+
+
+def close_after_abort(event: Any) -> None:
+    """Close the connection as soon as this node has sent an A-ABORT.
+
+    Bound to ``EVT_PDU_SENT``. pynetdicom would keep the connection for the ARTIM
+    time (reading whatever the peer still sends); the node closes it at once and
+    tells the state machine so (Evt17: back to idle).
+
+    Parameters
+    ----------
+    event : pynetdicom.events.Event
+    """
+    if not isinstance(event.pdu, A_ABORT_RQ):
+        return
+    dul = event.assoc.dul
+    if dul.socket is not None:
+        dul.socket.close()
+    dul.event_queue.put("Evt17")
 
 
 def handle_association_request(event: Any, settings: Settings) -> None:

@@ -17,15 +17,11 @@ behind on its port, and a listener that exits on its own is started again.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import ctypes.util
 import logging
 import multiprocessing
 import os
 import signal
 import socket
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -37,23 +33,14 @@ from dicom_scp.pynetdicom_tweaks import chunked_receive
 from dicom_scp.sink import incoming_dir
 from worklist.core.db import open_database
 from worklist.core.logs import configure_logging
+from worklist.core.processes import die_with_parent
 from worklist.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
-_PR_SET_PDEATHSIG = 1
 _RESTART_CHECK_S = 1.0
 _STOP_TIMEOUT_S = 10.0
 _READY_TIMEOUT_S = 60.0
-
-
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when its parent dies (no-op elsewhere)."""
-    if not sys.platform.startswith("linux"):
-        return
-    name = ctypes.util.find_library("c")
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(name, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def serve_listener(
@@ -77,7 +64,7 @@ def serve_listener(
     ready : multiprocessing.Event, optional
         Set once this process accepts associations.
     """
-    _die_with_parent()
+    die_with_parent(parent_pid)
     configure_logging(settings.log_level, with_process=True)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -58,6 +58,7 @@ from dicom_scp.headers import (
     spool_path,
 )
 from dicom_scp.status import (
+    ChangedDuplicate,
     OutOfResources,
     StoreError,
     StoreStatus,
@@ -83,6 +84,24 @@ _LOCK_STRIPES = 64
 UID_LOCK_FILE = ".uid-locks"
 """File in the spool whose bytes are locked, one per stripe of SOP Instance UIDs."""
 _COPY_CHUNK = 1024 * 1024
+SUPERSEDED_DIR = ".superseded"
+"""Directory under the spool root keeping the earlier content of re-sent instances."""
+
+
+def _same_content(first: Path, second: Path) -> bool:
+    """True when both files hold the same bytes (sizes first, then chunk by chunk)."""
+    try:
+        if first.stat().st_size != second.stat().st_size:
+            return False
+        with open(first, "rb") as a, open(second, "rb") as b:
+            while True:
+                chunk = a.read(_COPY_CHUNK)
+                if chunk != b.read(_COPY_CHUNK):
+                    return False
+                if not chunk:
+                    return True
+    except OSError as exc:
+        raise OutOfResources(f"spool: comparing with the stored copy failed: {exc}") from exc
 
 
 def incoming_dir(spool_dir: Path) -> Path:
@@ -319,6 +338,10 @@ class SpoolSink:
         that was abandoned (the association aborted mid-dataset, for example on
         ENOSPC); :meth:`sweep_incoming` removes it. Must exceed the longest time an
         association may stay silent (the network timeout).
+    resent_policy : str
+        A known instance re-sent with other bytes: ``version`` (the new content is
+        stored, the old kept in :data:`SUPERSEDED_DIR`, the study re-opened) or
+        ``refuse`` (0xC004, the stored content kept); ``settings.resent_instance_policy``.
     """
 
     def __init__(
@@ -329,8 +352,10 @@ class SpoolSink:
         *,
         free_bytes: Callable[[Path], int] = _free_bytes,
         abandoned_after_s: float = ABANDONED_AFTER_S,
+        resent_policy: str = "version",
     ) -> None:
         self.spool_dir = Path(spool_dir).absolute()
+        self.resent_policy = resent_policy
         self.session_factory = session_factory
         self.min_free_mb = min_free_mb
         self.abandoned_after_s = abandoned_after_s
@@ -469,6 +494,9 @@ class SpoolSink:
             return len(instance.encoded)
         try:
             return os.stat(instance.dataset_path).st_size
+        except FileNotFoundError as exc:
+            # dicom_scp.receive_files removed it: writing it failed while it arrived.
+            raise OutOfResources("spool write failed while receiving (disk full?)") from exc
         except OSError as exc:
             raise OutOfResources(f"received file unusable: {exc.strerror or exc}") from exc
 
@@ -534,10 +562,19 @@ class SpoolSink:
             raise
         with self._uid_locks.hold(sop_uid):
             had_copy = final.exists()
+            try:
+                changed = had_copy and not _same_content(final, temp)
+                if changed and self.resent_policy == "refuse":
+                    raise ChangedDuplicate("SOP Instance UID already stored with other content")
+            except StoreError:
+                temp.unlink(missing_ok=True)
+                raise
             session = self.session_factory()
             try:
                 try:
-                    outcome = record_instance(session, info=info)
+                    outcome = record_instance(session, info=info, content_changed=changed)
+                    if outcome is RecordOutcome.NEW_VERSION:
+                        self._keep_superseded(final, sop_uid)
                 except SQLAlchemyError as exc:
                     raise OutOfResources(f"database error: {type(exc).__name__}") from exc
                 try:
@@ -579,6 +616,23 @@ class SpoolSink:
             instance.peer_address,
         )
         return StoreResult(int(StoreStatus.SUCCESS), outcome=outcome, path=final)
+
+    def _keep_superseded(self, final: Path, sop_uid: str) -> None:
+        """Hard-link the stored copy into :data:`SUPERSEDED_DIR` before it is replaced."""
+        directory = self.spool_dir / SUPERSEDED_DIR
+        kept = directory / f"{sop_uid}.{time.strftime('%Y%m%dT%H%M%S')}.{uuid.uuid4().hex[:8]}"
+        try:
+            _make_dirs(self.spool_dir, directory)
+            os.link(final, kept)
+            fsync_directory(directory)
+        except OSError as exc:
+            raise OutOfResources(f"spool: keeping the previous version failed: {exc}") from exc
+        log.warning(
+            "instance %s re-sent with other content: new version stored, previous one kept "
+            "as %s; its study is triaged again",
+            sop_uid,
+            kept,
+        )
 
     @staticmethod
     def _remove_final(final: Path) -> None:

@@ -22,6 +22,11 @@ Status     Meaning (PS3.4 Annex B)                      When the node returns it
                                                         Affected SOP Instance UID
 0x0110     Processing failure                           an unexpected error (a bug),
                                                         logged with its traceback
+0xC004     Error: Cannot understand                     a known SOP Instance UID with
+                                                        other content, when
+                                                        ``resent_instance_policy`` is
+                                                        ``refuse`` (a permanent error:
+                                                        the sender does not retry)
 =========  ==========================================  ==============================
 
 Failure responses carry an Error Comment (0000,0902) saying what went wrong.
@@ -45,6 +50,7 @@ class StoreStatus(IntEnum):
     INVALID_UID = 0xC002
     SOP_INSTANCE_MISMATCH = 0xC003
     PROCESSING_FAILURE = 0x0110
+    CHANGED_DUPLICATE = 0xC004
 
 
 class StoreError(Exception):
@@ -87,6 +93,12 @@ class SOPInstanceMismatch(CannotUnderstand):
     """The dataset's SOP Instance UID is not the command's Affected SOP Instance UID."""
 
     status = StoreStatus.SOP_INSTANCE_MISMATCH
+
+
+class ChangedDuplicate(StoreError):
+    """A known SOP Instance UID arrived with other content and the policy refuses it."""
+
+    status = StoreStatus.CHANGED_DUPLICATE
 
 
 def status_for_exception(exc: BaseException) -> StoreStatus:

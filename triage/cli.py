@@ -9,6 +9,7 @@ api         the HTTP server (API, web page, metrics)
 db upgrade  apply the database migrations
 config      print every setting: variable, effective value, meaning (secrets masked)
 retriage    triage a study again (new revision) after a model change, audited
+study       study release UID: triage a study held for a patient mismatch
 user        local accounts: add, passwd, disable, list (worklist.admin_cli)
 token       bearer tokens for systems (RIS): add, revoke
 model       the model registry: add, list, compare, promote, rollback (worklist.model_cli)
@@ -101,20 +102,30 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from triage.worker import start_embedded_worker
     from worklist.core.db import open_database
     from worklist.core.migrate import upgrade
+    from worklist.core.processes import DataDirLock
     from worklist.http.app import create_app
 
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    # One node per data directory: the lock is inherited by the workers, so a node
+    # cannot start beside processes left over from a killed one.
+    lock = DataDirLock(settings.data_dir).acquire()
     upgrade(settings.effective_database_url)
     database = open_database(settings)
     session_factory = database.session_factory
     stop = _stop_event()
 
-    worker = start_embedded_worker(settings, verbose=args.verbose)
+    worker = start_embedded_worker(
+        settings,
+        verbose=args.verbose,
+        inherit_fds=[] if lock.fd is None else [lock.fd],
+    )
+    for process in worker.processes.values():
+        lock.record_child(process.pid)
     try:
         scp = start_node_scp(settings, session_factory, processes=scp_process_count(settings))
     except BaseException:
         worker.stop()
         database.dispose()
+        lock.release()
         raise
     server = uvicorn.Server(
         uvicorn.Config(
@@ -148,6 +159,35 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         http.join(timeout=10)
         worker.stop()
         database.dispose()
+        lock.release()
+    return 0
+
+
+def cmd_study_release(args: argparse.Namespace, settings: Settings) -> int:
+    """Release a study held for a patient mismatch (it is triaged again once stable)."""
+    import getpass
+
+    from worklist.audit import Action, Actor, record
+    from worklist.core.db import open_database
+    from worklist.ingest import release_study
+
+    database = open_database(settings)
+    try:
+        with database.session_factory() as session:
+            if not release_study(session, args.study_uid):
+                print(f"triage-node: study {args.study_uid} is not held", file=sys.stderr)  # noqa: T201
+                return 1
+            actor = Actor(None, f"cli:{getpass.getuser()}", "admin", "cli", None)
+            record(
+                session,
+                actor=actor,
+                action=Action.RELEASE_HOLD,
+                study_instance_uid=args.study_uid,
+            )
+            session.commit()
+    finally:
+        database.dispose()
+    log.info("study %s released: it is triaged again once stable", args.study_uid)
     return 0
 
 
@@ -287,6 +327,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     config.add_argument("--json", action="store_true", help="JSON instead of a table")
     config.set_defaults(run=cmd_config)
+    study = sub.add_parser("study", help="studies held for an administrator")
+    study_sub = study.add_subparsers(dest="study_command", required=True)
+    release = study_sub.add_parser(
+        "release", help="triage a study held for a patient mismatch after checking it"
+    )
+    release.add_argument("study_uid", help="Study Instance UID")
+    release.set_defaults(run=cmd_study_release)
     retriage = sub.add_parser(
         "retriage",
         help="triage a study again (a new revision), e.g. after a model change; audited",
@@ -353,10 +400,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command not in ("serve", "scp"):
         return int(args.run(args, settings))
     from dicom_scp.ae import PortInUseError
+    from worklist.core.processes import DataDirInUseError
 
     try:
         return int(args.run(args, settings))
-    except PortInUseError as exc:
+    except (PortInUseError, DataDirInUseError) as exc:
         print(f"triage-node: {exc}", file=sys.stderr)  # noqa: T201
         return 2
 

@@ -190,9 +190,14 @@ def start_embedded_worker(
     inference_concurrency: int = 1,
     delivery_concurrency: int = 4,
     extra_env: dict[str, str] | None = None,
+    inherit_fds: Sequence[int] = (),
     verbose: bool = False,
 ) -> EmbeddedWorker:
     """Start the embedded workers (inference, delivery) as two subprocesses.
+
+    Each dies with this process (``--parent-pid``: ``PR_SET_PDEATHSIG``, and their
+    Celery pool processes die with them), so a node killed with SIGKILL leaves no
+    worker taking tasks behind. Call it from the main thread.
 
     Parameters
     ----------
@@ -201,6 +206,9 @@ def start_embedded_worker(
     delivery_concurrency : int
     extra_env : dict, optional
         More environment for the children (tests).
+    inherit_fds : sequence of int
+        Descriptors the children keep open (the data directory's lock,
+        :class:`worklist.core.processes.DataDirLock`).
     verbose : bool
         The workers print Celery's banner and start-up chatter.
 
@@ -225,16 +233,19 @@ def start_embedded_worker(
                 queue,
                 "--concurrency",
                 str(concurrency),
+                "--parent-pid",
+                str(os.getpid()),
                 *(["--verbose"] if verbose else []),
             ],
             env=env,
+            pass_fds=tuple(inherit_fds),
         )
         log.info("embedded %s worker started (pid %s)", queue, processes[queue].pid)
     return EmbeddedWorker(processes)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m triage.worker --queues inference,delivery [--concurrency N]``.
+    """``python -m triage.worker --queues inference,delivery [--concurrency N] [--parent-pid P]``.
 
     Settings come from the environment (``TRIAGE_*``), as for ``triage-node``.
 
@@ -250,8 +261,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m triage.worker")
     parser.add_argument("--queues", default=f"{INFERENCE_QUEUE},{DELIVERY_QUEUE}")
     parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument(
+        "--parent-pid", type=int, default=None, help="die with this process (embedded mode)"
+    )
     parser.add_argument("--verbose", action="store_true", help="Celery's banner and chatter")
     args = parser.parse_args(argv)
+    if args.parent_pid is not None:
+        from worklist.core.processes import die_with_parent
+
+        die_with_parent(args.parent_pid)
     settings = load_settings()
     configure_logging(settings.log_level, with_process=True, verbose=args.verbose)
     run_worker(settings, args.queues.split(","), args.concurrency, verbose=args.verbose)

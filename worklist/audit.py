@@ -39,6 +39,8 @@ class Action(StrEnum):
     VIEW_AUDIT = "view_audit"
     VIEW_MONITORING = "view_monitoring"
     ACCESS_DENIED = "access_denied"
+    RELEASE_HOLD = "release_hold"
+    """An administrator released a study held for a patient mismatch."""
     RETRIAGE = "retriage"
     MODEL_ADD = "model_add"
     MODEL_PROMOTE = "model_promote"

@@ -9,7 +9,7 @@ from datetime import datetime
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, select, update
+from sqlalchemy import Connection, bindparam, case, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -76,6 +76,15 @@ _FIND_IDS = select(
     .where(_series.c.series_instance_uid == bindparam("series_uid"))
     .scalar_subquery()
     .label("series_id"),
+    select(_studies.c.patient_id)
+    .where(_studies.c.study_instance_uid == bindparam("study_uid"))
+    .scalar_subquery()
+    .label("study_patient_id"),
+)
+# A held study stays held whatever arrives; otherwise it is receiving (or held now).
+_NEXT_STATE = case(
+    (_studies.c.state == StudyState.PATIENT_MISMATCH, _studies.c.state),
+    else_=bindparam("b_state"),
 )
 _REFRESH_INSTANCE = (
     update(_instances)
@@ -98,10 +107,16 @@ _COUNT_NEW_INSTANCE = (
     .values(
         last_received_at=bindparam("b_now"),
         instance_count=_studies.c.instance_count + 1,
-        state=StudyState.RECEIVING,
+        state=_NEXT_STATE,
     )
 )
+_REOPEN_STUDY = (
+    update(_studies)
+    .where(_studies.c.id == bindparam("b_study_id"))
+    .values(last_received_at=bindparam("b_now"), state=_NEXT_STATE)
+)
 _STUDY_ID = select(_studies.c.id).where(_studies.c.study_instance_uid == bindparam("uid"))
+_STUDY_PATIENT = select(_studies.c.patient_id).where(_studies.c.id == bindparam("b_study_id"))
 _SERIES_ID = select(_series.c.id).where(_series.c.series_instance_uid == bindparam("uid"))
 
 _DIALECT_INSERTS: dict[str, Callable[..., Any]] = {
@@ -139,17 +154,53 @@ def _inserts(dialect: str) -> _Inserts:
 
 def _insert_or_get_id(
     connection: Connection, insert: Any, get_id: Any, uid: str, values: dict[str, Any]
-) -> int:
-    """Insert a row unless its UID exists (``ON CONFLICT DO NOTHING``); return its id."""
+) -> tuple[int, bool]:
+    """Insert a row unless its UID exists (``ON CONFLICT DO NOTHING``).
+
+    Returns its id, and whether this call created it.
+    """
     inserted = connection.execute(insert, values).scalar()
     if inserted is not None:
-        return int(inserted)
+        return int(inserted), True
     # Another association created it at the same moment: it is there now.
-    return int(connection.execute(get_id, {"uid": uid}).scalar_one())
+    return int(connection.execute(get_id, {"uid": uid}).scalar_one()), False
+
+
+def patient_mismatch(study_patient_id: str | None, instance_patient_id: str | None) -> bool:
+    """True when an instance's Patient ID is not its study's (absent counts as a value).
+
+    Parameters
+    ----------
+    study_patient_id, instance_patient_id : str or None
+        As read from the headers (stripped; None when absent or empty).
+
+    Returns
+    -------
+    bool
+    """
+    return (study_patient_id or "") != (instance_patient_id or "")
+
+
+def _next_state(study_id: int, study_patient_id: str | None, info: InstanceInfo) -> StudyState:
+    """RECEIVING, or PATIENT_MISMATCH (logged, without the IDs) for another patient's instance."""
+    if not patient_mismatch(study_patient_id, info.patient_id):
+        return StudyState.RECEIVING
+    log.warning(
+        "instance %s carries another Patient ID than its study %s (study id %d): the study "
+        "is held for an administrator and not triaged until released",
+        info.sop_instance_uid,
+        info.study_instance_uid,
+        study_id,
+    )
+    return StudyState.PATIENT_MISMATCH
 
 
 def record_instance(
-    session: Session, *, info: InstanceInfo, now: datetime | None = None
+    session: Session,
+    *,
+    info: InstanceInfo,
+    now: datetime | None = None,
+    content_changed: bool = False,
 ) -> RecordOutcome:
     """Record a received instance, idempotently, and (re-)open its study.
 
@@ -157,7 +208,13 @@ def record_instance(
     ``receiving``, whatever state it was in, so that it is triaged (again) once
     stable. A known SOP Instance UID refreshes the row (path, size, sender) and
     counts the receipt; it extends the quiet period of a study that is still
-    receiving, but does not re-open a triaged one.
+    receiving, but does not re-open a triaged one, unless ``content_changed``
+    (the sender's new content replaced the stored one): then it re-opens it like a
+    new instance (:attr:`RecordOutcome.NEW_VERSION`).
+
+    An instance whose Patient ID is not its study's (:func:`patient_mismatch`)
+    puts the study in ``patient_mismatch`` instead of ``receiving``; a study in
+    that state stays there whatever arrives, until :func:`release_study`.
 
     Plain Core statements on the session's connection, no ORM objects and no
     savepoints: one SELECT finds the instance, study and series ids at once;
@@ -177,6 +234,8 @@ def record_instance(
         The instance's header values and spool location.
     now : datetime, optional
         Receipt time (default: now, UTC).
+    content_changed : bool
+        The caller found the stored copy of a known instance different from this one.
 
     Returns
     -------
@@ -202,13 +261,20 @@ def record_instance(
                 **{f"b_{f}": getattr(info, f) for f in _INSTANCE_FIELDS},
             },
         ).scalar_one()
+        if content_changed:
+            state = _next_state(study_id, found.study_patient_id, info)
+            connection.execute(
+                _REOPEN_STUDY, {"b_study_id": study_id, "b_now": now, "b_state": state}
+            )
+            return RecordOutcome.NEW_VERSION
         connection.execute(_TOUCH_RECEIVING_STUDY, {"b_study_id": study_id, "b_now": now})
         return RecordOutcome.DUPLICATE
 
     inserts = _inserts(connection.dialect.name)
     study_id = found.study_id
+    study_patient_id = found.study_patient_id
     if study_id is None:
-        study_id = _insert_or_get_id(
+        study_id, created = _insert_or_get_id(
             connection,
             inserts.study,
             _STUDY_ID,
@@ -223,9 +289,14 @@ def record_instance(
                 **{f: getattr(info, f) for f in _STUDY_FIELDS},
             },
         )
+        study_patient_id = (
+            info.patient_id
+            if created
+            else connection.execute(_STUDY_PATIENT, {"b_study_id": study_id}).scalar()
+        )
     series_id = found.series_id
     if series_id is None:
-        series_id = _insert_or_get_id(
+        series_id, _ = _insert_or_get_id(
             connection,
             inserts.series,
             _SERIES_ID,
@@ -251,5 +322,40 @@ def record_instance(
         # The same instance arrived on two associations at once: the other one won.
         return RecordOutcome.DUPLICATE
     # One atomic statement, so a concurrent stability decision cannot overwrite it.
-    connection.execute(_COUNT_NEW_INSTANCE, {"b_study_id": study_id, "b_now": now})
+    state = _next_state(study_id, study_patient_id, info)
+    connection.execute(
+        _COUNT_NEW_INSTANCE, {"b_study_id": study_id, "b_now": now, "b_state": state}
+    )
     return RecordOutcome.NEW
+
+
+def release_study(
+    session: Session, study_instance_uid: str, *, now: datetime | None = None
+) -> bool:
+    """Release a study held for a patient mismatch: it is triaged again once stable.
+
+    For an administrator who has checked the study (and removed the other patient's
+    instance at the source, or found the IDs to be the same patient). The caller
+    commits.
+
+    Parameters
+    ----------
+    session : Session
+    study_instance_uid : str
+    now : datetime, optional
+        Becomes the study's last receipt time (the quiet period starts again).
+
+    Returns
+    -------
+    bool
+        True when the study was held and is now receiving.
+    """
+    moved = session.execute(
+        update(Study)
+        .where(
+            Study.study_instance_uid == study_instance_uid,
+            Study.state == StudyState.PATIENT_MISMATCH,
+        )
+        .values(state=StudyState.RECEIVING, last_received_at=now or utcnow())
+    ).rowcount
+    return bool(moved)

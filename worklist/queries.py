@@ -36,6 +36,7 @@ from worklist.tables import (
     Series,
     Study,
     StudyRead,
+    StudyState,
     TriageImage,
     TriageResult,
     User,
@@ -58,6 +59,14 @@ __all__ = [
     "study_detail",
     "viewer_url",
 ]
+
+STATE_REASONS: dict[str, str] = {
+    StudyState.PATIENT_MISMATCH: (
+        "Held, not triaged: an instance with another Patient ID arrived in this study. "
+        "An administrator checks it, then runs `triage-node study release UID`."
+    ),
+}
+"""Shown with the study's state where it needs an administrator."""
 
 # Helpers -----------------------------------------------------------------------------
 
@@ -172,6 +181,7 @@ def _row(
         study_description=study.study_description,
         modalities=modalities,
         state=study.state,
+        state_reason=STATE_REASONS.get(study.state),
         read_state=read.state if read is not None else ReadState.UNREAD.value,
         claimed_by=claimer,
         priority=level,

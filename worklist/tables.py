@@ -19,6 +19,11 @@ A study moves through these states (``Study.state``):
 
 A new instance in any state sets the study back to ``receiving``, so that it is
 triaged again, as a new revision, once it is stable.
+
+``patient_mismatch``
+    An instance whose Patient ID differs from the study's arrived: the study is held
+    (new instances keep it held, the watcher does not queue it) until an
+    administrator releases it back to ``receiving``.
 """
 
 from __future__ import annotations
@@ -54,6 +59,9 @@ class StudyState(StrEnum):
     TRIAGED = "triaged"
     NOT_EVALUATED = "not_evaluated"
     FAILED = "failed"
+    PATIENT_MISMATCH = "patient_mismatch"
+    """Held: an instance with another Patient ID arrived; not triaged until an
+    administrator releases it (``triage-node study release``)."""
 
 
 class ReadState(StrEnum):

@@ -57,6 +57,9 @@ class WorklistRow(BaseModel):
     study_description: str | None
     modalities: list[str]
     state: str
+    state_reason: str | None = Field(
+        None, description="Why the study is in its state, when it needs an administrator."
+    )
     read_state: str
     claimed_by: str | None
     priority: int = Field(description="Effective priority (smaller is read first).")

@@ -85,3 +85,6 @@ class RecordOutcome(StrEnum):
     """A new instance; its study is (again) receiving."""
     DUPLICATE = "duplicate"
     """The SOP Instance UID was known; the row was refreshed, nothing duplicated."""
+    NEW_VERSION = "new_version"
+    """The SOP Instance UID was known with other content: the new content replaces it
+    and its study is (again) receiving."""

@@ -116,6 +116,14 @@ class Settings(BaseSettings):
         512, ge=0, description="Refuse C-STORE (0xA700) below this free space in the spool."
     )
 
+    resent_instance_policy: Literal["version", "refuse"] = Field(
+        "version",
+        description="A known SOP Instance UID re-sent with other content: 'version' keeps "
+        "the new content (the old one under spool/.superseded) and triages the study "
+        "again; 'refuse' answers 0xC004 (cannot understand: a changed duplicate) and "
+        "keeps the old one.",
+    )
+
     # Study stability
     stable_seconds: float = Field(
         10.0, gt=0, description="Quiet period after which a study is complete."
@@ -141,6 +149,18 @@ class Settings(BaseSettings):
         le=64,
         description="Processes sharing the DICOM port (SO_REUSEPORT), each with its share "
         "of max_associations; more use more cores for concurrent associations.",
+    )
+    acse_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="ARTIM/ACSE timeout: a connection must complete its A-ASSOCIATE-RQ "
+        "(and a TLS handshake) within it, or is closed.",
+    )
+    network_timeout_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="An association idle this long is aborted; each PDU must arrive "
+        "whole within it.",
     )
     tls_cert: Path | None = Field(None, description="PEM certificate; enables DICOM TLS.")
     tls_key: Path | None = Field(None, description="PEM private key for tls_cert.")

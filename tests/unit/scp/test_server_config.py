@@ -34,7 +34,7 @@ def test_event_handlers_bind_dependencies() -> None:
     sink = object()
     handlers = event_handlers(settings, sink)  # type: ignore[arg-type]
     names = {h[0].name: h for h in handlers}
-    assert set(names) == {"EVT_REQUESTED", "EVT_C_ECHO", "EVT_C_STORE"}
+    assert set(names) == {"EVT_REQUESTED", "EVT_C_ECHO", "EVT_C_STORE", "EVT_PDU_SENT"}
     assert names["EVT_C_STORE"][2] == [sink]
     assert names["EVT_REQUESTED"][2] == [settings]
 

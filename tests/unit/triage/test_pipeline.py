@@ -142,6 +142,7 @@ def test_nothing_eligible_is_not_evaluated_with_reasons(
     for name in ("real/RG3_J2KI.dcm", "other/orthanc_sample-pdf.dcm"):
         ds = pydicom.dcmread(shared_data / DICOM / name)
         ds.StudyInstanceUID = study_uid
+        ds.PatientID = lateral.get("PatientID", "")  # one patient's study (else it is held)
         out = tmp_path / Path(name).name
         ds.save_as(out)
         paths.append(out)

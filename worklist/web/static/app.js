@@ -111,6 +111,7 @@ function readingCell(r) {
   if (r.opened_by && r.opened_by.length) {
     parts.push(" ", el("span", { class: "mark-opened", title: "Opened by " + r.opened_by.join(", ") }, "opened"));
   }
+  if (r.state_reason) parts.push(el("br"), el("small", { class: "state-reason" }, r.state_reason));
   td.append(...parts);
   td.title = td.textContent;
   return td;
