@@ -240,8 +240,13 @@ def test_site_adaptation_loop(tmp_path: Path, shared_data: Path, pacs: Any) -> N
         result = wait_for_results(node, [back], timeout=120)[back]
         assert result.model_name == "cxr-triage-default"
         check_sr_matches_database(node, pacs, result)
-        with node.session_factory() as s:
-            shadow = s.scalar(select(ShadowResult).where(ShadowResult.result_id == result.id))
-        assert shadow is not None and shadow.model_name == "cxr-triage-site"
+
+        def shadow_of(result_id: int) -> ShadowResult | None:
+            with node.session_factory() as s:
+                return s.scalar(select(ShadowResult).where(ShadowResult.result_id == result_id))
+
+        # The shadow scores after the champion's SR is on its way: wait for it.
+        shadow = wait_until(lambda: shadow_of(result.id), timeout=60, what="the shadow score")
+        assert shadow.model_name == "cxr-triage-site"
     finally:
         node.stop()
