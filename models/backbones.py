@@ -143,6 +143,16 @@ BACKBONES: dict[str, BackboneSpec] = {
         "plain 8-layer CNN ([conv3x3-BN-ReLU]x2 x 4 blocks, 32/64/128/256, max-pool), 1.2 M",
         builder=_plaincnn_builder(),
     ),
+    "gated_plaincnn8": BackboneSpec(
+        "gated_plaincnn8",
+        {},
+        128,
+        "two plaincnn8 experts (pediatric; pediatric + adult) and a linear gate on their "
+        "embeddings that recognises the pediatric source (models/mixture.py), 2.3 M",
+        builder=lambda **kw: __import__("models.mixture", fromlist=["build_gated"]).build_gated(
+            **kw
+        ),
+    ),
     "medimageinsight": BackboneSpec(
         "davit_huge_fl",
         {},

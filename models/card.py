@@ -22,13 +22,17 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from models.demographics import AGE_BANDS
 from models.preprocess import PreprocessSpec
 
 __all__ = [
+    "ADULT_AGE",
     "CARD_KEY",
     "INTENDED_USE",
+    "POPULATIONS",
     "ModelCard",
     "embed_card",
+    "population_for_age",
     "read_card",
     "sidecar_path",
     "weights_sha256",
@@ -47,6 +51,22 @@ INTENDED_USE = (
     "radiologist's reading list. Every study is still read by a radiologist; the output is not "
     "a diagnosis and must not be used to withhold or delay a read, nor on its own to treat."
 )
+
+#: Populations that may carry their own operating points.
+POPULATIONS: tuple[str, str] = ("pediatric", "adult")
+#: Age in years from which a patient is an adult: the upper bound of the first age band.
+ADULT_AGE: float = float(AGE_BANDS[0][2])
+
+
+def population_for_age(age: float | None) -> str:
+    """``'pediatric'`` below :data:`ADULT_AGE` years, ``'adult'`` otherwise.
+
+    A missing (or non-finite) age gives ``'adult'``: most radiographs a
+    hospital takes are of adults.
+    """
+    if age is None or not np.isfinite(age) or age >= ADULT_AGE:
+        return "adult"
+    return "pediatric"
 
 
 class ModelCard(BaseModel):
@@ -74,6 +94,9 @@ class ModelCard(BaseModel):
         default_factory=lambda: {"method": "temperature", "temperature": 1.0}
     )
     operating_points: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    #: ``{"pediatric": {"balanced": {...}, ...}, "adult": {...}}``: thresholds fitted on
+    #: each population's validation rows; empty when one set serves everyone.
+    population_operating_points: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
     subgroups: dict[str, Any] = Field(default_factory=dict)
     training_data: dict[str, Any] = Field(default_factory=dict)
@@ -104,6 +127,17 @@ class ModelCard(BaseModel):
                 raise ValueError(
                     f"operating point {name!r} needs a probability threshold in [0, 1]"
                 )
+        return value
+
+    @field_validator("population_operating_points")
+    @classmethod
+    def _valid_population_points(
+        cls, value: dict[str, dict[str, dict[str, Any]]]
+    ) -> dict[str, dict[str, dict[str, Any]]]:
+        for population, points in value.items():
+            if population not in POPULATIONS:
+                raise ValueError(f"unknown population {population!r}; known: {POPULATIONS}")
+            cls._valid_points(points)
         return value
 
     # -- behaviour -------------------------------------------------------------
@@ -148,6 +182,32 @@ class ModelCard(BaseModel):
         except KeyError:
             known = sorted(self.operating_points)
             raise KeyError(f"model card has no operating point {name!r}; known: {known}") from None
+
+    def operating_point_for(self, age: float | None, name: str = "balanced") -> tuple[str, float]:
+        """The population and threshold of operating point ``name`` for a patient's age.
+
+        Uses the population's own point when the card carries one
+        (:attr:`population_operating_points`), else the card-wide point.
+
+        Parameters
+        ----------
+        age : float or None
+            Age in years; None when the header gives none (adult point).
+        name : str
+            Operating point name.
+
+        Returns
+        -------
+        population : str
+            ``'pediatric'`` or ``'adult'``, or ``'all'`` when the card-wide point was used.
+        threshold : float
+            Probability threshold.
+        """
+        population = population_for_age(age)
+        point = self.population_operating_points.get(population, {}).get(name)
+        if point is not None:
+            return population, float(point["threshold"])
+        return "all", self.threshold(name)
 
     def to_json(self) -> str:
         """Serialise to indented JSON."""

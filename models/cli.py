@@ -25,6 +25,7 @@ BACKBONE_NAMES: tuple[str, ...] = (
     "efficientnet_b0",
     "default",
     "plaincnn8",
+    "gated_plaincnn8",
     "medimageinsight",
     "medimageinsight_tiny",
 )
@@ -41,15 +42,24 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from models.sources import resolve_sources
     from models.train import TrainConfig, train
 
     if args.init:
         return _train_from(args)
     if args.backbone.startswith("medimageinsight"):
         return _train_mii(args)
+    sources = resolve_sources(args.data, args.labels, args.images_root)
     cfg = TrainConfig(
-        labels=args.labels,
-        images_root=args.images_root,
+        labels=sources[0].labels,
+        images_root=sources[0].images_root,
+        sources=[s.to_dict() for s in sources] if len(sources) > 1 else [],
+        balance_view=args.balance_view,
+        epoch_size=args.epoch_size,
+        histeq_p=args.histeq_p,
+        load_side=args.load_side,
+        init_from=args.init_from,
+        distill_weight=args.distill_weight,
         out_dir=args.out,
         backbone=args.backbone,
         input_size=args.input_size,
@@ -87,12 +97,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _train_from(args: argparse.Namespace) -> int:
     """``--init MODEL``: start from a model (:mod:`models.finetune`)."""
     from models.finetune import FinetuneConfig, finetune
+    from models.sources import resolve_sources
 
+    sources = resolve_sources(args.data, args.labels, args.images_root)
+    if len(sources) != 1:
+        raise ValueError("--init trains on one labels file (--labels/--images-root or one --data)")
     summary = finetune(
         FinetuneConfig(
             init=args.init,
-            labels=args.labels,
-            images_root=args.images_root,
+            labels=sources[0].labels,
+            images_root=sources[0].images_root,
             out_dir=args.out,
             name=args.name,
             version=args.version,
@@ -162,7 +176,29 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     from models.evaluate import calibrate_model
+    from models.multisource import calibrate_sources
+    from models.sources import resolve_sources
 
+    if args.data:
+        card = calibrate_sources(
+            args.model,
+            resolve_sources(args.data, args.labels, args.images_root),
+            split=args.split,
+            target_sensitivity=args.target_sensitivity,
+        )
+        print(
+            json.dumps(
+                {
+                    "calibration": card.calibration,
+                    "operating_points": card.operating_points,
+                    "population_operating_points": card.population_operating_points,
+                },
+                indent=2,
+            )
+        )
+        return 0
+    if not (args.labels and args.images_root):
+        raise ValueError("give --data LABELS:ROOT (repeatable) or --labels and --images-root")
     card = calibrate_model(
         args.model,
         labels=args.labels,
@@ -180,7 +216,32 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from models.evaluate import evaluate_model
+    from models.multisource import evaluate_sources
+    from models.sources import resolve_sources
 
+    if args.data:
+        summary = evaluate_sources(
+            args.model,
+            resolve_sources(args.data, args.labels, args.images_root),
+            out_dir=args.out,
+            split=args.split or "test",
+            variants=[v.strip() for v in args.variants.split(",") if v.strip()],
+            n_boot=args.n_boot,
+            update_card=args.update_card,
+            checkpoint=args.checkpoint,
+            title=args.title,
+        )
+        for name, e in summary["sources"].items():
+            base = e.get("histogram_baseline", {}).get("roc_auc", {}).get("value", float("nan"))
+            print(
+                f"{name}: n={e['n']} ROC-AUC {e['roc_auc']['value']:.4f} "
+                f"[{e['roc_auc']['ci_low']:.4f}, {e['roc_auc']['ci_high']:.4f}] "
+                f"histogram baseline {base:.4f}"
+            )
+        print(f"report in {args.out}")
+        return 0
+    if not (args.labels and args.images_root):
+        raise ValueError("give --data LABELS:ROOT (repeatable) or --labels and --images-root")
     metrics = evaluate_model(
         args.model,
         labels=args.labels,
@@ -201,6 +262,22 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--labels", default=None, help="labels.csv (image,label,...,split)")
+    p.add_argument("--images-root", default=None, help="folder the image paths are relative to")
+    p.add_argument(
+        "--data",
+        action="append",
+        default=None,
+        metavar="LABELS:ROOT[:WEIGHT[:POPULATION]]",
+        help=(
+            "a labelled source (repeatable): labels.csv, its images folder, its sampling "
+            "weight (default 1) and the population of its rows without an age "
+            "(adult/pediatric, default adult)"
+        ),
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``triage-model``."""
     p = argparse.ArgumentParser(
@@ -212,12 +289,12 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser(
         "train",
         help="train a classifier from scratch on the train split",
-        description="Train a Normal/Abnormal classifier on the rows of split 'train' of a"
-        " labels.csv, select the epoch on split 'val' (never 'test'), write checkpoints and"
+        description="Train a Normal/Abnormal classifier on the rows of split 'train' of one"
+        " labels.csv or several (--data), select the epoch on split 'val' (never 'test'),"
+        " write checkpoints and"
         " summary.json to --out. Needs the 'train' extra.",
     )
-    t.add_argument("--labels", required=True, help="labels.csv (image,label,...,split)")
-    t.add_argument("--images-root", required=True, help="folder the image paths are relative to")
+    _add_data_args(t)
     t.add_argument("--out", required=True, help="run directory (checkpoints, summary.json)")
     t.add_argument(
         "--backbone",
@@ -254,6 +331,28 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--ema-decay", type=float, default=0.995, help="weight EMA decay (0 disables)")
     t.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     t.add_argument(
+        "--balance-view",
+        action="store_true",
+        help="draw every view equally often within each source and label (view confound)",
+    )
+    t.add_argument("--epoch-size", type=int, default=None, help="draws per epoch")
+    t.add_argument(
+        "--histeq-p",
+        type=float,
+        default=0.0,
+        help="probability of histogram equalisation / random percentile window augmentation",
+    )
+    t.add_argument("--load-side", type=int, default=256, help="longest side kept in memory")
+    t.add_argument(
+        "--init-from", default=None, help="ONNX model of the same backbone to start from"
+    )
+    t.add_argument(
+        "--distill-weight",
+        type=float,
+        default=0.0,
+        help="keep the --init-from model's outputs on pediatric training images (loss weight)",
+    )
+    t.add_argument(
         "--mii-checkpoint",
         default=None,
         help="MedImageInsight .safetensors (medimageinsight backbones)",
@@ -267,8 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--init",
         default=None,
-        help="start from this model: an ONNX file (new head on its embedding) or a torch run "
-        "directory/checkpoint (fine-tune); see models/finetune.py",
+        help="start from this model: an ONNX file (a new head on its embedding) or a torch run "
+        "directory/checkpoint (fine-tune every weight), on one labels file such as a node's "
+        "dataset export; see models/finetune.py (--init-from is the multi-source recipe's)",
     )
     t.add_argument("--name", default="cxr-triage-site", help="the new model's name")
     t.add_argument("--version", default="0.1.0", help="version of the new model (--init)")
@@ -303,8 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
         " split (validation, never test) and store them in its card.",
     )
     c.add_argument("model", help="the .onnx file")
-    c.add_argument("--labels", required=True, help="labels.csv (image,label,...,split)")
-    c.add_argument("--images-root", required=True, help="folder the image paths are relative to")
+    _add_data_args(c)
     c.add_argument("--split", default="val", help="rows of this split")
     c.add_argument(
         "--target-sensitivity",
@@ -322,14 +421,19 @@ def build_parser() -> argparse.ArgumentParser:
         " predictions.csv and report.md, then the plots (matplotlib, 'train' extra).",
     )
     v.add_argument("model", help="the .onnx file")
-    v.add_argument("--labels", required=True, help="labels.csv (image,label,...,split)")
-    v.add_argument("--images-root", required=True, help="folder the image paths are relative to")
+    _add_data_args(v)
+    v.add_argument(
+        "--checkpoint",
+        default=None,
+        help="with --data: the model's best.pt, to draw class-activation maps of adult positives",
+    )
     v.add_argument("--out", required=True, help="output folder")
     v.add_argument("--split", default=None, help="only rows of this split (default: all rows)")
     v.add_argument(
         "--variants",
         default="original",
-        help="comma list of: original, jpeg30_96px, mono1_dicom, j2k_mono1_dicom, lowres64",
+        help="comma list of: original, histeq, jpeg30_96px, jpeg15, mono1_dicom, "
+        "j2k_mono1_dicom, lowres64",
     )
     v.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples")
     v.add_argument(

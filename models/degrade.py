@@ -152,6 +152,12 @@ def _v_j2k_mono1_dicom(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
     return preprocess_dataset(_roundtrip(ds), spec)
 
 
+def _v_histeq(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
+    from PIL import ImageOps
+
+    return preprocess_pil(ImageOps.equalize(img.convert("L")), spec)
+
+
 VARIANTS: dict[str, Callable[[Image.Image, PreprocessSpec], np.ndarray]] = {
     "original": _v_original,
     "jpeg30_96px": _v_jpeg30_96,
@@ -159,6 +165,7 @@ VARIANTS: dict[str, Callable[[Image.Image, PreprocessSpec], np.ndarray]] = {
     "jpeg15": _v_jpeg15,
     "mono1_dicom": _v_mono1_dicom,
     "j2k_mono1_dicom": _v_j2k_mono1_dicom,
+    "histeq": _v_histeq,
 }
 
 VARIANT_DESCRIPTIONS: dict[str, str] = {
@@ -168,6 +175,7 @@ VARIANT_DESCRIPTIONS: dict[str, str] = {
     "jpeg15": "JPEG recompression at quality 15",
     "mono1_dicom": "12-bit MONOCHROME1 DICOM with rescale slope 0.5 / intercept -1024",
     "j2k_mono1_dicom": "as mono1_dicom, JPEG 2000 lossy at 20:1",
+    "histeq": "histogram-equalised (exposure and the intensity histogram no longer tell the label)",
 }
 
 

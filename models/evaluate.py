@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ from models.runtime import Classifier
 __all__ = [
     "calibrate_model",
     "evaluate_model",
+    "fit_operating_points",
     "score_records",
     "subgroup_metrics",
     "summarize_labels",
@@ -148,6 +149,49 @@ def summarize_labels(records: Sequence[Record]) -> dict[str, Any]:
     }
 
 
+def fit_operating_points(
+    y: np.ndarray, prob: np.ndarray, *, split: str = "val", target_sensitivity: float = 0.98
+) -> dict[str, dict[str, Any]]:
+    """The ``balanced`` and ``high_sensitivity`` operating points of calibrated probabilities.
+
+    Parameters
+    ----------
+    y : numpy.ndarray
+        Labels (1 = abnormal), both classes present.
+    prob : numpy.ndarray
+        Calibrated probabilities.
+    split : str
+        Name of the split they come from (recorded).
+    target_sensitivity : float
+        Sensitivity of the ``high_sensitivity`` point.
+
+    Returns
+    -------
+    dict
+        ``{name: {"threshold", "sensitivity", "specificity", "fitted_on", "n", "rule", ...}}``.
+    """
+    points: dict[str, dict[str, Any]] = {}
+    balanced = operating_point_balanced(y, prob)
+    # never above the balanced threshold: "high sensitivity" must not be less sensitive
+    high_sens = min(operating_point_for_sensitivity(y, prob, target_sensitivity), balanced)
+    for name, thr in (("balanced", balanced), ("high_sensitivity", high_sens)):
+        m = threshold_metrics(y, prob, thr)
+        points[name] = {
+            "threshold": thr,
+            "sensitivity": m["sensitivity"],
+            "specificity": m["specificity"],
+            "fitted_on": split,
+            "n": len(y),
+        }
+    points["high_sensitivity"]["target_sensitivity"] = target_sensitivity
+    points["balanced"]["rule"] = "maximum Youden J (sensitivity + specificity - 1)"
+    points["high_sensitivity"]["rule"] = (
+        f"highest threshold with sensitivity >= {target_sensitivity}, "
+        "capped at the balanced threshold"
+    )
+    return points
+
+
 def calibrate_model(
     model: str | Path,
     *,
@@ -191,25 +235,7 @@ def calibrate_model(
         update={"calibration": {"method": "temperature", "temperature": temperature}}
     )
     prob = card.calibrate(z)
-    points = {}
-    balanced = operating_point_balanced(y, prob)
-    # never above the balanced threshold: "high sensitivity" must not be less sensitive
-    high_sens = min(operating_point_for_sensitivity(y, prob, target_sensitivity), balanced)
-    for name, thr in (("balanced", balanced), ("high_sensitivity", high_sens)):
-        m = threshold_metrics(y, prob, thr)
-        points[name] = {
-            "threshold": thr,
-            "sensitivity": m["sensitivity"],
-            "specificity": m["specificity"],
-            "fitted_on": split,
-            "n": len(y),
-        }
-    points["high_sensitivity"]["target_sensitivity"] = target_sensitivity
-    points["balanced"]["rule"] = "maximum Youden J (sensitivity + specificity - 1)"
-    points["high_sensitivity"]["rule"] = (
-        f"highest threshold with sensitivity >= {target_sensitivity}, "
-        "capped at the balanced threshold"
-    )
+    points = fit_operating_points(y, prob, split=split, target_sensitivity=target_sensitivity)
     uncal = 0.5 * (1 + np.tanh(0.5 * z))
     card = card.model_copy(
         update={
@@ -418,7 +444,7 @@ def _report(metrics: dict[str, Any], card: ModelCard) -> str:
     v = metrics["variants"]
     names = list(v)
     split_text = f", split `{metrics['split']}`" if metrics["split"] else ""
-    points_text = ", ".join(f"{k} = {p['threshold']:.4f}" for k, p in card.operating_points.items())
+    points_text = ", ".join(f"{k} = {t:.4f}" for k, t in metrics["thresholds"].items())
     lines = [
         f"# Evaluation: {metrics['title']}",
         "",
@@ -459,7 +485,7 @@ def _report(metrics: dict[str, Any], card: ModelCard) -> str:
     lines.append(
         "| ECE (10 bins) | " + " | ".join(_fmt(v[n]["overall"]["ece"]) for n in names) + " |"
     )
-    for op in card.operating_points:
+    for op in metrics["thresholds"]:
         for key in ("sensitivity", "specificity"):
             lines.append(
                 f"| {key} @ {op} | "
@@ -529,6 +555,8 @@ def evaluate_model(
     n_boot: int = 1000,
     update_card: bool = False,
     title: str | None = None,
+    thresholds: dict[str, float] | None = None,
+    keep: Callable[[Record], bool] | None = None,
 ) -> dict[str, Any]:
     """Evaluate an ONNX model on a labels file and write the report.
 
@@ -552,6 +580,10 @@ def evaluate_model(
         Store the overall and subgroup metrics in the model card.
     title : str, optional
         Report title.
+    thresholds : dict, optional
+        Operating point thresholds to use instead of the card-wide ones (a population's).
+    keep : callable, optional
+        Only the records for which it is true (e.g. the era-matched patients).
 
     Returns
     -------
@@ -563,11 +595,14 @@ def evaluate_model(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     records = read_labels(labels, split)
+    if keep is not None:
+        records = [r for r in records if keep(r)]
     if not records:
         raise ValueError(f"no rows{' in split ' + split if split else ''} in {labels}")
     clf = Classifier.load(model)
     card = clf.card
-    thresholds = {k: card.threshold(k) for k in card.operating_points} or {"balanced": 0.5}
+    if thresholds is None:
+        thresholds = {k: card.threshold(k) for k in card.operating_points} or {"balanced": 0.5}
     y_all = np.array([r.label for r in records])
     metrics: dict[str, Any] = {
         "title": title or f"{Path(labels).parent.name}{'/' + split if split else ''}",

@@ -6,7 +6,10 @@
   augmented (crop/zoom, rotation, flip, gamma, noise, blur, down-and-up
   sampling, JPEG recompression) and then go through the *same*
   :func:`models.preprocess.preprocess_pil` the workers use;
-* early stopping on validation ROC-AUC, fixed seeds, tqdm progress bars,
+* several labelled sources at once (:mod:`models.sources`), drawn with
+  per-source weights and optionally view-balanced within each label;
+* early stopping on validation ROC-AUC (the mean of the per-source ROC-AUCs
+  when there are several sources), fixed seeds, tqdm progress bars,
   resumable checkpoints (``last.pt`` every epoch, ``best.pt`` on improvement);
 * cosine learning-rate decay over ``epochs``; with ``max_minutes`` the decay
   follows whichever of steps or wall time is further along, so a run on a
@@ -29,13 +32,14 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, ImageFilter
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from tqdm import tqdm
 
 from models.backbones import BACKBONES, build_model
-from models.data import Record, read_labels
+from models.data import Record
 from models.metrics import brier_score, roc_auc, sigmoid
 from models.preprocess import PreprocessSpec, pil_to_array, preprocess_pil
+from models.sources import DataSource, read_sources, sampling_weights
 
 __all__ = ["TrainConfig", "augment", "load_checkpoint_model", "load_images", "train"]
 
@@ -65,6 +69,28 @@ class TrainConfig:
     augment: bool = True
     ema_decay: float | None = 0.995
     preprocess: dict[str, Any] = field(default_factory=dict)
+    #: several sources (``DataSource.to_dict()``); empty: ``labels``/``images_root`` alone
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    #: within each source and label, every view gets the same share of the draws
+    balance_view: bool = False
+    #: training draws per epoch (default: the number of training images)
+    epoch_size: int | None = None
+    #: probability of histogram equalisation / random percentile windowing per draw
+    histeq_p: float = 0.0
+    #: longest side images are kept at in memory (>= input_size)
+    load_side: int = 256
+    #: ONNX model of the same backbone whose weights start the run
+    init_from: str | None = None
+    #: weight of a distillation loss towards the ``init_from`` model's outputs on the
+    #: training images of ``distill_population`` (learning without forgetting); 0: off
+    distill_weight: float = 0.0
+    distill_population: str = "pediatric"
+
+    def data_sources(self) -> list[DataSource]:
+        """The run's sources (one when ``sources`` is empty)."""
+        if self.sources:
+            return [DataSource(**d) for d in self.sources]
+        return [DataSource(self.labels, self.images_root)]
 
     def spec(self) -> PreprocessSpec:
         """The preprocessing spec of this run."""
@@ -80,11 +106,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def load_images(records: list[Record], images_root: Path, max_side: int = 256) -> list[np.ndarray]:
-    """Decode every image once (grey, uint8/uint16), shrinking larger ones to ``max_side``."""
+def load_images(
+    records: list[Record], images_root: Path | list[Path], max_side: int = 256
+) -> list[np.ndarray]:
+    """Decode every image once (grey, uint8/uint16), shrinking larger ones to ``max_side``.
+
+    ``images_root`` is one folder, or one folder per record.
+    """
+    roots = images_root if isinstance(images_root, list) else [images_root] * len(records)
     out = []
-    for rec in tqdm(records, desc="decode", unit="img", leave=False):
-        with Image.open(images_root / rec.image) as img:
+    for rec, root in tqdm(
+        list(zip(records, roots, strict=True)), desc="decode", unit="img", leave=False
+    ):
+        with Image.open(Path(root) / rec.image) as img:
             img.load()
             if max(img.size) > max_side:
                 img.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
@@ -99,16 +133,20 @@ def _to_pil(arr: np.ndarray) -> Image.Image:
     return Image.fromarray(arr if arr.dtype == np.uint8 else arr.astype(np.float32))
 
 
-def augment(arr: np.ndarray, rng: np.random.Generator) -> Image.Image:
+def augment(arr: np.ndarray, rng: np.random.Generator, histeq_p: float = 0.0) -> Image.Image:
     """Random hospital-like perturbation of one uint8 grey image.
 
     Geometry: random crop (scale 0.7-1, aspect 0.85-1.18) or zoom-out with a
     black border, rotation up to 8 degrees, horizontal flip. Intensity: gamma
     0.6-1.6, contrast/brightness (undone by percentile windowing but changes
     clipping), Gaussian noise. Quality: Gaussian blur, down-sampling to 40-128
-    px and back, JPEG recompression at quality 10-85.
+    px and back, JPEG recompression at quality 10-85. Exposure (with
+    probability ``histeq_p``): histogram equalisation or a random percentile
+    window, so that the intensity histogram is no shortcut to the label.
     """
     img = Image.fromarray(arr) if arr.dtype == np.uint8 else _to_pil(arr).convert("L")
+    if histeq_p and rng.random() < histeq_p:
+        img = _exposure(img, rng)
     w, h = img.size
     if rng.random() < 0.8:
         scale = rng.uniform(0.7, 1.0)
@@ -150,6 +188,18 @@ def augment(arr: np.ndarray, rng: np.random.Generator) -> Image.Image:
     return img
 
 
+def _exposure(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """Histogram equalisation (half the time) or a random percentile window."""
+    from PIL import ImageOps
+
+    if rng.random() < 0.5:
+        return ImageOps.equalize(img)
+    x = np.asarray(img, dtype=np.float32)
+    lo, hi = np.percentile(x, [rng.uniform(0, 15), rng.uniform(85, 100)])
+    y = np.clip((x - lo) / max(hi - lo, 1.0), 0, 1)
+    return Image.fromarray((y * 255 + 0.5).astype(np.uint8))
+
+
 class _TrainSet(Dataset):
     def __init__(
         self,
@@ -158,18 +208,22 @@ class _TrainSet(Dataset):
         spec: PreprocessSpec,
         seed: int,
         aug: bool,
+        histeq_p: float = 0.0,
+        flags: np.ndarray | None = None,
     ):
         self.images, self.labels, self.spec, self.seed, self.aug = images, labels, spec, seed, aug
+        self.histeq_p = histeq_p
+        self.flags = np.zeros(len(images), np.float32) if flags is None else flags
         self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng((self.seed, self.epoch, i))
-        img = augment(self.images[i], rng) if self.aug else _to_pil(self.images[i])
+        img = augment(self.images[i], rng, self.histeq_p) if self.aug else _to_pil(self.images[i])
         x = preprocess_pil(img, self.spec)
-        return torch.from_numpy(x), torch.tensor(float(self.labels[i]))
+        return torch.from_numpy(x), torch.tensor(float(self.labels[i])), torch.tensor(self.flags[i])
 
 
 def preprocess_all(images: list[np.ndarray], spec: PreprocessSpec) -> torch.Tensor:
@@ -244,18 +298,26 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     spec = cfg.spec()
-    root = Path(cfg.images_root)
-    train_recs = read_labels(cfg.labels, "train")
-    val_recs = read_labels(cfg.labels, "val")
-    if cfg.max_train_images:
-        train_recs = train_recs[: cfg.max_train_images]
-    if not train_recs or not val_recs:
-        raise ValueError("the labels file needs rows in the train and val splits")
+    sources = cfg.data_sources()
+    train_items = read_sources(sources, "train")
+    val_items = read_sources(sources, "val")
+    if cfg.max_train_images:  # the first rows of every source
+        train_items = [
+            it
+            for src in sources
+            for it in [t for t in train_items if t.source == src][: cfg.max_train_images]
+        ]
+    if not train_items or not val_items:
+        raise ValueError("the labels file(s) need rows in the train and val splits")
+    train_recs = [it.record for it in train_items]
+    val_recs = [it.record for it in val_items]
     t0 = time.time()
-    train_imgs = load_images(train_recs, root)
-    val_imgs = load_images(val_recs, root)
+    side = max(cfg.load_side, spec.input_size)
+    train_imgs = load_images(train_recs, [Path(it.source.images_root) for it in train_items], side)
+    val_imgs = load_images(val_recs, [Path(it.source.images_root) for it in val_items], side)
     y_train = np.array([r.label for r in train_recs], dtype=np.float32)
     y_val = np.array([r.label for r in val_recs], dtype=int)
+    val_source = np.array([it.source.name for it in val_items])
     x_val = preprocess_all(val_imgs, spec)
     logger.info(
         "decoded %d train / %d val images in %.1fs",
@@ -265,6 +327,21 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     )
 
     model = build_model(cfg.backbone, in_chans=spec.channels)
+    if cfg.init_from and not resume:
+        from models.warmstart import init_from_onnx
+
+        init_from_onnx(model, cfg.init_from, x_val[:: max(1, len(x_val) // 128)][:128])
+    teacher = None
+    if cfg.distill_weight > 0:
+        if not cfg.init_from:
+            raise ValueError("distillation needs init_from (the model to stay close to)")
+        from models.warmstart import init_from_onnx
+
+        teacher = build_model(cfg.backbone, in_chans=spec.channels)
+        init_from_onnx(teacher, cfg.init_from, x_val[:: max(1, len(x_val) // 128)][:128])
+        teacher.eval()
+        for prm in teacher.parameters():
+            prm.requires_grad_(False)
     ema = _Ema(model, cfg.ema_decay) if cfg.ema_decay else None
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     state: dict[str, Any] = {
@@ -286,12 +363,27 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         torch.set_rng_state(ckpt["torch_rng"])
         logger.info("resumed from %s at epoch %d", last, state["epoch"])
 
-    ds = _TrainSet(train_imgs, y_train, spec, cfg.seed, cfg.augment)
+    flags = np.array(
+        [it.population == cfg.distill_population for it in train_items], dtype=np.float32
+    )
+    ds = _TrainSet(train_imgs, y_train, spec, cfg.seed, cfg.augment, cfg.histeq_p, flags)
     gen = torch.Generator().manual_seed(cfg.seed)
+    weighted = len(sources) > 1 or cfg.balance_view or cfg.epoch_size
+    sampler = (
+        WeightedRandomSampler(
+            sampling_weights(train_items, balance_view=cfg.balance_view).tolist(),
+            num_samples=cfg.epoch_size or len(train_items),
+            replacement=True,
+            generator=gen,
+        )
+        if weighted
+        else None
+    )
     loader = DataLoader(
         ds,
         batch_size=cfg.batch_size,
-        shuffle=True,
+        shuffle=sampler is None,
+        sampler=sampler,
         drop_last=True,
         num_workers=cfg.workers,
         generator=gen,
@@ -308,7 +400,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         model.train()
         losses = []
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False)
-        for i, (x, y) in enumerate(bar):
+        for i, (x, y, flag) in enumerate(bar):
             if cfg.max_minutes and time.time() - started >= 60 * cfg.max_minutes:
                 break
             step = epoch * steps_per_epoch + i
@@ -319,6 +411,13 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
                 g["lr"] = _lr_at(step, total, warm, cfg.lr, frac)
             logits, _ = model(x)
             loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y)
+            if teacher is not None and flag.sum() > 0:
+                with torch.no_grad():
+                    target = torch.sigmoid(teacher(x)[0])
+                kd = torch.nn.functional.binary_cross_entropy_with_logits(
+                    logits, target, reduction="none"
+                )
+                loss = loss + cfg.distill_weight * (kd * flag).sum() / flag.sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -328,7 +427,16 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
         eval_model = ema.module if ema is not None else model
         val_logits = predict_logits(eval_model, x_val)
-        auc = roc_auc(y_val, val_logits)
+        per_source = {
+            name: roc_auc(y_val[val_source == name], val_logits[val_source == name])
+            for name in dict.fromkeys(val_source.tolist())
+        }
+        # several sources: the mean of their ROC-AUCs (the pooled one mixes populations)
+        auc = (
+            float(np.mean(list(per_source.values())))
+            if len(per_source) > 1
+            else roc_auc(y_val, val_logits)
+        )
         brier = brier_score(y_val, sigmoid(val_logits))
         elapsed = time.time() - started
         rec = {
@@ -338,6 +446,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
             "val_brier": brier,
             "elapsed_s": round(elapsed, 1),
         }
+        if len(per_source) > 1:
+            rec["val_auc_per_source"] = per_source
         state["history"].append(rec)
         state["epoch"] = epoch + 1
         state["elapsed_s"] = elapsed
@@ -385,6 +495,13 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         "history": state["history"],
         "n_train": len(train_recs),
         "n_val": len(val_recs),
+        "n_per_source": {
+            s.name: {
+                "train": sum(it.source == s for it in train_items),
+                "val": sum(it.source == s for it in val_items),
+            }
+            for s in sources
+        },
         "torch_threads": cfg.threads,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

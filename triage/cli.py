@@ -358,6 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_commands(sub)
     for name in ("model", "dataset"):
         sub.choices[name].set_defaults(run=run_model_command)
+    from worklist.simulate_cli import add_simulate_command
+
+    add_simulate_command(sub)
     _describe_subcommands(parser)
     return parser
 

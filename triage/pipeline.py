@@ -32,6 +32,7 @@ from models.occlusion import PATCHES_PER_SIDE, occlusion_map
 from models.population import intended_population, population_warning
 from models.preprocess import PreprocessError, PreprocessSpec, preprocess_dataset
 from models.runtime import Classifier
+from triage.operating_point import applied_operating_point
 from triage.scoring import StudyScore, score_study
 from triage.selection import Eligible, Skipped, select_instance, skipped_unreadable
 from triage.sr import SRContent, build_sr, sr_uids, write_sr
@@ -356,12 +357,13 @@ def _evaluate(
     batch = batch.astype(np.float32, copy=False)
     logits = np.asarray(clf.predict_logits(batch), dtype=np.float32).reshape(-1)
     timings["inference"] = time.perf_counter() - t0
-    operating_point = settings.operating_point
+    # the card's point, or its population's by the patient's age (header)
+    applied = applied_operating_point(card, settings.operating_point, [im.header for im in scored])
     study_score = score_study(
         logits,
         calibrate=card.calibrate,
-        threshold=card.threshold(operating_point),
-        operating_point=operating_point,
+        threshold=applied.threshold,
+        operating_point=applied.label,
         how=settings.aggregation,
     )
     return StudyEvaluation(
@@ -536,7 +538,7 @@ def result_record(
         score=score.score if score else None,
         threshold=threshold,
         aggregation=settings.aggregation,
-        operating_point=settings.operating_point,
+        operating_point=score.operating_point if score else settings.operating_point,
         model_name=card.name if card is not None else "",
         model_version=card.version if card is not None else "",
         model_sha256=card.sha256 if card is not None else "",

@@ -12,13 +12,14 @@ A worker that serves ``delivery`` also runs the sweep (due outbox rows, stalled
 revisions) every ``sweep_seconds`` in a background thread.
 
 :func:`start_embedded_worker` is the embedded mode of ``triage-node serve``: it
-starts **two subprocesses** (``python -m triage.worker``), one for ``inference`` and
-one for ``delivery``, passing the settings through ``TRIAGE_*`` environment
-variables. Subprocesses rather than threads because Celery's worker owns signal
-handling and its process pool, ONNX Runtime and the GPU are best kept out of the
-SCP's process, and a crash of a worker must not take the SCP down. The handle's
-:meth:`EmbeddedWorker.stop` asks both for a warm shutdown (SIGTERM) and kills them
-after a grace period.
+starts **two subprocesses** (``python -m triage.worker``), one for ``inference``
+(``settings.inference_processes`` pool processes, so that a burst of studies is
+triaged in parallel on the cores) and one for ``delivery``, passing the settings
+through ``TRIAGE_*`` environment variables. Subprocesses rather than threads
+because Celery's worker owns signal handling and its process pool, ONNX Runtime
+and the GPU are best kept out of the SCP's process, and a crash of a worker must
+not take the SCP down. The handle's :meth:`EmbeddedWorker.stop` asks both for a
+warm shutdown (SIGTERM) and kills them after a grace period.
 """
 
 from __future__ import annotations
@@ -187,7 +188,7 @@ class EmbeddedWorker:
 def start_embedded_worker(
     settings: Settings,
     *,
-    inference_concurrency: int = 1,
+    inference_concurrency: int | None = None,
     delivery_concurrency: int = 4,
     extra_env: dict[str, str] | None = None,
     inherit_fds: Sequence[int] = (),
@@ -202,7 +203,8 @@ def start_embedded_worker(
     Parameters
     ----------
     settings : Settings
-    inference_concurrency : int
+    inference_concurrency : int, optional
+        Inference pool processes; default ``settings.inference_processes``.
     delivery_concurrency : int
     extra_env : dict, optional
         More environment for the children (tests).
@@ -219,6 +221,8 @@ def start_embedded_worker(
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRIAGE_")}
     env.update(settings_to_env(settings))
     env.update(extra_env or {})
+    if inference_concurrency is None:
+        inference_concurrency = settings.inference_processes
     processes: dict[str, subprocess.Popen[bytes]] = {}
     for queue, concurrency in (
         (INFERENCE_QUEUE, inference_concurrency),

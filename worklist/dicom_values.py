@@ -6,7 +6,15 @@ import re
 
 from models.demographics import age_band
 
-__all__ = ["age_years", "format_person_name", "patient_age_band", "sex_age", "sex_group"]
+__all__ = [
+    "age_years",
+    "age_years_from_dates",
+    "format_person_name",
+    "header_age_years",
+    "patient_age_band",
+    "sex_age",
+    "sex_group",
+]
 
 
 def format_person_name(value: str | None) -> str | None:
@@ -48,6 +56,66 @@ def age_years(patient_age: str | None) -> float | None:
         return None
     n, unit = int(match[1]), match[2] or "Y"
     return {"Y": n, "M": n / 12, "W": n / 52.18, "D": n / 365.25}[unit]
+
+
+def age_years_from_dates(birth_date: str | None, study_date: str | None) -> float | None:
+    """Age in years at the study from two DICOM DA values (``YYYYMMDD``).
+
+    Parameters
+    ----------
+    birth_date, study_date : str or None
+        Patient's Birth Date and Study Date.
+
+    Returns
+    -------
+    float or None
+        Completed years (a fraction below one year); None when either is missing,
+        malformed, or the birth date is after the study.
+    """
+    from datetime import date
+
+    def parse(value: str | None) -> date | None:
+        text = (value or "").strip().replace(".", "")  # ACR-NEMA YYYY.MM.DD
+        if not re.fullmatch(r"\d{8}", text):
+            return None
+        try:
+            return date(int(text[:4]), int(text[4:6]), int(text[6:]))
+        except ValueError:
+            return None
+
+    born, studied = parse(birth_date), parse(study_date)
+    if born is None or studied is None or born > studied:
+        return None
+    years = studied.year - born.year - ((studied.month, studied.day) < (born.month, born.day))
+    if years >= 1:
+        return float(years)  # completed years, as Patient's Age counts them
+    return (studied - born).days / 365.25
+
+
+def header_age_years(header: object) -> float | None:
+    """A patient's age in years from an image header.
+
+    Patient's Age (AS) when present, valid and not zero (``000Y`` is how senders
+    write an unknown age), else Patient's Birth Date with Study Date; None when
+    neither gives one.
+
+    Parameters
+    ----------
+    header : pydicom.Dataset or any object with those keyword attributes
+
+    Returns
+    -------
+    float or None
+    """
+
+    def text(keyword: str) -> str | None:
+        value = getattr(header, keyword, None)
+        return str(value) if value not in (None, "") else None
+
+    age = age_years(text("PatientAge"))
+    if age:  # senders write 000Y for an unknown age
+        return age
+    return age_years_from_dates(text("PatientBirthDate"), text("StudyDate"))
 
 
 def patient_age_band(patient_age: str | None) -> str:

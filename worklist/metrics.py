@@ -27,6 +27,16 @@ and the values agree whichever API process is scraped. All names start with
     Live agreement with the radiologists' labels (see
     :func:`worklist.monitoring.agreement_report`); ``group`` is ``overall``, ``sex`` or
     ``age_band``.
+``triage_turnaround_seconds{group,value,stat}``, ``triage_turnaround_studies{group,value}``
+    Arrival -> completed read of the studies that arrived in the last 7 days, by
+    stored priority level (``group="level"``) and by the radiologists' label
+    (``group="truth"``); ``stat`` is ``mean``, ``p50``, ``p90`` or ``max``
+    (:mod:`worklist.turnaround`, the definitions of the reading-order simulator).
+``triage_read_wait_longest_seconds``
+    The longest current wait of a study nobody has opened (0 when none waits).
+``triage_read_over_cap{scope}``
+    Studies over the wait cap: ``waiting`` now, or in the 7-day ``window`` (opened
+    after the cap or still waiting beyond it).
 """
 
 from __future__ import annotations
@@ -34,6 +44,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from datetime import timedelta
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
@@ -49,6 +60,7 @@ from sqlalchemy.orm import sessionmaker
 from worklist.core.clock import as_utc, utcnow
 from worklist.monitoring import agreement_report
 from worklist.tables import Delivery, Instance, Study, StudyRead, StudyState, TriageResult
+from worklist.time_to_read import time_to_read_report
 
 __all__ = ["TIME_TO_TRIAGE_BUCKETS", "DatabaseCollector", "make_registry"]
 
@@ -64,10 +76,15 @@ class DatabaseCollector(Collector):
     Parameters
     ----------
     session_factory : sessionmaker
+    wait_cap : timedelta
+        The worklist's wait cap (``Settings.wait_cap_minutes``).
     """
 
-    def __init__(self, session_factory: sessionmaker) -> None:
+    def __init__(
+        self, session_factory: sessionmaker, *, wait_cap: timedelta = timedelta(minutes=60)
+    ) -> None:
         self._session_factory = session_factory
+        self._wait_cap = wait_cap
 
     def collect(self) -> Iterator[Metric]:
         """Yield the metric families (see the module docstring)."""
@@ -155,6 +172,8 @@ class DatabaseCollector(Collector):
 
             yield from self._feedback(session)
 
+            yield from self._time_to_read(session, now)
+
     def _time_to_triage(self, session: object) -> Metric:
         rows = session.execute(  # type: ignore[attr-defined]
             select(Study.id, Study.first_received_at, TriageResult.finished_at)
@@ -201,18 +220,56 @@ class DatabaseCollector(Collector):
                 family.add_metric([group, value], float("nan") if ratio is None else ratio)
         yield from families.values()
 
+    def _time_to_read(self, session: Any, now: Any) -> Iterator[Metric]:
+        report = time_to_read_report(session, now=now, wait_cap=self._wait_cap, days=7)
+        seconds = GaugeMetricFamily(
+            "triage_turnaround_seconds",
+            "Arrival to completed read, studies of the last 7 days, by level or label.",
+            labels=["group", "value", "stat"],
+        )
+        studies = GaugeMetricFamily(
+            "triage_turnaround_studies",
+            "Completed reads of studies of the last 7 days, by level or label.",
+            labels=["group", "value"],
+        )
+        for group, key in (("level", "by_level"), ("truth", "by_truth")):
+            for value, summary in report[key].items():
+                studies.add_metric([group, value], summary["n"])
+                for stat in ("mean", "p50", "p90", "max"):
+                    seconds.add_metric([group, value, stat], summary[stat])
+        yield seconds
+        yield studies
+        longest = GaugeMetricFamily(
+            "triage_read_wait_longest_seconds",
+            "The longest current wait of a study nobody has opened (0: none waits).",
+        )
+        longest.add_metric([], report["waiting"]["longest_wait_seconds"] or 0.0)
+        yield longest
+        over = GaugeMetricFamily(
+            "triage_read_over_cap",
+            "Studies over the wait cap: waiting now, or in the last 7 days.",
+            labels=["scope"],
+        )
+        over.add_metric(["waiting"], report["waiting"]["over_cap"])
+        over.add_metric(["window"], report["window_over_cap"])
+        yield over
 
-def make_registry(session_factory: sessionmaker) -> CollectorRegistry:
+
+def make_registry(
+    session_factory: sessionmaker, *, wait_cap: timedelta = timedelta(minutes=60)
+) -> CollectorRegistry:
     """A registry holding only the node's database collector.
 
     Parameters
     ----------
     session_factory : sessionmaker
+    wait_cap : timedelta
+        The worklist's wait cap (``Settings.wait_cap_minutes``).
 
     Returns
     -------
     CollectorRegistry
     """
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(DatabaseCollector(session_factory))
+    registry.register(DatabaseCollector(session_factory, wait_cap=wait_cap))
     return registry

@@ -227,6 +227,15 @@ class Settings(BaseSettings):
         0.9, gt=0, le=1, description="Probability from which an abnormal study is 'high'."
     )
     batch_size: int = Field(8, ge=1, description="Images per ONNX Runtime batch.")
+    inference_processes: int = Field(
+        1,
+        ge=1,
+        description=(
+            "Inference worker processes of the embedded mode (one ONNX Runtime session "
+            "each); 2 drains a burst of studies faster on 2 cores but slows single "
+            "studies (bench/TRIAGE.md)."
+        ),
+    )
     delivery_max_attempts: int = Field(
         8, ge=1, description="SR delivery attempts per destination before 'failed'."
     )

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from worklist.auth import Authenticator, session_key
 from worklist.core.settings import Settings
-from worklist.http.deps import LoginRequired
+from worklist.http.deps import LoginRequired, wait_cap
 from worklist.http.readiness import BrokerCheck, ModelCardCache
 from worklist.http.routes import ROUTERS
 from worklist.http.templating import configure_templates
@@ -61,7 +61,7 @@ def create_app(settings: Settings, session_factory: sessionmaker[Session]) -> Fa
     app.state.authenticator = Authenticator(settings, session_key(settings))
     app.state.model_card = ModelCardCache(settings)
     app.state.broker_check = BrokerCheck(settings.effective_broker_url)
-    app.state.registry = make_registry(session_factory)
+    app.state.registry = make_registry(session_factory, wait_cap=wait_cap(settings))
     app.state.templates = Jinja2Templates(directory=str(WEB_DIR / "templates"))
     app.state.templates.env.filters["dicom_date"] = dicom_date
     configure_templates(app.state.templates.env, settings)

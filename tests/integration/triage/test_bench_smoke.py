@@ -1,4 +1,5 @@
-"""The time-to-triage benchmark runs end to end (2 studies, embedded mode, tiny model)."""
+"""The time-to-triage benchmark runs end to end (2 studies, then a burst of 3, embedded
+mode, tiny model)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,10 @@ def test_time_to_triage_benchmark_smoke(
             "embedded",
             "--studies",
             "2",
+            "--burst",
+            "3",
+            "--inference-concurrency",
+            "2",
             "--model",
             str(tiny_model),
             "--source",
@@ -43,4 +48,8 @@ def test_time_to_triage_benchmark_smoke(
     assert mode["studies"] == 2
     assert 0 < mode["stable_to_sr"]["p95"] < 30
     assert mode["total"]["p50"] >= mode["minus_quiet"]["p50"]
+    burst = mode["burst"]
+    assert mode["inference_concurrency"] == 2 and burst["studies"] == 3
+    assert burst["first_minus_quiet"] <= burst["last_minus_quiet"] < 60
+    assert burst["stable_to_sr"]["max"] <= burst["last_minus_quiet"] + burst["send_s"] + 1
     assert report["throughput"]["images_per_s_batch1"] > 0

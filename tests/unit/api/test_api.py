@@ -49,6 +49,7 @@ ANONYMOUS_DENIED = [
     ("GET", "/api/monitoring/probabilities"),
     ("GET", "/api/models"),
     ("GET", "/api/monitoring/models"),
+    ("GET", "/api/monitoring/time-to-read"),
     ("GET", "/api/audit"),
     ("GET", "/api/me"),
     ("GET", "/api/openapi.json"),

@@ -1,9 +1,10 @@
 """The shipped default model: card, size, CPU inference, and accuracy on real test images.
 
-Fixed set: the first 60 ``normal`` and the first 60 ``abnormal`` rows of the
-``test`` split of ``../shared/data/cxr/labels.csv`` (file order). Bar: ROC-AUC
->= 0.95 (chance is 0.5; the full test split measures about 0.99, see
-models/default/evaluation/report.md).
+Fixed sets: the first 60 ``normal`` and the first 60 ``abnormal`` rows of the
+``test`` split of ``../shared/data/cxr/labels.csv`` (file order), bar ROC-AUC
+>= 0.95 (the full test split measures about 0.99); and every row of the
+``test`` split of ``../shared/data/cxr-nih512/labels.csv`` (124 adult NIH
+images), bar :data:`ADULT_AUC_BAR` (see models/default/evaluation/report.md).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ MODEL = default_model_path()
 pytestmark = pytest.mark.skipif(not MODEL.exists(), reason=f"default model not built yet: {MODEL}")
 
 AUC_BAR = 0.95
+#: Adult bar: the issue asks for 0.8 on a fixed adult subset.
+ADULT_AUC_BAR = 0.8
 
 
 @pytest.fixture(scope="module")
@@ -103,3 +106,26 @@ def test_scores_real_dicom(clf: Classifier, dicom_dir: Path) -> None:
     x = np.stack([preprocess_file(dicom_dir / "real" / n, spec) for n in names])
     prob = clf.predict_proba(x)
     assert prob.shape == (4,) and np.isfinite(prob).all()
+
+
+def test_scores_fixed_adult_test_images(clf: Classifier, data_dir: Path) -> None:
+    nih = data_dir / "cxr-nih512"
+    if not (nih / "labels.csv").exists():
+        pytest.skip(f"adult data not found at {nih}")
+    with (nih / "labels.csv").open() as fh:
+        rows = [r for r in csv.DictReader(fh) if r["split"] == "test"]
+    spec = clf.card.preprocess_spec
+    x = np.stack([preprocess_file(nih / r["image"], spec) for r in rows])
+    y = np.array([r["label"] == "abnormal" for r in rows], dtype=int)
+    prob = clf.predict_proba(x)
+    assert len(rows) == 124 and np.isfinite(prob).all()
+    assert roc_auc(y, prob) >= ADULT_AUC_BAR
+
+
+def test_card_lists_its_sources(clf: Classifier) -> None:
+    sources = clf.card.training_data.get("sources")
+    if not sources:
+        pytest.skip("the shipped card predates multi-source training")
+    for src in sources:
+        assert src["n"] > 0 and {"train", "val", "test"} <= set(src["splits"]), src["name"]
+    assert {"cxr", "cxr-nih512"} <= {s["name"] for s in sources}

@@ -127,5 +127,8 @@ def test_the_shipped_model_states_its_population() -> None:
 
     card = read_card(REPO_ROOT / "models" / "default" / "cxr-triage-default.onnx")
     population = intended_population(card.model_dump(mode="json"))
-    assert population is not None and population.age_max_years == 5
-    assert population_warning(population, age_years("067Y")) is not None
+    # children (from 1 year) and adults since the adult default model (issue 17)
+    assert population is not None and population.age_min_years == 1
+    assert population.age_max_years is None
+    assert population_warning(population, age_years("067Y")) is None
+    assert population_warning(population, age_years("006M")) is not None

@@ -18,6 +18,7 @@ them.
 ``GET  /api/monitoring/probabilities``   daily probability distribution (drift)
 ``GET  /api/models``                     the model registry (champion, shadows)
 ``GET  /api/monitoring/models``          champion vs shadow models on labelled studies
+``GET  /api/monitoring/time-to-read``   turnaround by level and label, waits, over the cap
 ``GET  /api/audit``                      the audit log (admins)
 ``GET  /``, ``/studies/{uid}``, ``/monitoring``  the web pages
 =======================================  =============================================

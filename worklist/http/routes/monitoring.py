@@ -10,7 +10,8 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from worklist import monitoring
 from worklist.audit import Action
 from worklist.core.clock import utcnow
-from worklist.http.deps import AnyUser, Reader, SessionDep, audited
+from worklist.http.deps import AnyUser, Reader, SessionDep, SettingsDep, audited, wait_cap
+from worklist.time_to_read import time_to_read_report
 
 router = APIRouter()
 
@@ -52,5 +53,20 @@ def monitoring_probabilities(
     """Daily distribution of the study probabilities (histogram, mean, median, p90,
     abnormal rate), so that drift shows."""
     out = monitoring.probability_distribution(db, days=days, now=utcnow())
+    audited(db, principal, Action.VIEW_MONITORING)
+    return out
+
+
+@router.get("/api/monitoring/time-to-read", tags=["monitoring"])
+def monitoring_time_to_read(
+    principal: Reader,
+    db: SessionDep,
+    settings: SettingsDep,
+    days: Annotated[int, Query(ge=1, le=366)] = 7,
+) -> dict[str, Any]:
+    """Turnaround (arrival -> completed read) by priority level and by the radiologists'
+    label, the longest current wait, studies over the wait cap, and a daily trend
+    (seconds; the definitions of the reading-order simulator)."""
+    out = time_to_read_report(db, now=utcnow(), wait_cap=wait_cap(settings), days=days)
     audited(db, principal, Action.VIEW_MONITORING)
     return out

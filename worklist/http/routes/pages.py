@@ -25,9 +25,11 @@ from worklist.http.deps import (
     TemplatesDep,
     audited,
     study_detail,
+    wait_cap,
 )
 from worklist.http.routes.models import champion_vs_challengers
 from worklist.http.templating import heatmap_context, population_context
+from worklist.time_to_read import time_to_read_report
 
 router = APIRouter(include_in_schema=False)
 
@@ -84,11 +86,14 @@ def monitoring_page(
     principal: PageReader,
     db: SessionDep,
     templates: TemplatesDep,
+    settings: SettingsDep,
     days: Annotated[int, Query(ge=1, le=366)] = 30,
 ) -> Response:
-    """Agreement with the radiologists by group, and the daily probabilities."""
+    """Agreement with the radiologists by group, the daily probabilities, and the time
+    to read (turnaround by level and label, longest wait, over the cap, daily trend)."""
     report = monitoring.agreement_report(db)
     daily = monitoring.probability_distribution(db, days=days, now=utcnow())
+    reading = time_to_read_report(db, now=utcnow(), wait_cap=wait_cap(settings), days=days)
     audited(db, principal, Action.VIEW_MONITORING)
     context = page_context(
         request,
@@ -98,6 +103,7 @@ def monitoring_page(
         daily=daily,
         days=days,
         comparison=champion_vs_challengers(db, request.app.state.settings, n_boot=200),
+        reading=reading,
     )
     return templates.TemplateResponse(request, "monitoring.html", context)
 
