@@ -45,6 +45,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from models.sources import resolve_sources
     from models.train import TrainConfig, train
 
+    if args.init:
+        return _train_from(args)
     if args.backbone.startswith("medimageinsight"):
         return _train_mii(args)
     sources = resolve_sources(args.data, args.labels, args.images_root)
@@ -89,6 +91,31 @@ def _cmd_train(args: argparse.Namespace) -> int:
             indent=2,
         )
     )
+    return 0
+
+
+def _train_from(args: argparse.Namespace) -> int:
+    """``--init MODEL``: start from a model (:mod:`models.finetune`)."""
+    from models.finetune import FinetuneConfig, finetune
+    from models.sources import resolve_sources
+
+    sources = resolve_sources(args.data, args.labels, args.images_root)
+    if len(sources) != 1:
+        raise ValueError("--init trains on one labels file (--labels/--images-root or one --data)")
+    summary = finetune(
+        FinetuneConfig(
+            init=args.init,
+            labels=sources[0].labels,
+            images_root=sources[0].images_root,
+            out_dir=args.out,
+            name=args.name,
+            version=args.version,
+            epochs=args.epochs if args.epochs != 40 else 5,
+            threads=args.threads,
+            seed=args.seed,
+        )
+    )
+    print(json.dumps(summary, indent=2))
     return 0
 
 
@@ -336,6 +363,15 @@ def build_parser() -> argparse.ArgumentParser:
         default="finetune",
         help="MedImageInsight: fine-tune the encoder or fit probes on frozen embeddings",
     )
+    t.add_argument(
+        "--init",
+        default=None,
+        help="start from this model: an ONNX file (a new head on its embedding) or a torch run "
+        "directory/checkpoint (fine-tune every weight), on one labels file such as a node's "
+        "dataset export; see models/finetune.py (--init-from is the multi-source recipe's)",
+    )
+    t.add_argument("--name", default="cxr-triage-site", help="the new model's name")
+    t.add_argument("--version", default="0.1.0", help="version of the new model (--init)")
     t.set_defaults(func=_cmd_train)
 
     sub.add_parser(

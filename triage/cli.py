@@ -13,6 +13,8 @@ resend      re-queue a study's failed SR deliveries, audited
 study       study release UID: triage a study held for a patient mismatch
 user        local accounts: add, passwd, disable, list (worklist.admin_cli)
 token       bearer tokens for systems (RIS): add, revoke
+model       the model registry: add, list, compare, promote, rollback (worklist.model_cli)
+dataset     export labelled studies as a training dataset
 
 Settings come from ``TRIAGE_*`` environment variables and ``--config FILE`` (TOML), read
 once by :func:`main`, which calls the subcommand's ``cmd_*(args, settings)`` (bound to
@@ -429,6 +431,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_account_commands(sub)
     for name in ("user", "token"):
         sub.choices[name].set_defaults(run=run_account_command)
+    # Models and datasets (worklist.model_cli): model add|list|compare|promote|rollback,
+    # dataset export
+    from worklist.model_cli import add_model_commands, run_model_command
+
+    add_model_commands(sub)
+    for name in ("model", "dataset"):
+        sub.choices[name].set_defaults(run=run_model_command)
     from worklist.simulate_cli import add_simulate_command
 
     add_simulate_command(sub)

@@ -31,8 +31,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from models.runtime import Classifier
 from triage.delivery import next_try_in, store_file
 from triage.errors import DestinationUnavailable, StoreRejected, TransientError
-from triage.inference import get_classifier
 from triage.pipeline import triage_study
+from triage.registry_models import RegistryModels
+from triage.shadow import score_shadows
 from worklist.core.clock import as_utc, utcnow
 from worklist.core.contracts import (
     DELIVERY_QUEUE,
@@ -52,7 +53,7 @@ from worklist.outbox import (
 )
 from worklist.results import stalled_revisions
 
-__all__ = ["WorkerContext", "deliver_one", "register_tasks", "sweep"]
+__all__ = ["WorkerContext", "deliver_one", "register_tasks", "shadow_score", "sweep"]
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,7 @@ class WorkerContext:
         self._lock = threading.Lock()
         self._engine: _Engine | None = None
         self._given_factory = session_factory
+        self._models: RegistryModels | None = None
 
     @property
     def session_factory(self) -> sessionmaker[Session]:
@@ -87,9 +89,16 @@ class WorkerContext:
                 self._engine = _Engine(os.getpid(), database.engine, database.session_factory)
             return self._engine.session_factory
 
+    @property
+    def models(self) -> RegistryModels:
+        """This process's registry models (champion and shadows, loaded once)."""
+        if self._models is None:
+            self._models = RegistryModels(self.settings, batch_size=self.settings.batch_size)
+        return self._models
+
     def classifier(self) -> Classifier:
-        """This process's classifier (loaded on first use)."""
-        return get_classifier(self.settings, batch_size=self.settings.batch_size)
+        """The registry's champion, reloaded when a promotion changed it."""
+        return self.models.refresh(self.session_factory).classifier
 
 
 def _context(app: Celery) -> WorkerContext:
@@ -177,6 +186,30 @@ def sweep(app: Celery) -> dict[str, int]:
     return {"deliveries": len(due), "revisions": len(stalled)}
 
 
+def shadow_score(ctx: WorkerContext, result_id: int) -> int:
+    """Score a triaged result with the registry's shadow models (after the champion's
+    result is recorded and its deliveries sent; see :mod:`triage.shadow`).
+
+    Parameters
+    ----------
+    ctx : WorkerContext
+    result_id : int
+
+    Returns
+    -------
+    int
+        Shadow scores stored.
+    """
+    ctx.models.refresh(ctx.session_factory)
+    return score_shadows(
+        ctx.session_factory,
+        ctx.settings,
+        ctx.models.shadows,
+        result_id,
+        aggregation=ctx.settings.aggregation,
+    )
+
+
 def register_tasks(app: Celery) -> None:
     """Register the triage tasks on ``app`` (called by :func:`~triage.celery_app.make_celery`).
 
@@ -203,6 +236,8 @@ def register_tasks(app: Celery) -> None:
         )
         for delivery_id in outcome.deliveries:
             app.send_task(TASK_DELIVER, args=(delivery_id,), queue=DELIVERY_QUEUE)
+        if outcome.result_id is not None and outcome.status == "triaged":
+            shadow_score(ctx, outcome.result_id)
         return {
             "study_id": outcome.study_id,
             "revision": outcome.revision,

@@ -43,6 +43,10 @@ class Action(StrEnum):
     RELEASE_HOLD = "release_hold"
     """An administrator released a study held for a patient mismatch."""
     RETRIAGE = "retriage"
+    MODEL_ADD = "model_add"
+    MODEL_PROMOTE = "model_promote"
+    MODEL_ROLLBACK = "model_rollback"
+    DATASET_EXPORT = "dataset_export"
 
 
 class Outcome(StrEnum):

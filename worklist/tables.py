@@ -40,6 +40,7 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Text,
     UniqueConstraint,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -447,4 +448,92 @@ class Feedback(Base):
     __table_args__ = (
         UniqueConstraint("study_id", "revision", "user_id", name="uq_feedback_study_rev_user"),
         Index("ix_feedback_created_at", "created_at"),
+    )
+
+
+# Models the node manages ------------------------------------------------------------
+
+
+class ModelRole(StrEnum):
+    """Role of a registered model.
+
+    ``champion``
+        Decides the priority and writes the SR (exactly one at a time).
+    ``shadow``
+        Scores every new study beside the champion; never sent, never shown as the
+        decision.
+    ``retired``
+        Kept for provenance and rollback; scores nothing.
+    """
+
+    CHAMPION = "champion"
+    SHADOW = "shadow"
+    RETIRED = "retired"
+
+
+class ModelEntry(Base):
+    """A registered ONNX model: its weights hash, where its file is, its card."""
+
+    __tablename__ = "models"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    version: Mapped[str] = mapped_column(String(64))
+    #: Weights SHA-256 (the card's ``sha256``, recorded with every result).
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    file_sha256: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(String(1024))
+    card: Mapped[str] = mapped_column(Text)
+    role: Mapped[str] = mapped_column(String(16))
+    added_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    promoted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ModelPromotion(Base):
+    """One change of champion: which model, over which, by whom, forced or not.
+
+    ``rolled_back_at`` is set when :func:`worklist.model_registry.rollback` undid it,
+    so that rollbacks walk back through the promotions one at a time.
+    """
+
+    __tablename__ = "model_promotions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), index=True)
+    previous_model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id"))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    username: Mapped[str | None] = mapped_column(String(64))
+    forced: Mapped[bool] = mapped_column(Boolean, default=False)
+    reason: Mapped[str | None] = mapped_column(String(1024))
+    rolled_back_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ShadowResult(Base):
+    """A shadow model's score of one triage revision, beside the champion's result.
+
+    Never delivered, never the decision: it is there to compare models on the
+    radiologists' labels. Each row names the model and the operating point used.
+    """
+
+    __tablename__ = "shadow_results"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    result_id: Mapped[int] = mapped_column(ForeignKey("triage_results.id"), index=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    revision: Mapped[int] = mapped_column(Integer)
+    model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id"), index=True)
+    model_name: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[str] = mapped_column(String(64))
+    model_sha256: Mapped[str] = mapped_column(String(64))
+    operating_point: Mapped[str] = mapped_column(String(64))
+    threshold: Mapped[float] = mapped_column(Float)
+    probability: Mapped[float] = mapped_column(Float)
+    score: Mapped[float] = mapped_column(Float)
+    decision: Mapped[str] = mapped_column(String(16))
+    images: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        UniqueConstraint("result_id", "model_sha256", name="uq_shadow_results_result_model"),
     )

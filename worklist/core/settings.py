@@ -188,6 +188,15 @@ class Settings(BaseSettings):
         default_factory=list,
         description="ONNX Runtime providers in order; empty picks CUDA when present, else CPU.",
     )
+    pseudonym_key: SecretStr = Field(
+        SecretStr(""),
+        description=(
+            "Key of the keyed hash (HMAC-SHA-256) that pseudonymises patients in a dataset"
+            " export; also fixes each patient's train/val/test split. No default: export"
+            " refuses to run without one. Keep it secret and keep it: a new key gives new"
+            " pseudonyms and new splits."
+        ),
+    )
 
     # Worklist, web page and accounts
     viewer_url_template: str = Field(

@@ -47,6 +47,8 @@ ANONYMOUS_DENIED = [
     ("GET", "/api/model-card"),
     ("GET", "/api/monitoring/agreement"),
     ("GET", "/api/monitoring/probabilities"),
+    ("GET", "/api/models"),
+    ("GET", "/api/monitoring/models"),
     ("GET", "/api/monitoring/time-to-read"),
     ("GET", "/api/audit"),
     ("GET", "/api/me"),

@@ -16,6 +16,8 @@ them.
 ``GET  /api/model-card``                 the active model card
 ``GET  /api/monitoring/agreement``       agreement, sensitivity, specificity by group
 ``GET  /api/monitoring/probabilities``   daily probability distribution (drift)
+``GET  /api/models``                     the model registry (champion, shadows)
+``GET  /api/monitoring/models``          champion vs shadow models on labelled studies
 ``GET  /api/monitoring/time-to-read``   turnaround by level and label, waits, over the cap
 ``GET  /api/audit``                      the audit log (admins)
 ``GET  /``, ``/studies/{uid}``, ``/monitoring``  the web pages
@@ -34,6 +36,7 @@ from worklist.http.routes import (
     admin,
     auth,
     health,
+    models,
     monitoring,
     pages,
     reading,
@@ -50,6 +53,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     studies.router,
     reading.router,
     monitoring.router,
+    models.router,
     admin.router,
     pages.router,
 )

@@ -17,8 +17,14 @@ router = APIRouter()
 
 
 @router.get("/api/model-card", tags=["model"])
-def model_card(request: Request, _principal: AnyUser) -> Any:
-    """The card of the model this node is configured with (503 when unreadable)."""
+def model_card(request: Request, _principal: AnyUser, db: SessionDep) -> Any:
+    """The card of the model that decides: the registry's champion, else the configured
+    model (503 when unreadable)."""
+    from worklist.model_registry import champion_card
+
+    registered = champion_card(db)
+    if registered is not None:
+        return registered
     card, problem = request.app.state.model_card.get()
     if card is None:
         raise HTTPException(status_code=503, detail=f"model card unavailable: {problem}")

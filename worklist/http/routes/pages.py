@@ -28,6 +28,7 @@ from worklist.http.deps import (
     study_detail,
     wait_cap,
 )
+from worklist.http.routes.models import champion_vs_challengers
 from worklist.http.templating import heatmap_context, population_context
 from worklist.outbox import failed_delivery_alert
 from worklist.time_to_read import time_to_read_report
@@ -103,6 +104,7 @@ def monitoring_page(
         undecided=report["undecided"],
         daily=daily,
         days=days,
+        comparison=champion_vs_challengers(db, request.app.state.settings, n_boot=200),
         reading=reading,
     )
     return templates.TemplateResponse(request, "monitoring.html", context)
