@@ -47,8 +47,10 @@ def add_simulate_command(sub: Any) -> None:
         help="decision threshold (default: metrics.json beside the predictions)",
     )
     p.add_argument("--out", required=True, help="folder for the report, summary.csv and plots")
-    p.add_argument("--seeds", type=int, default=20)
-    p.add_argument("--readers", type=int, default=2)
+    p.add_argument(
+        "--seeds", type=int, default=20, help="repeated runs per policy, for the 95 %% intervals"
+    )
+    p.add_argument("--readers", type=int, default=2, help="radiologists reading at once")
     p.add_argument(
         "--cap-minutes",
         type=float,
@@ -59,8 +61,15 @@ def add_simulate_command(sub: Any) -> None:
         "--high-confidence", type=float, default=None, help="default: the node's high_confidence"
     )
     p.add_argument("--reading-median", type=float, default=None, help="normal read, s")
-    p.add_argument("--reading-sigma", type=float, default=None)
-    p.add_argument("--abnormal-factor", type=float, default=None)
+    p.add_argument(
+        "--reading-sigma", type=float, default=None, help="lognormal sigma of reading times"
+    )
+    p.add_argument(
+        "--abnormal-factor",
+        type=float,
+        default=None,
+        help="abnormal read time over a normal one",
+    )
     p.add_argument(
         "--reading-times",
         default=None,
@@ -72,9 +81,14 @@ def add_simulate_command(sub: Any) -> None:
         help="CSV with an 'arrival' column (ISO time or seconds) to replay",
     )
     p.add_argument("--utilisations", default=UTILISATIONS, help="comma list (0.9 is always run)")
-    p.add_argument("--realistic-utilisation", type=float, default=0.75)
+    p.add_argument(
+        "--realistic-utilisation",
+        type=float,
+        default=0.75,
+        help="mean load of the realistic-day scenario",
+    )
     p.add_argument("--hours", type=float, default=48.0, help="measured hours per seed")
-    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--no-plots", action="store_true", help="write the markdown and CSV only")
     p.set_defaults(run=run_simulate_command)
 
 
