@@ -18,8 +18,8 @@ from tests.conftest import wait_until
 from tests.integration.cli.node import serve
 from worklist.heatmaps import LABEL, heatmap_path, load_heatmap
 
-ABNORMAL = "RG1_from_J2KI_explicit.dcm"  # the default model: 79 %, abnormal
-NORMAL = "fuji_CR_chest_from_fodicom_withmeta.dcm"  # 22 %, normal
+ABNORMAL = "RG1_from_J2KI_explicit.dcm"  # the default model: 96 %, abnormal
+NORMAL = "konica_CR_chest_Monochrome1-Jpeg.dcm"  # 41 % (threshold 54 %), normal; JPEG baseline
 
 
 def _decision(db_path: Path, study_uid: str) -> str | None:
@@ -70,6 +70,7 @@ def test_abnormal_study_has_a_heatmap_and_a_normal_one_none(
             sent = subprocess.run(
                 [
                     "/usr/bin/storescu",
+                    "-xy",  # propose JPEG baseline too (the normal study), and uncompressed
                     "-aec",
                     "TRIAGE",
                     "127.0.0.1",
