@@ -34,6 +34,7 @@ import threading
 from collections.abc import Sequence
 
 from celery import Celery
+from celery.signals import worker_ready
 from pydantic import SecretStr
 
 from triage.celery_app import make_celery
@@ -116,9 +117,18 @@ def run_worker(
         "--without-heartbeat",
         "--prefetch-multiplier=1",
     ]
+    names = ",".join(queues)
+
+    def _ready(**_: object) -> None:
+        # Celery's own "ready." line is part of the chatter --quiet hides; operators and
+        # the tests still need one line that says the worker takes tasks.
+        log.info("triage worker %s ready.", names)
+
+    worker_ready.connect(_ready, weak=False)
     try:
         app.worker_main(argv=argv)
     finally:
+        worker_ready.disconnect(_ready)
         if sweeper is not None:
             sweeper.stopped.set()
 
