@@ -86,6 +86,20 @@ class RegistryModels:
         self._loaded[entry.sha256] = classifier
         return classifier
 
+    def _unregistered_champion(self) -> ActiveModel:
+        """The configured model as champion without a registry row (id 0): used only
+        while it cannot be copied into the registry, e.g. on a full disk."""
+        path = model_path_for(self.settings)
+        providers = list(self.settings.providers) or None
+        try:
+            classifier = Classifier.load(path, providers, max_batch=self.batch_size)
+        except ModelLoadError as exc:
+            raise ModelError(f"configured model: {exc}") from exc
+        card = classifier.card
+        entry = ActiveModel(0, card.name, card.version, classifier.sha256, str(path), "champion")
+        self._loaded.setdefault(entry.sha256, classifier)
+        return entry
+
     def refresh(self, session_factory: sessionmaker[Session]) -> LoadedModel:
         """Read the registry and load what changed; return the champion.
 
@@ -102,16 +116,30 @@ class RegistryModels:
         ------
         ModelError
             When a registered model cannot be loaded.
+
+        Notes
+        -----
+        When the configured model cannot be registered (an ``OSError`` while it is
+        copied, e.g. a full disk), it decides unregistered and registration is tried
+        again at the next task.
         """
         with session_factory() as session:
             champion, shadows = active_models(session)
         if champion is None:
-            champion = ensure_champion(
-                session_factory,
-                path=model_path_for(self.settings),
-                models_dir=self.settings.data_dir / "models",
-                operating_point=self.settings.operating_point,
-            )
+            try:
+                champion = ensure_champion(
+                    session_factory,
+                    path=model_path_for(self.settings),
+                    models_dir=self.settings.data_dir / "models",
+                    operating_point=self.settings.operating_point,
+                )
+            except OSError as exc:  # e.g. a full disk: triage goes on, registration waits
+                log.warning(
+                    "the configured model could not be registered (%s); it triages"
+                    " unregistered until it can be",
+                    exc,
+                )
+                champion = self._unregistered_champion()
         with self._lock:
             if self._pid != os.getpid():  # a forked child loads its own sessions
                 self._pid, self._loaded = os.getpid(), {}

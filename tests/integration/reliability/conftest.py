@@ -342,7 +342,9 @@ class Cluster:
         import re
 
         proc = self.start(
-            name or queue, ["worker", "--queues", queue, "--concurrency", str(concurrency)]
+            name or queue,
+            # --verbose: the tests read Celery's task lines (and scan them for patient data)
+            ["--verbose", "worker", "--queues", queue, "--concurrency", str(concurrency)],
         )
         wait_until(
             lambda: self._alive(proc) and re.search(r"\bready\.", proc.log()),
