@@ -35,12 +35,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pydicom
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from worklist import audit
 from worklist.audit import Action, Actor
 from worklist.core.clock import utcnow
+from worklist.core.settings import Settings
 from worklist.dicom_values import age_years, sex_group
 from worklist.tables import Feedback, Instance, Study, TriageImage, TriageResult
 
@@ -66,8 +68,8 @@ class ExportError(Exception):
     """The export cannot be made; nothing was written."""
 
 
-def _key(settings: Any) -> bytes:
-    secret = getattr(settings, "pseudonym_key", None)
+def _key(settings: Settings) -> bytes:
+    secret = settings.pseudonym_key
     text = secret.get_secret_value() if secret is not None else ""
     if not text:
         raise ExportError(
@@ -202,11 +204,35 @@ def _age_text(patient_age: str | None) -> str:
     return str(min(int(years), 90))
 
 
+class ExportImageError(Exception):
+    """One image of a labelled study cannot be rendered for the export."""
+
+
+def _render_png(path: str | Path, *, size: int, max_pixels: int) -> bytes:
+    """Render one spooled image as a PNG for the export, after the frame check.
+
+    Only images the worker evaluated are exported, so they passed its guarded decode
+    once; the frame header is checked against the pixel budget again before decoding
+    here all the same.
+    """
+    from models.frame_headers import FrameHeaderError, check_frame
+    from worklist.thumbnails import png_from_dataset
+
+    try:
+        ds = pydicom.dcmread(path, force=True)
+        check_frame(ds, max_pixels=max_pixels)
+        return png_from_dataset(ds, size=size)
+    except FrameHeaderError as exc:
+        raise ExportImageError(str(exc)) from exc
+    except Exception as exc:  # noqa: BLE001 - unreadable file or undecodable pixels
+        raise ExportImageError(f"cannot decode pixels: {type(exc).__name__}") from exc
+
+
 def export_dataset(
     session_factory: sessionmaker[Session],
     *,
     out_dir: str | Path,
-    settings: Any,
+    settings: Settings,
     actor: Actor,
     since: datetime | None = None,
     until: datetime | None = None,
@@ -242,8 +268,6 @@ def export_dataset(
         No key, the output directory is not empty, or there is no labelled study with an
         evaluated image. Nothing is written then.
     """
-    from worklist.thumbnails import ThumbnailError, render_thumbnail
-
     key = _key(settings)
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -258,7 +282,7 @@ def export_dataset(
             + (f"; {skipped} labelled studies had no evaluated image" if skipped else "")
         )
     export_id = uuid.uuid4().hex
-    source = f"site:{getattr(settings, 'ae_title', 'TRIAGE')}"
+    source = f"site:{settings.ae_title}"
     tmp = out.with_name(f".{out.name}.{export_id[:8]}.tmp")
     (tmp / "images").mkdir(parents=True)
     rows: list[dict[str, str]] = []
@@ -268,8 +292,10 @@ def export_dataset(
             name = hmac.new(key, b"image\0" + item.sop_instance_uid.encode(), hashlib.sha256)
             rel = f"images/{name.hexdigest()[:24]}.png"
             try:
-                png = render_thumbnail(item.file_path, size=max_side)
-            except ThumbnailError as exc:
+                png = _render_png(
+                    item.file_path, size=max_side, max_pixels=settings.max_image_pixels
+                )
+            except ExportImageError as exc:
                 unreadable += 1
                 log.warning("export: an image of study %s left out: %s", item.study_id, exc)
                 continue
