@@ -70,6 +70,8 @@ class FrameHeader:
         Samples per pixel (RLE: segments / bytes per sample, see :func:`parse_rle`).
     precision : int
         Bits per sample (RLE: 0, not stated).
+    signed : bool
+        Samples are signed (JPEG 2000 only; JPEG and RLE do not say).
     """
 
     codec: str
@@ -77,6 +79,7 @@ class FrameHeader:
     columns: int | None
     components: int
     precision: int
+    signed: bool = False
 
 
 def parse_jpeg(data: bytes) -> FrameHeader:
@@ -161,7 +164,8 @@ def parse_j2k(data: bytes) -> FrameHeader:
     Returns
     -------
     FrameHeader
-        ``precision`` is the largest component bit depth.
+        ``precision`` is the largest component bit depth; ``signed`` when any
+        component is signed.
 
     Raises
     ------
@@ -181,8 +185,9 @@ def parse_j2k(data: bytes) -> FrameHeader:
     width, height = xsiz - xosiz, ysiz - yosiz
     if width <= 0 or height <= 0:
         raise FrameHeaderError(f"JPEG 2000 image area is {width}x{height}")
-    depths = [(stream[42 + 3 * i] & 0x7F) + 1 for i in range(csiz)]
-    return FrameHeader("jpeg2000", height, width, csiz, max(depths))
+    ssiz = [stream[42 + 3 * i] for i in range(csiz)]
+    depths = [(s & 0x7F) + 1 for s in ssiz]
+    return FrameHeader("jpeg2000", height, width, csiz, max(depths), any(s & 0x80 for s in ssiz))
 
 
 def parse_rle(data: bytes) -> FrameHeader:

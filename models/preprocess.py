@@ -267,7 +267,9 @@ def decode_pixels(ds: pydicom.Dataset) -> np.ndarray:
         raise PreprocessError(f"cannot decode pixel data: decoder panic: {exc}") from exc
 
 
-def dataset_to_display_array(ds: pydicom.Dataset, *, voi: bool = False) -> tuple[np.ndarray, bool]:
+def dataset_to_display_array(
+    ds: pydicom.Dataset, *, voi: bool = False, pixels: np.ndarray | None = None
+) -> tuple[np.ndarray, bool]:
     """Decode a DICOM image and apply its modality LUT (and optionally VOI LUT).
 
     Parameters
@@ -276,6 +278,9 @@ def dataset_to_display_array(ds: pydicom.Dataset, *, voi: bool = False) -> tuple
         A single-frame grey image dataset.
     voi : bool
         Also apply the VOI LUT / window when the dataset carries one.
+    pixels : numpy.ndarray, optional
+        The frame's stored values, already decoded (at a reduced resolution:
+        :func:`models.reduced_decode.decode_reduced`); default: decode ``ds``.
 
     Returns
     -------
@@ -295,7 +300,7 @@ def dataset_to_display_array(ds: pydicom.Dataset, *, voi: bool = False) -> tuple
         _check_geometry(ds)
     except (ValueError, TypeError, AttributeError) as exc:  # unparsable header values
         raise PreprocessError(f"cannot decode pixel data: bad image header: {exc}") from exc
-    raw = decode_pixels(ds)
+    raw = decode_pixels(ds) if pixels is None else pixels
     if raw.ndim != 2:
         raise PreprocessError(f"not a single-frame grayscale image: decoded shape {raw.shape}")
     try:
@@ -316,7 +321,9 @@ def dataset_to_display_array(ds: pydicom.Dataset, *, voi: bool = False) -> tuple
     return np.asarray(values, dtype=np.float32), windowed
 
 
-def preprocess_dataset(ds: pydicom.Dataset, spec: PreprocessSpec) -> np.ndarray:
+def preprocess_dataset(
+    ds: pydicom.Dataset, spec: PreprocessSpec, *, pixels: np.ndarray | None = None
+) -> np.ndarray:
     """Preprocess a DICOM dataset into the model input.
 
     Parameters
@@ -326,6 +333,9 @@ def preprocess_dataset(ds: pydicom.Dataset, spec: PreprocessSpec) -> np.ndarray:
         are decoded by the installed pydicom pixel-data plugins.
     spec : PreprocessSpec
         Preprocessing parameters (from the model card).
+    pixels : numpy.ndarray, optional
+        The frame's stored values, already decoded (see
+        :func:`dataset_to_display_array`); default: decode ``ds``.
 
     Returns
     -------
@@ -337,7 +347,7 @@ def preprocess_dataset(ds: pydicom.Dataset, spec: PreprocessSpec) -> np.ndarray:
     PreprocessError
         If the pixel data is missing, undecodable, colour or multi-frame.
     """
-    values, windowed = dataset_to_display_array(ds, voi=spec.window == "voi")
+    values, windowed = dataset_to_display_array(ds, voi=spec.window == "voi", pixels=pixels)
     return preprocess_array(values, spec, invert=_is_inverted(ds), windowed=windowed)
 
 

@@ -6,9 +6,11 @@ the database or the broker; pickled requests on its standard input) that, for on
 
 1. reads the file and checks the frame's own header against the dataset and the
    pixel budget (:func:`models.frame_headers.check_frame`), before any decoder runs;
-2. decodes and preprocesses it as the model card says (or only decodes, for an image
-   the model is not for);
-3. renders the PNG preview the worklist shows (:func:`worklist.thumbnails.png_from_dataset`).
+2. decodes it, at a reduced resolution where the codec allows and the model input and
+   the preview need no more (:mod:`models.reduced_decode`), and preprocesses it as the
+   model card says (or only decodes, for an image the model is not for);
+3. renders the PNG preview the worklist shows (:func:`worklist.thumbnails.png_from_dataset`)
+   from the same decoded frame.
 
 The child's address space is limited (``RLIMIT_AS``: its size after start-up plus
 ``decode_memory_mb``), so a decoder that allocates too much fails with
@@ -63,7 +65,12 @@ class DecodedImage:
 
 
 def decode_image(
-    path: str, spec: dict[str, Any] | None, *, max_pixels: int, thumbnail_size: int = 256
+    path: str,
+    spec: dict[str, Any] | None,
+    *,
+    max_pixels: int,
+    thumbnail_size: int = 256,
+    reduced: bool = True,
 ) -> DecodedImage:
     """Check, decode, preprocess and preview one file (the child's work; pure, no limit).
 
@@ -75,6 +82,9 @@ def decode_image(
     max_pixels : int
         Pixel budget of one frame.
     thumbnail_size : int
+    reduced : bool
+        Decode at a reduced resolution where possible
+        (:func:`models.reduced_decode.decode_reduced`); else in full.
 
     Returns
     -------
@@ -84,6 +94,7 @@ def decode_image(
 
     from models.frame_headers import FrameHeaderError, check_frame
     from models.preprocess import PreprocessError, PreprocessSpec, preprocess_dataset
+    from models.reduced_decode import decode_reduced, needed_side
     from worklist.thumbnails import ThumbnailError, png_from_dataset
 
     try:
@@ -93,10 +104,15 @@ def decode_image(
         return DecodedImage(error=f"cannot decode pixel data: {exc}")
     except Exception as exc:  # noqa: BLE001 - any read failure is a recorded reason
         return DecodedImage(error=f"cannot decode pixel data: {type(exc).__name__}: {exc}")
+    parsed = PreprocessSpec.from_dict(spec) if spec is not None else None
+    pixels = None
+    if reduced:
+        side = needed_side(parsed.input_size if parsed else None, thumbnail_size)
+        pixels = decode_reduced(ds, min_side=side)
     tensor = None
-    if spec is not None:
+    if parsed is not None:
         try:
-            tensor = preprocess_dataset(ds, PreprocessSpec.from_dict(spec))
+            tensor = preprocess_dataset(ds, parsed, pixels=pixels)
         except PreprocessError as exc:
             return DecodedImage(error=str(exc))
         except MemoryError:
@@ -104,7 +120,7 @@ def decode_image(
         except Exception as exc:  # noqa: BLE001 - one broken image: a recorded reason
             return DecodedImage(error=f"{type(exc).__name__}: {exc}")
     try:
-        png = png_from_dataset(ds, size=thumbnail_size)
+        png = png_from_dataset(ds, size=thumbnail_size, pixels=pixels)
     except ThumbnailError as exc:
         if tensor is None:
             return DecodedImage(error=f"cannot decode pixel data: {exc}")
@@ -147,9 +163,11 @@ def _serve(conn_in: Connection, conn_out: Connection, memory_mb: int, max_pixels
             return
         if request is None:
             return
-        path, spec, thumbnail_size = request
+        path, spec, thumbnail_size, reduced = request
         try:
-            result = decode_image(path, spec, max_pixels=max_pixels, thumbnail_size=thumbnail_size)
+            result = decode_image(
+                path, spec, max_pixels=max_pixels, thumbnail_size=thumbnail_size, reduced=reduced
+            )
         except MemoryError:
             result = DecodedImage(
                 error=f"cannot decode pixel data: decoding needed more than the "
@@ -199,12 +217,17 @@ class GuardedDecoder:
         Pixel budget of one frame (checked before decoding).
     timeout : float
         Seconds one file may take; then the child is killed.
+    reduced : bool
+        Decode at a reduced resolution where possible (see :func:`decode_image`).
     """
 
-    def __init__(self, *, memory_mb: int, max_pixels: int, timeout: float = 120.0) -> None:
+    def __init__(
+        self, *, memory_mb: int, max_pixels: int, timeout: float = 120.0, reduced: bool = True
+    ) -> None:
         self.memory_mb = memory_mb
         self.max_pixels = max_pixels
         self.timeout = timeout
+        self.reduced = reduced
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
         self._send: Connection | None = None
@@ -264,7 +287,7 @@ class GuardedDecoder:
                 self._start()
             assert self._send is not None and self._recv is not None
             try:
-                self._send.send((str(path), spec, thumbnail_size))
+                self._send.send((str(path), spec, thumbnail_size, self.reduced))
                 if self._recv.poll(self.timeout):
                     made: DecodedImage = self._recv.recv()
                     return made
@@ -290,7 +313,7 @@ class GuardedDecoder:
             self._kill()
 
 
-_DECODERS: dict[tuple[int, int, int, float], GuardedDecoder] = {}
+_DECODERS: dict[tuple[int, int, int, float, bool], GuardedDecoder] = {}
 _DECODERS_LOCK = threading.Lock()
 
 
@@ -300,7 +323,8 @@ def get_decoder(settings: Settings) -> GuardedDecoder:
     Parameters
     ----------
     settings : Settings
-        ``decode_memory_mb``, ``max_image_pixels``, ``decode_timeout_seconds``.
+        ``decode_memory_mb``, ``max_image_pixels``, ``decode_timeout_seconds``,
+        ``reduced_decode``.
 
     Returns
     -------
@@ -311,11 +335,14 @@ def get_decoder(settings: Settings) -> GuardedDecoder:
         int(settings.decode_memory_mb),
         int(settings.max_image_pixels),
         float(settings.decode_timeout_seconds),
+        bool(settings.reduced_decode),
     )
     with _DECODERS_LOCK:
         decoder = _DECODERS.get(key)
         if decoder is None:
-            decoder = GuardedDecoder(memory_mb=key[1], max_pixels=key[2], timeout=key[3])
+            decoder = GuardedDecoder(
+                memory_mb=key[1], max_pixels=key[2], timeout=key[3], reduced=key[4]
+            )
             _DECODERS[key] = decoder
         return decoder
 

@@ -79,12 +79,26 @@ def store_thumbnail(data_dir: str | Path, instance_id: int, png: bytes) -> Path:
     return path
 
 
-def png_from_dataset(ds: Dataset, *, size: int = 256) -> bytes:
+def _shrunk(arr: np.ndarray, size: int) -> np.ndarray:
+    """A grey frame averaged down by a whole factor while its shorter side keeps at least
+    ``2 * size`` pixels (the LUTs and percentiles then run on far fewer pixels), in its
+    own dtype, so that the modality and VOI LUTs apply as to the stored values."""
+    factor = min(arr.shape) // (2 * size)
+    if factor < 2:
+        return arr
+    small = np.asarray(Image.fromarray(arr.astype(np.float32), mode="F").reduce(factor))
+    if np.issubdtype(arr.dtype, np.integer):
+        return np.rint(small).astype(arr.dtype)
+    return small.astype(arr.dtype)
+
+
+def png_from_dataset(ds: Dataset, *, size: int = 256, pixels: np.ndarray | None = None) -> bytes:
     """Render a decoded DICOM image as a greyscale (or colour) PNG at most ``size`` pixels.
 
     The modality and VOI LUTs (window) are applied when present, MONOCHROME1 is
-    inverted, and multi-frame images show their first frame. Call it only where pixel
-    data may be decoded (the worker's guarded decode child), after the frame check.
+    inverted, and multi-frame images show their first frame. A large grey frame is
+    first averaged down to at least twice ``size``. Call it only where pixel data may
+    be decoded (the worker's guarded decode child), after the frame check.
 
     Parameters
     ----------
@@ -92,6 +106,9 @@ def png_from_dataset(ds: Dataset, *, size: int = 256) -> bytes:
         The instance, with its pixel data (``ds.pixel_array`` is reused when decoded).
     size : int
         Longest side in pixels.
+    pixels : numpy.ndarray, optional
+        The first frame's stored values, already decoded (possibly at a reduced
+        resolution, :func:`models.reduced_decode.decode_reduced`); default: decode ``ds``.
 
     Returns
     -------
@@ -106,15 +123,20 @@ def png_from_dataset(ds: Dataset, *, size: int = 256) -> bytes:
 
     from models.preprocess import decode_pixels
 
-    try:
-        arr = decode_pixels(ds)
-    except Exception as exc:  # undecodable pixels
-        raise ThumbnailError(f"cannot decode pixels: {type(exc).__name__}") from exc
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
-    if frames > 1:
-        arr = arr[0]
+    if pixels is not None:
+        arr = pixels
+    else:
+        try:
+            arr = decode_pixels(ds)
+        except Exception as exc:  # undecodable pixels
+            raise ThumbnailError(f"cannot decode pixels: {type(exc).__name__}") from exc
+        if frames > 1:
+            arr = arr[0]
     if samples == 1:
+        if arr.ndim == 2:
+            arr = _shrunk(arr, size)
         data = apply_modality_lut(arr, ds)
         with contextlib.suppress(ValueError, IndexError, TypeError):
             data = apply_voi_lut(data, ds)

@@ -89,9 +89,10 @@ def test_jpeg_bomb_is_not_evaluated_and_costs_under_1_gb(
 
 def test_a_decode_beyond_the_memory_limit_is_not_evaluated(serve_node, shared_data: Path) -> None:
     """A frame whose header tells the truth but whose decode needs more than the
-    limit (here 64 MB for a 2128x2000 JPEG 2000 chest): only the decode child fails,
-    the study is not evaluated with the reason, and the worker carries on."""
-    node = serve_node(decode_memory_mb=64)
+    limit (here 64 MB for a 2128x2000 JPEG 2000 chest, decoded in full: at the reduced
+    resolution the model and preview need, the default, it takes less): only the decode
+    child fails, the study is not evaluated with the reason, and the worker carries on."""
+    node = serve_node(decode_memory_mb=64, reduced_decode=False)
     chest = shared_data / "dicom" / "real" / "canon_DX_chest_966_fixed.dcm"
     ds = pydicom.dcmread(chest, stop_before_pixels=True)
     out = subprocess.run(
