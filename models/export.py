@@ -63,6 +63,16 @@ KERMANY_DESCRIPTION = (
 )
 
 
+def _cam_outputs(path: Path) -> dict[str, Any]:
+    """The card's ``cam`` entry when the exported graph has that output."""
+    import onnx
+
+    from models.cam_output import CAM_OUTPUT, cam_card_entry, cam_shape
+
+    shape = cam_shape(onnx.load(str(path)))
+    return {CAM_OUTPUT: cam_card_entry(shape)} if shape is not None else {}
+
+
 def export_checkpoint(
     checkpoint: str | Path,
     out: str | Path,
@@ -82,7 +92,7 @@ def export_checkpoint(
     """
     model, cfg, ckpt = load_checkpoint_model(checkpoint)
     spec = cfg.spec()
-    path = export_onnx(model, spec, out, opset=opset)
+    path = export_onnx(model, spec, out, opset=opset, cam=True)
     parity = parity_check(model, path, spec, atol=atol)
     bspec = BACKBONES[cfg.backbone]
     with torch.no_grad():
@@ -108,6 +118,7 @@ def export_checkpoint(
         outputs={
             "logits": {"shape": ["N"], "meaning": "abnormal logit (uncalibrated)"},
             "embedding": {"shape": ["N", emb_dim], "meaning": "pooled backbone features"},
+            **_cam_outputs(path),
         },
         preprocessing=spec.to_dict(),
         training_data={

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from models.cam_output import CAM_OUTPUT, cam_card_entry
 from models.card import ModelCard, embed_card
 from models.data import Record, read_labels
 from models.metrics import (
@@ -177,8 +178,14 @@ def _folds(n: int, k: int, seed: int) -> list[np.ndarray]:
     return [order[i::k] for i in range(k)]
 
 
-def add_head(parent: str | Path, out: str | Path, weight: np.ndarray, bias: float) -> None:
+def add_head(
+    parent: str | Path, out: str | Path, weight: np.ndarray, bias: float
+) -> tuple[int, int] | None:
     """Write a copy of ``parent`` whose ``logits`` is ``[embedding, parent logit] @ w + b``.
+
+    The new logit is linear in the parent's pooled features and logit, so a parent with
+    a class-activation map gets the map of the new logit (:mod:`models.cam_output`); the
+    parent's own map, no longer the logit's, is dropped.
 
     Parameters
     ----------
@@ -188,11 +195,19 @@ def add_head(parent: str | Path, out: str | Path, weight: np.ndarray, bias: floa
     weight : numpy.ndarray
         ``D + 1`` weights (the last for the parent's logit).
     bias : float
+
+    Returns
+    -------
+    tuple of int or None
+        ``(h, w)`` of the new model's ``cam`` output; None when it has none.
     """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
+    from models.cam_output import CamNotDerivable, add_cam_output, cam_shape, remove_output
+
     proto = onnx.load(str(parent))
+    had_cam = CAM_OUTPUT in {o.name for o in proto.graph.output}
     graph = proto.graph
     for node in graph.node:
         node.output[:] = ["parent_logits" if o == "logits" else o for o in node.output]
@@ -220,9 +235,16 @@ def add_head(parent: str | Path, out: str | Path, weight: np.ndarray, bias: floa
     graph.output.extend([helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N"])])
     graph.output.extend(outputs)
     onnx.checker.check_model(proto)
+    if had_cam:
+        try:
+            proto = add_cam_output(proto)
+        except CamNotDerivable as exc:
+            logger.warning("%s: the new head has no class-activation map (%s)", parent, exc)
+            proto = remove_output(proto, CAM_OUTPUT)
     tmp = Path(out).with_name(Path(out).name + ".tmp")
     onnx.save(proto, str(tmp))
     tmp.replace(out)
+    return cam_shape(proto)
 
 
 def _source(labels: Path, records: list[Record]) -> dict[str, Any]:
@@ -315,10 +337,12 @@ def _head_from_onnx(cfg: FinetuneConfig, out: Path) -> dict[str, Any]:
     )
     parent_auc = roc_auc(y_cal, (x_val if use_val else np.concatenate([x_train, x_val]))[:, -1])
     model_path = out / f"{cfg.name}.onnx"
-    add_head(cfg.init, model_path, w, b)
+    cam = add_head(cfg.init, model_path, w, b)
     parent = clf.card
+    outputs = {k: v for k, v in parent.outputs.items() if k != CAM_OUTPUT}
     card = parent.model_copy(
         update={
+            "outputs": {**outputs, **({CAM_OUTPUT: cam_card_entry(cam)} if cam else {})},
             "name": cfg.name,
             "version": cfg.version,
             "calibration": calibration,

@@ -4,8 +4,9 @@ Each square patch of the model's input is covered in turn with a neutral value a
 image is scored again; the drop of the abnormal logit is how much the model relied on
 that patch (Zeiler & Fergus, ECCV 2014). It needs nothing but the model's ``logits``
 output, so it works for any model the node runs, at the cost of one batched run of
-``(input_size / patch) ** 2`` images. A class-activation map from a feature-map output
-would be finer and cheaper, but needs that output in the ONNX graph (issue 16, point 10).
+``(input_size / patch) ** 2`` images. The node uses it only for models whose card
+declares no class-activation-map output (:mod:`models.cam_output`), which comes free
+with the logits.
 
 Pure numpy around a ``predict_logits`` function; no torch.
 """

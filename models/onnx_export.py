@@ -3,7 +3,11 @@
 Follows timm's ``timm/utils/onnx.py``: a library function with a thin CLI
 (``triage-model export``). The graph has one input ``image`` (N, C, H, W)
 float32 with a dynamic batch axis and two outputs, ``logits`` (N,) and
-``embedding`` (N, D); :func:`card_input` is the model card's entry for it.
+``embedding`` (N, D); :func:`card_input` is the model card's entry for it. With
+``cam=True`` (``triage-model export``, training from a checkpoint) a third output,
+``cam`` (N, h, w), the class-activation map, is added when the model's logit is a
+linear function of its pooled last feature map (the plain CNN, the gated pair, timm
+ResNets; :mod:`models.cam_output`).
 """
 
 from __future__ import annotations
@@ -50,7 +54,12 @@ def card_input(spec: PreprocessSpec) -> dict[str, Any]:
 
 
 def export_onnx(
-    model: torch.nn.Module, spec: PreprocessSpec, path: str | Path, *, opset: int = 17
+    model: torch.nn.Module,
+    spec: PreprocessSpec,
+    path: str | Path,
+    *,
+    opset: int = 17,
+    cam: bool = False,
 ) -> Path:
     """Trace ``model`` to ONNX with a dynamic batch axis and run the ONNX checker.
 
@@ -64,6 +73,9 @@ def export_onnx(
         Output file.
     opset : int
         ONNX opset.
+    cam : bool
+        Add the ``cam`` output (:func:`models.cam_output.add_cam_output`) when the
+        graph allows one; logged and left out when it does not.
 
     Returns
     -------
@@ -93,6 +105,13 @@ def export_onnx(
     proto = onnx.load(str(path))
     onnx.checker.check_model(proto, full_check=True)
     logger.info("ONNX checker passed for %s", path)
+    if cam:
+        from models.cam_output import CamNotDerivable, add_cam_output
+
+        try:
+            onnx.save(add_cam_output(proto), str(path))
+        except CamNotDerivable as exc:
+            logger.info("no class-activation-map output for %s: %s", path.name, exc)
     return path
 
 
@@ -110,10 +129,14 @@ def parity_check(
     Uses a batch size different from the one traced, to exercise the dynamic
     axis.
 
+    When the graph has a ``cam`` output, the mean of each map must equal the graph's
+    logit within ``atol`` too (``max_abs_diff_cam_mean``).
+
     Raises
     ------
     ParityError
-        If the largest absolute difference of the logits or embeddings exceeds ``atol``.
+        If the largest absolute difference of the logits or embeddings (or of the maps'
+        means and the logits) exceeds ``atol``.
     """
     import onnxruntime as ort
 
@@ -130,4 +153,13 @@ def parity_check(
         raise ParityError(
             f"ONNX/torch parity failed: logits {d_logits:.3e}, embedding {d_emb:.3e} > {atol:g}"
         )
-    return {"max_abs_diff_logits": d_logits, "max_abs_diff_embedding": d_emb}
+    diffs = {"max_abs_diff_logits": d_logits, "max_abs_diff_embedding": d_emb}
+    if "cam" in {o.name for o in sess.get_outputs()}:
+        (o_cam,) = sess.run(["cam"], {"image": x})
+        d_cam = float(np.max(np.abs(o_cam.mean(axis=(1, 2)) - o_logits.reshape(-1))))
+        if not d_cam <= atol:
+            raise ParityError(
+                f"the class-activation maps' means differ from the logits by {d_cam:.3e}"
+            )
+        diffs["max_abs_diff_cam_mean"] = d_cam
+    return diffs

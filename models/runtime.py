@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from models.cam_output import CAM_OUTPUT
 from models.card import CARD_KEY, ModelCard, read_card, sidecar_path
 
 __all__ = [
@@ -123,6 +124,9 @@ class Classifier:
         SHA-256 of the ONNX file bytes.
     max_batch : int
         Larger batches are split into runs of at most this many images.
+    has_cam : bool
+        The card declares a class-activation-map output (``outputs.cam``,
+        :mod:`models.cam_output`): :meth:`predict_with_cam` gives it with the logits.
     """
 
     def __init__(self, session: Any, card: ModelCard, path: Path, max_batch: int = 32) -> None:
@@ -137,6 +141,11 @@ class Classifier:
         if "logits" not in outputs:
             raise ModelLoadError(f"{path.name}: ONNX model has no 'logits' output (has {outputs})")
         self._has_embedding = "embedding" in outputs
+        self.has_cam = CAM_OUTPUT in card.outputs
+        if self.has_cam and CAM_OUTPUT not in outputs:
+            raise ModelLoadError(
+                f"{path.name}: the card declares a {CAM_OUTPUT!r} output the graph lacks"
+            )
         inputs = session.get_inputs()
         if not inputs or inputs[0].name != "image":
             raise ModelLoadError(f"{path.name}: ONNX model input must be named 'image'")
@@ -267,3 +276,18 @@ class Classifier:
             return logits, np.zeros((len(logits), 0), np.float32)
         logits, emb = self._run(batch, ["logits", "embedding"])
         return logits.reshape(len(logits), -1)[:, -1], emb
+
+    def predict_with_cam(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Logits and class-activation maps in one run: ``((N,), (N, h, w))``.
+
+        Raises
+        ------
+        ValueError
+            If the card declares no ``cam`` output.
+        """
+        if not self.has_cam:
+            raise ValueError(f"{self.path.name} has no {CAM_OUTPUT!r} output")
+        logits, cam = self._run(batch, ["logits", CAM_OUTPUT])
+        if not logits.size:
+            return logits, np.zeros((0, 0, 0), np.float32)
+        return logits.reshape(len(logits), -1)[:, -1].astype(np.float32), cam

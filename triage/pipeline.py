@@ -27,6 +27,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from models.cam_output import cam_heatmap
 from models.card import ModelCard
 from models.occlusion import PATCHES_PER_SIDE, occlusion_map
 from models.population import intended_population, population_warning
@@ -231,7 +232,10 @@ class StudyEvaluation:
     scored : list of (str, numpy.ndarray, float)
         SOP Instance UID, model input and logit of each image scored (for heatmaps).
     predict_logits : callable or None
-        The model's logits function (for heatmaps).
+        The model's logits function (for occlusion heatmaps).
+    cams : dict
+        ``{sop_instance_uid: (h, w) class-activation map}`` of the images scored, when
+        the model's card declares a ``cam`` output (same run as the logits).
     """
 
     status: TriageStatus
@@ -244,6 +248,7 @@ class StudyEvaluation:
     evidence: list[Dataset] = field(default_factory=list)
     scored: list[tuple[str, np.ndarray, float]] = field(default_factory=list)
     predict_logits: Callable[[np.ndarray], np.ndarray] | None = None
+    cams: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -309,27 +314,35 @@ def triage_study(
 def _write_heatmaps(
     settings: Settings, claim: Claim, evaluation: StudyEvaluation, inference_seconds: float
 ) -> None:
-    """Store an occlusion map of each evaluated image of an abnormal study (best effort:
-    a map that cannot be made or written is logged, never fails the triage). Skipped
-    when the model is so slow here that the maps would take over
-    :data:`HEATMAP_BUDGET_S` (each costs ``PATCHES_PER_SIDE ** 2`` inferences)."""
+    """Store the heatmap of each evaluated image of an abnormal study (best effort: a map
+    that cannot be made or written is logged, never fails the triage): the model's
+    class-activation map when its card declares one (made by the same run as the
+    logits), else an occlusion map, skipped when the model is so slow here that the maps
+    would take over :data:`HEATMAP_BUDGET_S` (each costs ``PATCHES_PER_SIDE ** 2``
+    inferences)."""
     predict = evaluation.predict_logits
-    if predict is None:
-        return
-    estimate = inference_seconds * PATCHES_PER_SIDE**2  # one map per image, as many runs
-    if estimate > HEATMAP_BUDGET_S:
-        log.info(
-            "no heatmaps for study %s revision %s: about %.0f s on this machine (budget %.0f s)",
-            claim.study_id,
-            claim.revision,
-            estimate,
-            HEATMAP_BUDGET_S,
-        )
-        return
+    if not evaluation.cams:
+        if predict is None:
+            return
+        estimate = inference_seconds * PATCHES_PER_SIDE**2  # one map per image, as many runs
+        if estimate > HEATMAP_BUDGET_S:
+            log.info(
+                "no heatmaps for study %s revision %s: about %.0f s on this machine"
+                " (budget %.0f s)",
+                claim.study_id,
+                claim.revision,
+                estimate,
+                HEATMAP_BUDGET_S,
+            )
+            return
     for sop_uid, tensor, logit in evaluation.scored:
         path = heatmap_path(settings.data_dir, claim.study_instance_uid, claim.revision, sop_uid)
+        cam = evaluation.cams.get(sop_uid)
         try:
-            save_heatmap(path, occlusion_map(predict, tensor, base_logit=logit))
+            if cam is not None:
+                save_heatmap(path, cam_heatmap(cam))
+            elif predict is not None:
+                save_heatmap(path, occlusion_map(predict, tensor, base_logit=logit))
         except (OSError, ValueError) as exc:
             log.warning(
                 "no heatmap for an image of study %s revision %s: %s",
@@ -389,7 +402,12 @@ def _evaluate(
     t0 = time.perf_counter()
     batch = np.stack([im.tensor for im in scored if im.tensor is not None])
     batch = batch.astype(np.float32, copy=False)
-    logits = np.asarray(clf.predict_logits(batch), dtype=np.float32).reshape(-1)
+    cams: np.ndarray | None = None
+    if clf.has_cam:
+        raw, cams = clf.predict_with_cam(batch)
+    else:
+        raw = clf.predict_logits(batch)
+    logits = np.asarray(raw, dtype=np.float32).reshape(-1)
     timings["inference"] = time.perf_counter() - t0
     # the card's point, or its population's by the patient's age (header)
     applied = applied_operating_point(card, settings.operating_point, [im.header for im in scored])
@@ -418,6 +436,11 @@ def _evaluate(
             if im.tensor is not None
         ],
         predict_logits=clf.predict_logits,
+        cams=(
+            {im.sop_instance_uid: cam for im, cam in zip(scored, cams, strict=True)}
+            if cams is not None
+            else {}
+        ),
     )
 
 

@@ -1,7 +1,8 @@
 """Heatmaps of evaluated images: where they are kept and how the page shows them.
 
-The worker stores one occlusion map per evaluated image of an abnormal study
-(:mod:`models.occlusion`) as a small ``.npy`` file under
+The worker stores one map per evaluated image of an abnormal study -- the model's
+class-activation map (:mod:`models.cam_output`) when its card declares one, else an
+occlusion map (:mod:`models.occlusion`) -- as a small ``.npy`` file under
 ``DATA_DIR/heatmaps/<Study UID>/r<revision>/<SOP UID>.npy``; the HTTP side renders it
 over the image's thumbnail. The map covers the model's input: the whole image when
 the preprocessing stretches it, the image inside its black padding when it keeps the

@@ -1,5 +1,6 @@
-"""On a real node, an abnormal study gets an occlusion heatmap of each evaluated image,
-served over the thumbnail and labelled; a normal study gets none."""
+"""On a real node, an abnormal study gets a heatmap of each evaluated image (the default
+model's class-activation map), served over the thumbnail and labelled; a normal study
+gets none."""
 
 from __future__ import annotations
 

@@ -202,3 +202,52 @@ def test_a_revision_that_keeps_killing_workers_is_failed(
         )
     out = triage_study(session_factory, settings, tiny_classifier, study_id, handoff.revision)
     assert out.status == "failed"
+
+
+class _CountingSession:
+    """An ONNX Runtime session that counts its runs."""
+
+    def __init__(self, session) -> None:  # type: ignore[no-untyped-def]
+        self.session, self.runs = session, 0
+
+    def run(self, outputs, feeds):  # type: ignore[no-untyped-def]
+        self.runs += 1
+        return self.session.run(outputs, feeds)
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self.session, name)
+
+
+def test_abnormal_study_gets_the_cam_heatmap_of_the_same_run(
+    session_factory,
+    ingest,
+    shared_data: Path,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    """The shipped model declares a ``cam`` output: one inference gives the logit and the
+    map, and the stored heatmap is that map (no occlusion runs)."""
+    import numpy as np
+
+    from models.cam_output import cam_heatmap
+    from models.preprocess import preprocess_dataset
+    from models.runtime import Classifier, default_model_path
+    from worklist.heatmaps import heatmap_path, load_heatmap
+
+    loaded = Classifier.load(default_model_path(), ["CPUExecutionProvider"])
+    assert loaded.has_cam
+    counting = _CountingSession(loaded.session)
+    clf = Classifier(counting, loaded.card, loaded.path)
+    path = shared_data / DICOM / "real/RG1_from_J2KI_explicit.dcm"
+    study_id = ingest(path)
+    (handoff,) = make_stable(session_factory)
+    settings = load_settings(data_dir=tmp_path / "data", destinations="PACS@127.0.0.1:11999")
+    out = triage_study(session_factory, settings, clf, study_id, handoff.revision)
+    assert out.decision == "abnormal"
+    assert counting.runs == 1
+    ds = pydicom.dcmread(path)
+    stored = load_heatmap(
+        heatmap_path(settings.data_dir, str(ds.StudyInstanceUID), 1, str(ds.SOPInstanceUID))
+    )
+    assert stored is not None and stored.shape == (8, 8) and stored.max() == 1.0
+    _logits, cam = loaded.predict_with_cam(preprocess_dataset(ds, loaded.card.preprocess_spec))
+    np.testing.assert_allclose(stored, cam_heatmap(cam[0]), atol=2e-3)  # stored as float16

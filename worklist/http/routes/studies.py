@@ -71,8 +71,8 @@ def heatmap(
     db: SessionDep,
     settings: SettingsDep,
 ) -> Response:
-    """The thumbnail with the occlusion heatmap of the latest triage over it (abnormal
-    studies only; "AI heatmap, not for diagnosis")."""
+    """The thumbnail with the heatmap of the latest triage over it (abnormal studies
+    only; "AI heatmap, not for diagnosis")."""
     instance_id = image_id(db, found, sop_uid)
     result = latest_result(db, study_id=found.id)
     grid = None
