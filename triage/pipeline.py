@@ -1,12 +1,16 @@
 """Triage of one study revision, as a plain function (no Celery, no network).
 
 :func:`triage_study` claims the revision, reads the study's instances from the
-spool, selects the images the model is for, preprocesses them exactly as the
-model card says, runs the classifier in batches and scores the study (a
-:class:`StudyEvaluation`); then :func:`write_study_sr` writes the SR and
-:func:`result_record` turns the evaluation into the row that records the result,
-its images and its outbox rows. It is idempotent: a revision that is done or no
-longer current is not redone.
+spool, selects the images the model is for and decodes and preprocesses them exactly
+as the model card says (:func:`_prepare`), runs the classifier in batches and scores
+the study (:func:`_score`, a :class:`StudyEvaluation`); then :func:`write_study_sr`
+writes the SR and :func:`result_record` turns the evaluation into the row that
+records the result, its images and its outbox rows. It is idempotent: a revision
+that is done or no longer current is not redone.
+
+:func:`triage_batch` does the same for the revision and other revisions waiting
+(a burst of studies), with one classifier call for all their images; each revision
+is still scored, written and recorded on its own.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from triage.operating_point import applied_operating_point
 from triage.scoring import StudyScore, score_study
 from triage.selection import Eligible, SkipCode, Skipped, select_instance, skipped_unreadable
 from triage.sr import SRContent, build_sr, sr_uids, write_sr
-from worklist.core.clock import utcnow
+from worklist.core.clock import as_utc, utcnow
 from worklist.core.settings import Settings
 from worklist.dicom_values import age_years
 from worklist.heatmaps import heatmap_path, save_heatmap
@@ -49,6 +53,7 @@ from worklist.results import (
     ImageRecord,
     ResultRecord,
     claim_revision,
+    claim_waiting,
     release_claim,
     result_for,
     save_result,
@@ -56,12 +61,14 @@ from worklist.results import (
 from worklist.tables import Delivery, DeliveryState, TriageResult, TriageStatus
 
 __all__ = [
+    "BATCH",
     "DEFERRED",
     "MAX_ATTEMPTS",
     "StudyEvaluation",
     "TriageOutcome",
     "WrittenSR",
     "result_record",
+    "triage_batch",
     "triage_study",
     "worker_id",
     "write_study_sr",
@@ -277,7 +284,7 @@ def triage_study(
         Sessions on the node's database.
     settings : Settings
         ``operating_point``, ``aggregation``, ``high_confidence``, ``destinations``,
-        ``data_dir`` and ``ae_title`` are used.
+        ``data_dir``, ``ae_title`` and ``lease_seconds`` are used.
     classifier : models.runtime.Classifier or a callable returning one
         The model (its card gives preprocessing, calibration, thresholds). A
         callable is called only when there is an image to score, so a study with
@@ -291,24 +298,179 @@ def triage_study(
     -------
     TriageOutcome
     """
+    (outcome,) = triage_batch(
+        session_factory, settings, classifier, study_id, revision, decoder=decoder
+    )
+    return outcome
+
+
+def triage_batch(
+    session_factory: sessionmaker[Session],
+    settings: Settings,
+    classifier: Classifier | Callable[[], Classifier],
+    study_id: int,
+    revision: int,
+    *,
+    batch_studies: int = 1,
+    decoder: GuardedDecoder | None = None,
+) -> list[TriageOutcome]:
+    """Triage a study revision, and other revisions waiting, with one inference.
+
+    Claims the revision (as :func:`triage_study`), then up to ``batch_studies - 1``
+    other revisions that wait in ``queued`` (:func:`worklist.results.claim_waiting`),
+    reads and decodes each, runs the classifier once on all their images, and scores,
+    writes the SR of and records each revision on its own, as :func:`triage_study`
+    does. The tasks of the other revisions find them left to this worker while it
+    runs (``held``), or done. On an error that ends the task, the other revisions
+    not recorded yet are given back (``queued``) for their own tasks.
+
+    Parameters
+    ----------
+    session_factory, settings, classifier, study_id, revision, decoder
+        As for :func:`triage_study`.
+    batch_studies : int
+        Most revisions triaged together (1: only this one).
+
+    Returns
+    -------
+    list of TriageOutcome
+        This revision's first, then the others'. When this revision is not claimed
+        (done, stale, held), only its outcome, and nothing else is triaged.
+    """
     with session_factory.begin() as session:
-        claim = claim_revision(session, study_id=study_id, revision=revision, worker=worker_id())
+        claim = claim_revision(
+            session,
+            study_id=study_id,
+            revision=revision,
+            worker=worker_id(),
+            leave=_left_to_its_batch(settings.lease_seconds),
+        )
     if claim.status is ClaimStatus.DONE:
         log.info("study %s revision %s already triaged; not redone", study_id, revision)
-        return _done(session_factory, claim)
-    if claim.status is ClaimStatus.STALE:
-        log.info("study %s revision %s not triaged: %s", study_id, revision, claim.detail)
-        return TriageOutcome(study_id, revision, ClaimStatus.STALE)
-    started = claim.claimed_at or utcnow()
-    timings: dict[str, float] = {}
+        return [_done(session_factory, claim)]
+    if claim.status is not ClaimStatus.CLAIMED:
+        log.info("study %s revision %s not triaged here: %s", study_id, revision, claim.detail)
+        return [TriageOutcome(study_id, revision, claim.status)]
+    claims = [claim]
+    if batch_studies > 1:
+        with session_factory.begin() as session:
+            claims += claim_waiting(
+                session, worker=BATCH + worker_id(), limit=batch_studies - 1, exclude=study_id
+            )
     decoder = decoder if decoder is not None else get_decoder(settings)
-    evaluation = _evaluate(settings, classifier, claim, timings, decoder)
-    outcome = _record(session_factory, settings, claim, started, evaluation, timings)
-    # After the result and its SR are recorded: a heatmap never delays either.
-    score = evaluation.score
-    if score is not None and score.decision.value == "abnormal":
-        _write_heatmaps(settings, claim, evaluation, timings.get("inference", 0.0))
-    return outcome
+    done: set[int] = set()
+    try:
+        return _triage_claimed(session_factory, settings, classifier, claims, decoder, done)
+    except BaseException:
+        _give_back(session_factory, [c for c in claims[1:] if c.study_id not in done])
+        raise
+
+
+def _triage_claimed(
+    session_factory: sessionmaker[Session],
+    settings: Settings,
+    classifier: Classifier | Callable[[], Classifier],
+    claims: list[Claim],
+    decoder: GuardedDecoder,
+    done: set[int],
+) -> list[TriageOutcome]:
+    """Prepare every claimed revision, infer once, then score and record each (adding
+    its study id to ``done``)."""
+    loaded: list[Classifier] = []
+
+    def model() -> Classifier:
+        if not loaded:
+            loaded.append(classifier if isinstance(classifier, Classifier) else classifier())
+        return loaded[0]
+
+    timings: list[dict[str, float]] = [{} for _ in claims]
+    prepared = [
+        _prepare(settings, model, claim, timing, decoder)
+        for claim, timing in zip(claims, timings, strict=True)
+    ]
+    ready = [p for p in prepared if isinstance(p, _Prepared)]
+    inferred = _infer(ready) if ready else []
+    if len(claims) > 1:
+        log.info(
+            "batch of %d revisions, %d with images to score (%d images): inference %.0f ms",
+            len(claims),
+            len(ready),
+            sum(len(p.scored) for p in ready),
+            sum(seconds for _, _, seconds in inferred) * 1000,
+        )
+    results = iter(inferred)
+    outcomes = []
+    for claim, timing, item in zip(claims, timings, prepared, strict=True):
+        if isinstance(item, _Prepared):
+            logits, cams, seconds = next(results)
+            timing["inference"] = seconds
+            evaluation = _score(settings, item, logits, cams)
+        else:
+            evaluation = item
+        started = claim.claimed_at or utcnow()
+        outcome = _record(session_factory, settings, claim, started, evaluation, timing)
+        done.add(claim.study_id)
+        # After the result and its SR are recorded: a heatmap never delays either.
+        score = evaluation.score
+        if score is not None and score.decision.value == "abnormal":
+            _write_heatmaps(settings, claim, evaluation, timing.get("inference", 0.0))
+        outcomes.append(outcome)
+    return outcomes
+
+
+#: Prefix of the worker named in the claims a batch takes (:func:`triage_batch`).
+BATCH = "batch@"
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` of this machine runs (a zombie does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _left_to_its_batch(lease_seconds: float) -> Callable[[str, datetime], bool]:
+    """The ``leave`` rule of :func:`worklist.results.claim_revision` for a task's own
+    revision: one that another worker claimed into its batch is left to that worker
+    while it runs (a process of this machine) or, on another machine, for the lease
+    (then the sweep sends it again). Any other claim is taken over, as after a crash."""
+
+    def leave(claimed_by: str, claimed_at: datetime) -> bool:
+        if not claimed_by.startswith(BATCH) or claimed_by == BATCH + worker_id():
+            return False
+        if (utcnow() - as_utc(claimed_at)).total_seconds() > lease_seconds:
+            return False
+        host, _, pid = claimed_by.removeprefix(BATCH).rpartition(":")
+        if host != socket.gethostname():
+            return True
+        return pid.isdigit() and _alive(int(pid))
+
+    return leave
+
+
+def _give_back(session_factory: sessionmaker[Session], claims: list[Claim]) -> None:
+    """Release the claims of a batch's revisions that were not recorded (best effort:
+    a claim not released is sent again by the sweep after the lease)."""
+    for claim in claims:
+        try:
+            with session_factory.begin() as session:
+                release_claim(session, study_id=claim.study_id, revision=claim.revision)
+        except Exception as exc:  # noqa: BLE001 - the lease covers a release that failed
+            log.warning(
+                "study %s revision %s: claim not given back (%s); sent again after the lease",
+                claim.study_id,
+                claim.revision,
+                exc,
+            )
 
 
 def _write_heatmaps(
@@ -352,14 +514,26 @@ def _write_heatmaps(
             )
 
 
-def _evaluate(
+@dataclass
+class _Prepared:
+    """A claimed revision whose images are read, selected and decoded, ready for the
+    model: ``scored`` are those with a model input."""
+
+    images: list[_Image]
+    scored: list[_Image]
+    classifier: Classifier
+
+
+def _prepare(
     settings: Settings,
-    classifier: Classifier | Callable[[], Classifier],
+    model: Callable[[], Classifier],
     claim: Claim,
     timings: dict[str, float],
     decoder: GuardedDecoder,
-) -> StudyEvaluation:
-    """Read, select, preprocess, infer and score the claimed revision's images."""
+) -> StudyEvaluation | _Prepared:
+    """Read, select and decode the claimed revision's images (the model is loaded, by
+    ``model()``, only when an image is eligible); an evaluation when there is nothing
+    to score."""
     if claim.attempts > MAX_ATTEMPTS:
         return StudyEvaluation(
             TriageStatus.FAILED,
@@ -383,9 +557,8 @@ def _evaluate(
             TriageStatus.NOT_EVALUATED, reason=_not_evaluated_reason(images), images=images
         )
 
-    clf = classifier if isinstance(classifier, Classifier) else classifier()
-    card = clf.card
-    spec = card.preprocess_spec
+    clf = model()
+    spec = clf.card.preprocess_spec
     t0 = time.perf_counter()
     for image in eligible:
         _decode(image, spec, decoder, data_dir)
@@ -396,11 +569,21 @@ def _evaluate(
             TriageStatus.NOT_EVALUATED,
             reason=_not_evaluated_reason(images),
             images=images,
-            card=card,
+            card=clf.card,
             providers=clf.active_providers,
         )
+    return _Prepared(images, scored, clf)
+
+
+def _infer(ready: list[_Prepared]) -> list[tuple[np.ndarray, np.ndarray | None, float]]:
+    """One classifier call on the images of every prepared revision.
+
+    Returns, for each revision in order, its images' logits, their class-activation
+    maps (None when the model has none) and its share of the call's seconds (by its
+    number of images)."""
+    clf = ready[0].classifier
     t0 = time.perf_counter()
-    batch = np.stack([im.tensor for im in scored if im.tensor is not None])
+    batch = np.stack([im.tensor for p in ready for im in p.scored if im.tensor is not None])
     batch = batch.astype(np.float32, copy=False)
     cams: np.ndarray | None = None
     if clf.has_cam:
@@ -408,7 +591,23 @@ def _evaluate(
     else:
         raw = clf.predict_logits(batch)
     logits = np.asarray(raw, dtype=np.float32).reshape(-1)
-    timings["inference"] = time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    out = []
+    start = 0
+    for p in ready:
+        stop = start + len(p.scored)
+        share = seconds * len(p.scored) / len(logits)
+        out.append((logits[start:stop], cams[start:stop] if cams is not None else None, share))
+        start = stop
+    return out
+
+
+def _score(
+    settings: Settings, prepared: _Prepared, logits: np.ndarray, cams: np.ndarray | None
+) -> StudyEvaluation:
+    """Score a prepared revision from its images' logits (and class-activation maps)."""
+    clf, scored = prepared.classifier, prepared.scored
+    card = clf.card
     # the card's point, or its population's by the patient's age (header)
     applied = applied_operating_point(card, settings.operating_point, [im.header for im in scored])
     study_score = score_study(
@@ -421,7 +620,7 @@ def _evaluate(
     return StudyEvaluation(
         TriageStatus.TRIAGED,
         reason=None,
-        images=images,
+        images=prepared.images,
         card=card,
         providers=clf.active_providers,
         score=study_score,

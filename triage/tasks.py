@@ -2,9 +2,11 @@
 functions called).
 
 - ``triage.triage_study(study_id, revision)``, queue ``inference``: runs
-  :func:`triage.pipeline.triage_study`, then sends one ``triage.deliver`` per
-  outbox row. Retried with backoff only on named transient errors (database
-  unavailable or locked, :class:`~triage.errors.TransientError`).
+  :func:`triage.pipeline.triage_batch` (the revision, and up to
+  ``inference_batch_studies - 1`` other revisions waiting, in one inference), then
+  sends one ``triage.deliver`` per outbox row of each. Retried with backoff only on
+  named transient errors (database unavailable or locked,
+  :class:`~triage.errors.TransientError`).
 - ``triage.deliver(delivery_id)``, queue ``delivery``: one C-STORE attempt of one
   outbox row; a transient failure records the next attempt time (exponential
   backoff, capped) and the sweep sends it again when due; once the retry horizon
@@ -31,7 +33,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from models.runtime import Classifier
 from triage.delivery import next_try_in, store_file
 from triage.errors import DestinationUnavailable, StoreRejected, TransientError
-from triage.pipeline import triage_study
+from triage.pipeline import triage_batch
 from triage.registry_models import RegistryModels
 from triage.shadow import score_shadows
 from worklist.core.clock import as_utc, utcnow
@@ -231,19 +233,27 @@ def register_tasks(app: Celery) -> None:
     )
     def triage_study_task(self: Task, study_id: int, revision: int) -> dict[str, Any]:
         ctx = _context(app)
-        outcome = triage_study(
-            ctx.session_factory, ctx.settings, ctx.classifier, int(study_id), int(revision)
+        outcome, *batched = triage_batch(
+            ctx.session_factory,
+            ctx.settings,
+            ctx.classifier,
+            int(study_id),
+            int(revision),
+            batch_studies=ctx.settings.inference_batch_studies,
         )
-        for delivery_id in outcome.deliveries:
-            app.send_task(TASK_DELIVER, args=(delivery_id,), queue=DELIVERY_QUEUE)
-        if outcome.result_id is not None and outcome.status == "triaged":
-            shadow_score(ctx, outcome.result_id)
+        for each in (outcome, *batched):
+            for delivery_id in each.deliveries:
+                app.send_task(TASK_DELIVER, args=(delivery_id,), queue=DELIVERY_QUEUE)
+        for each in (outcome, *batched):
+            if each.result_id is not None and each.status == "triaged":
+                shadow_score(ctx, each.result_id)
         return {
             "study_id": outcome.study_id,
             "revision": outcome.revision,
             "claim": outcome.claim.value,
             "status": outcome.status,
             "result_id": outcome.result_id,
+            "batched": [[b.study_id, b.revision] for b in batched],
         }
 
     @app.task(

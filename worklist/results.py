@@ -6,6 +6,9 @@ triage worker. A study revision is worked on in three steps:
 1. :func:`claim_revision` (one short transaction) checks that the revision is
    still the study's current one and not done yet, moves the study from
    ``queued`` to ``triaging`` and records a claim (worker, time, attempt count).
+   A worker that batches several studies into one inference also claims other
+   revisions that wait in ``queued`` (:func:`claim_waiting`); the tasks of those
+   revisions then find them claimed (left to that worker) or done.
 2. The worker reads, selects, infers and writes its SR outside any transaction.
 3. :func:`save_result` (one transaction) inserts the result, its images and its
    outbox rows, and moves the study to its final state when that revision is still
@@ -16,7 +19,7 @@ triage worker. A study revision is worked on in three steps:
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -45,6 +48,7 @@ __all__ = [
     "InstanceRef",
     "ResultRecord",
     "claim_revision",
+    "claim_waiting",
     "release_claim",
     "result_for",
     "save_result",
@@ -61,6 +65,8 @@ class ClaimStatus(StrEnum):
     """A result for this revision exists: do not redo it."""
     STALE = "stale"
     """The revision is not (or no longer) the one to triage: drop the message."""
+    HELD = "held"
+    """Another worker holds the revision (see ``leave`` of :func:`claim_revision`)."""
 
 
 @dataclass(frozen=True)
@@ -159,6 +165,8 @@ def claim_revision(
     revision: int,
     worker: str,
     now: datetime | None = None,
+    waiting_only: bool = False,
+    leave: Callable[[str, datetime], bool] | None = None,
 ) -> Claim:
     """Claim a study revision for triage (see the module docstring).
 
@@ -174,6 +182,13 @@ def claim_revision(
     worker : str
         Who claims it (``host:pid``), for the record.
     now : datetime, optional
+    waiting_only : bool
+        Claim it only while it waits (``queued``); a revision being triaged is
+        ``held``.
+    leave : callable, optional
+        ``leave(claimed_by, claimed_at)`` of the current claim of a revision being
+        triaged: True leaves the revision to that claimer (``held``), False claims
+        it again.
 
     Returns
     -------
@@ -192,22 +207,27 @@ def claim_revision(
         )
     if study.state not in (StudyState.QUEUED, StudyState.TRIAGING):
         return Claim(ClaimStatus.STALE, study_id, revision, detail=f"study is {study.state}")
-    moved = session.execute(
-        update(Study)
-        .where(
-            Study.id == study_id,
-            Study.revision == revision,
-            Study.state.in_([StudyState.QUEUED, StudyState.TRIAGING]),
-        )
-        .values(state=StudyState.TRIAGING)
-    ).rowcount
-    if not moved:
-        return Claim(ClaimStatus.STALE, study_id, revision, detail="study changed meanwhile")
     claim = session.scalar(
         select(TriageClaim).where(
             TriageClaim.study_id == study_id, TriageClaim.revision == revision
         )
     )
+    if study.state == StudyState.TRIAGING and claim is not None:
+        left = leave is not None and leave(claim.claimed_by, as_utc(claim.claimed_at))
+        if waiting_only or left:
+            return Claim(
+                ClaimStatus.HELD, study_id, revision, detail=f"claimed by {claim.claimed_by}"
+            )
+    states = [StudyState.QUEUED] if waiting_only else [StudyState.QUEUED, StudyState.TRIAGING]
+    moved = session.execute(
+        update(Study)
+        .where(Study.id == study_id, Study.revision == revision, Study.state.in_(states))
+        .values(state=StudyState.TRIAGING)
+    ).rowcount
+    if not moved:
+        if waiting_only:
+            return Claim(ClaimStatus.HELD, study_id, revision, detail="claimed meanwhile")
+        return Claim(ClaimStatus.STALE, study_id, revision, detail="study changed meanwhile")
     if claim is None:
         claim = TriageClaim(
             study_id=study_id, revision=revision, claimed_by=worker, claimed_at=now, attempts=1
@@ -234,6 +254,56 @@ def claim_revision(
         attempts=claim.attempts,
         instances=tuple(InstanceRef(i, uid, path) for i, uid, path in instances),
     )
+
+
+def claim_waiting(
+    session: Session,
+    *,
+    worker: str,
+    limit: int,
+    exclude: int | None = None,
+    now: datetime | None = None,
+) -> list[Claim]:
+    """Claim up to ``limit`` other revisions that wait for triage, longest waiting first.
+
+    For a worker that triages several studies in one inference: each revision is
+    claimed with :func:`claim_revision` (``waiting_only``), so one being triaged
+    elsewhere is skipped. The caller commits.
+
+    Parameters
+    ----------
+    session : Session
+    worker : str
+        Who claims them (``host:pid``), for the record.
+    limit : int
+        At most this many.
+    exclude : int, optional
+        A study not to claim (the caller's own).
+    now : datetime, optional
+
+    Returns
+    -------
+    list of Claim
+        The revisions claimed (status ``claimed``), in the order they became stable.
+    """
+    if limit <= 0:
+        return []
+    query = select(Study.id, Study.revision).where(Study.state == StudyState.QUEUED)
+    if exclude is not None:
+        query = query.where(Study.id != exclude)
+    waiting = session.execute(query.order_by(Study.stable_at, Study.id).limit(limit)).all()
+    claims = [
+        claim_revision(
+            session,
+            study_id=int(study_id),
+            revision=int(revision),
+            worker=worker,
+            now=now,
+            waiting_only=True,
+        )
+        for study_id, revision in waiting
+    ]
+    return [c for c in claims if c.status is ClaimStatus.CLAIMED]
 
 
 def release_claim(

@@ -263,6 +263,16 @@ class Settings(BaseSettings):
         0.9, gt=0, le=1, description="Probability from which an abnormal study is 'high'."
     )
     batch_size: int = Field(8, ge=1, description="Images per ONNX Runtime batch.")
+    inference_batch_studies: int = Field(
+        8,
+        ge=1,
+        description=(
+            "Most study revisions an inference task triages together: the waiting ones "
+            "are claimed and their images go through the model in one call (what a GPU "
+            "worker needs under a burst); each still gets its own SR and result. 1: one "
+            "study per task."
+        ),
+    )
     inference_processes: int = Field(
         1,
         ge=1,
