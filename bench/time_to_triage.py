@@ -9,7 +9,10 @@ The node runs as in production: the SCP and stability watcher in this process (a
 
 Each study is a copy of the real chest radiograph ``RG1_J2KI.dcm`` (CR, 1955x1841,
 JPEG 2000, so decoding is included) with new UIDs, sent alone with ``storescu``;
-the next one is sent when the previous SR has arrived. For each study:
+the next one is sent when the previous SR has arrived. First, not counted, one batch
+of studies (``inference_batch_studies``) per inference process is sent at once, so that
+every process has loaded the model.
+For each study:
 
 - ``total``: end of ``storescu`` -> SR file written by ``storescp`` (its mtime);
 - ``minus_quiet``: ``total`` minus the quiet period (``--stable-seconds``);
@@ -20,7 +23,9 @@ Burst mode (``--burst N``, default 40; 0 turns it off): after the sequential stu
 N fresh copies are sent at once in one ``storescu`` association, as a PACS does when
 it empties its queue after an outage. Reported: when the last SR lands after the end
 of ``storescu``, minus the quiet period (``last_minus_quiet``: the goal is at most
-3 s on 2 cores), and the burst's per-study ``stable_to_sr``.
+3 s on 2 cores), the burst's per-study ``stable_to_sr``, and the CPU each process
+spent on the burst, per study (``cpu_ms_per_study``: node, inference worker, its
+pool processes and decode children, delivery worker, the PACS).
 
 Also measured: inference throughput of the ONNX model on CPU (images/s) at batch 1
 and 8, and the preprocessing time of the radiograph.
@@ -32,6 +37,8 @@ Usage::
     python bench/time_to_triage.py --mode both --json bench/results/time_to_triage.json
     python bench/time_to_triage.py --mode embedded --studies 10 --burst 40 \
         --inference-concurrency 1,2    # the burst with one and with two inference processes
+    python bench/time_to_triage.py --mode embedded --studies 15 --burst 40 \
+        --inference-concurrency 1,2 --batch-studies 1,8   # and without/with batching
 """
 
 from __future__ import annotations
@@ -147,6 +154,55 @@ def study_row(session_factory: Any, study_uid: str, t_sent: float, t_sr: float) 
     }
 
 
+def _proc_cpu(pid: int) -> tuple[int, str, float] | None:
+    """(parent pid, command line, CPU seconds) of a live process, from /proc."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return int(fields[1]), cmdline, (int(fields[11]) + int(fields[12])) / ticks
+
+
+def cpu_by_role(root: int, pacs_pid: int) -> dict[str, float]:
+    """CPU seconds so far of the node's processes, by role: ``node`` (this process: the
+    SCP, the stability watcher and the benchmark's own polling), the inference worker
+    (``inference-main``, its pool processes ``inference-pool``, their decode children
+    ``decode-child``), ``delivery`` and the ``pacs`` (dcmtk storescp)."""
+    procs = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (info := _proc_cpu(int(entry.name))) is not None:
+            procs[int(entry.name)] = info
+    roles: dict[str, float] = {}
+
+    def add(role: str, seconds: float) -> None:
+        roles[role] = round(roles.get(role, 0.0) + seconds, 3)
+
+    def under(pid: int, ancestor: int) -> bool:
+        while pid in procs and pid > 1:
+            if pid == ancestor:
+                return True
+            pid = procs[pid][0]
+        return False
+
+    for pid, (ppid, cmdline, seconds) in procs.items():
+        if pid == root:
+            add("node", seconds)
+        elif pid == pacs_pid:
+            add("pacs", seconds)
+        elif not under(pid, root):
+            continue
+        elif "triage.guarded_decode" in cmdline:
+            add("decode-child", seconds)
+        elif "--queues delivery" in cmdline:
+            add("delivery", seconds)
+        elif "--queues inference" in cmdline:
+            add("inference-main" if ppid == root else "inference-pool", seconds)
+    return roles
+
+
 class Pacs:
     """dcmtk storescp writing into a directory."""
 
@@ -198,6 +254,7 @@ def run_mode(
     workdir: Path,
     burst: int = 0,
     inference_concurrency: int = 1,
+    batch_studies: int | None = None,
 ) -> dict[str, Any]:
     """Run one mode (``embedded`` or ``redis``); return its measurements."""
     from dicom_scp.server import start_node_scp
@@ -207,7 +264,7 @@ def run_mode(
     from worklist.core.migrate import upgrade
     from worklist.core.settings import load_settings
 
-    root = workdir / f"{mode}-x{inference_concurrency}"
+    root = workdir / f"{mode}-x{inference_concurrency}-b{batch_studies}"
     pacs = Pacs(root / "pacs")
     overrides: dict[str, Any] = {
         "data_dir": root / "node",
@@ -220,6 +277,8 @@ def run_mode(
     }
     if model_path is not None:
         overrides["model_path"] = model_path
+    if batch_studies is not None:
+        overrides["inference_batch_studies"] = batch_studies
     if database_url:
         overrides["database_url"] = database_url
     if mode == "redis":
@@ -245,7 +304,19 @@ def run_mode(
     rows: list[dict[str, Any]] = []
     burst_report: dict[str, Any] | None = None
     try:
-        for i in range(studies + 1):  # study 0 warms up (model load, imports)
+        # Warm-up, not counted: one batch of studies per inference process, sent at
+        # once, so that each process has loaded the model, started its decode child and
+        # built an SR.
+        run_burst(
+            max(1, inference_concurrency) * settings.inference_batch_studies,
+            source=source,
+            stable_seconds=stable_seconds,
+            settings=settings,
+            session_factory=session_factory,
+            pacs=pacs,
+            directory=root / "warm-up",
+        )
+        for i in range(1, studies + 1):
             path = root / "send" / f"study-{i}.dcm"
             path.parent.mkdir(parents=True, exist_ok=True)
             study_uid = make_copy(source, path)
@@ -278,8 +349,7 @@ def run_mode(
                 **study_row(session_factory, study_uid, t_sent, t_sr),
                 "minus_quiet": t_sr - t_sent - stable_seconds,
             }
-            if i > 0:
-                rows.append(row)
+            rows.append(row)
             log.info(
                 "%s study %d: %s",
                 mode,
@@ -304,6 +374,7 @@ def run_mode(
     return {
         "mode": mode,
         "inference_concurrency": inference_concurrency,
+        "batch_studies": settings.inference_batch_studies,
         "burst": burst_report,
         "studies": len(rows),
         "stable_seconds": stable_seconds,
@@ -351,6 +422,7 @@ def run_burst(
         path = directory / f"burst-{i}.dcm"
         studies.append((path, make_copy(source, path)))
     sr_names = {uid: sr_uids(uid, 1)[1] for _, uid in studies}
+    cpu_before = cpu_by_role(os.getpid(), pacs.proc.pid)
     t_start = time.time()
     out = subprocess.run(
         ["storescu", "-xw", "-aec", settings.ae_title, "127.0.0.1", str(settings.dicom_port)]
@@ -364,12 +436,21 @@ def run_burst(
         raise RuntimeError(f"storescu failed: {out.stderr}")
 
     def all_arrived() -> dict[str, Path] | None:
-        found = {uid: pacs.find(name) for uid, name in sr_names.items()}
+        names = {path.name: path for path in pacs.directory.iterdir()}  # one listing a poll
+        found = {
+            uid: next((p for n, p in names.items() if sr in n), None)
+            for uid, sr in sr_names.items()
+        }
         return found if all(found.values()) else None  # type: ignore[return-value]
 
     arrived = wait_for(all_arrived, timeout=300, interval=0.05)
     if arrived is None:
         raise RuntimeError(f"not every SR of the burst of {count} arrived within 300 s")
+    cpu_after = cpu_by_role(os.getpid(), pacs.proc.pid)
+    cpu = {
+        role: round((cpu_after[role] - cpu_before.get(role, 0.0)) * 1000 / count, 1)
+        for role in sorted(cpu_after)
+    }
     time.sleep(0.05)
     rows = [
         study_row(session_factory, uid, t_sent, arrived[uid].stat().st_mtime) for _, uid in studies
@@ -380,6 +461,8 @@ def run_burst(
         "send_s": round(t_sent - t_start, 3),
         "first_minus_quiet": round(min(landed) - t_sent - stable_seconds, 3),
         "last_minus_quiet": round(max(landed) - t_sent - stable_seconds, 3),
+        "cpu_ms_per_study": cpu,
+        "load_average": [round(x, 2) for x in os.getloadavg()],
         **{
             key: summarize([r[key] for r in rows])
             for key in ("stable_to_sr", "stable_to_started", "triage_task", "finished_to_sr")
@@ -443,6 +526,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             "a comma-separated list runs each in turn"
         ),
     )
+    parser.add_argument(
+        "--batch-studies",
+        default="",
+        help=(
+            "studies an inference task triages together (default: the setting "
+            "inference_batch_studies; 1: no batching); a comma-separated list runs each in turn"
+        ),
+    )
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args(argv)
@@ -469,8 +560,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from worklist.core.settings import load_settings
 
         concurrencies = [load_settings().inference_processes]
+    batches: list[int | None] = [int(b) for b in str(args.batch_studies).split(",") if b.strip()]
     try:
-        for mode, concurrency in [(m, c) for m in modes for c in concurrencies]:
+        for mode, concurrency, batch in [
+            (m, c, b) for m in modes for c in concurrencies for b in batches or [None]
+        ]:
             report["modes"].append(
                 run_mode(
                     mode,
@@ -484,6 +578,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     workdir=workdir,
                     burst=args.burst,
                     inference_concurrency=concurrency,
+                    batch_studies=batch,
                 )
             )
     finally:
@@ -502,7 +597,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     for m in report["modes"]:
         lines.append(
-            f"{m['mode']:9s} x{m['inference_concurrency']} n={m['studies']} "
+            f"{m['mode']:9s} x{m['inference_concurrency']} batch {m['batch_studies']} "
+            f"n={m['studies']} "
             f"quiet={m['stable_seconds']}s  "
             f"total p50 {m['total']['p50']:.3f} p95 {m['total']['p95']:.3f} | "
             f"minus quiet p50 {m['minus_quiet']['p50']:.3f} p95 {m['minus_quiet']['p95']:.3f} | "
@@ -514,6 +610,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{'':9s} burst of {b['studies']}: sent in {b['send_s']:.2f} s; SRs from "
                 f"quiet+{b['first_minus_quiet']:.2f} s to quiet+{b['last_minus_quiet']:.2f} s "
                 f"(goal <= 3 s); triage task p50 {b['triage_task']['p50']:.3f} s"
+            )
+            lines.append(
+                f"{'':9s} CPU ms per study: "
+                + ", ".join(f"{k} {v:.0f}" for k, v in b["cpu_ms_per_study"].items())
+                + f"; load average {b['load_average']}"
             )
     sys.stdout.write("\n".join(lines) + "\n")
     if args.json:

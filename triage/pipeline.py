@@ -58,7 +58,7 @@ from worklist.results import (
     result_for,
     save_result,
 )
-from worklist.tables import Delivery, DeliveryState, TriageResult, TriageStatus
+from worklist.tables import Delivery, DeliveryState, TriageClaim, TriageResult, TriageStatus
 
 __all__ = [
     "BATCH",
@@ -198,11 +198,20 @@ def _pending_deliveries(session_factory: sessionmaker[Session], result_id: int) 
 
 
 def _done(session_factory: sessionmaker[Session], claim: Claim) -> TriageOutcome:
+    """The outcome of a revision found done, with its deliveries still to be sent (sent
+    again by the caller, as after a crash), except for a revision a batch recorded:
+    that batch sends them (and the sweep, should it have died before)."""
     with session_factory() as session:
         result = result_for(session, study_id=claim.study_id, revision=claim.revision)
         status = result.status if result else None
         decision = result.decision if result else None
         result_id = result.id if result else claim.result_id
+        claimed_by = session.scalar(
+            select(TriageClaim.claimed_by).where(
+                TriageClaim.study_id == claim.study_id, TriageClaim.revision == claim.revision
+            )
+        )
+    batched = claimed_by is not None and claimed_by.startswith(BATCH)
     return TriageOutcome(
         claim.study_id,
         claim.revision,
@@ -210,7 +219,9 @@ def _done(session_factory: sessionmaker[Session], claim: Claim) -> TriageOutcome
         result_id=result_id,
         status=status,
         decision=decision,
-        deliveries=_pending_deliveries(session_factory, result_id) if result_id else (),
+        deliveries=(
+            _pending_deliveries(session_factory, result_id) if result_id and not batched else ()
+        ),
     )
 
 
@@ -313,6 +324,7 @@ def triage_batch(
     *,
     batch_studies: int = 1,
     decoder: GuardedDecoder | None = None,
+    on_outcome: Callable[[TriageOutcome], None] | None = None,
 ) -> list[TriageOutcome]:
     """Triage a study revision, and other revisions waiting, with one inference.
 
@@ -330,6 +342,9 @@ def triage_batch(
         As for :func:`triage_study`.
     batch_studies : int
         Most revisions triaged together (1: only this one).
+    on_outcome : callable, optional
+        Called with each outcome as soon as it is recorded (to send its SR while the
+        batch goes on), before heatmaps and before the next revision.
 
     Returns
     -------
@@ -345,12 +360,16 @@ def triage_batch(
             worker=worker_id(),
             leave=_left_to_its_batch(settings.lease_seconds),
         )
-    if claim.status is ClaimStatus.DONE:
-        log.info("study %s revision %s already triaged; not redone", study_id, revision)
-        return [_done(session_factory, claim)]
     if claim.status is not ClaimStatus.CLAIMED:
-        log.info("study %s revision %s not triaged here: %s", study_id, revision, claim.detail)
-        return [TriageOutcome(study_id, revision, claim.status)]
+        if claim.status is ClaimStatus.DONE:
+            log.info("study %s revision %s already triaged; not redone", study_id, revision)
+            outcome = _done(session_factory, claim)
+        else:
+            log.info("study %s revision %s not triaged here: %s", study_id, revision, claim.detail)
+            outcome = TriageOutcome(study_id, revision, claim.status)
+        if on_outcome is not None:
+            on_outcome(outcome)
+        return [outcome]
     claims = [claim]
     if batch_studies > 1:
         with session_factory.begin() as session:
@@ -360,7 +379,9 @@ def triage_batch(
     decoder = decoder if decoder is not None else get_decoder(settings)
     done: set[int] = set()
     try:
-        return _triage_claimed(session_factory, settings, classifier, claims, decoder, done)
+        return _triage_claimed(
+            session_factory, settings, classifier, claims, decoder, done, on_outcome
+        )
     except BaseException:
         _give_back(session_factory, [c for c in claims[1:] if c.study_id not in done])
         raise
@@ -373,9 +394,10 @@ def _triage_claimed(
     claims: list[Claim],
     decoder: GuardedDecoder,
     done: set[int],
+    on_outcome: Callable[[TriageOutcome], None] | None,
 ) -> list[TriageOutcome]:
     """Prepare every claimed revision, infer once, then score and record each (adding
-    its study id to ``done``)."""
+    its study id to ``done``, then calling ``on_outcome``)."""
     loaded: list[Classifier] = []
 
     def model() -> Classifier:
@@ -410,6 +432,8 @@ def _triage_claimed(
         started = claim.claimed_at or utcnow()
         outcome = _record(session_factory, settings, claim, started, evaluation, timing)
         done.add(claim.study_id)
+        if on_outcome is not None:
+            on_outcome(outcome)
         # After the result and its SR are recorded: a heatmap never delays either.
         score = evaluation.score
         if score is not None and score.decision.value == "abnormal":

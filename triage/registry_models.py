@@ -54,6 +54,7 @@ class RegistryModels:
     def __init__(self, settings: Settings, batch_size: int = 8) -> None:
         self.settings = settings
         self.batch_size = int(batch_size)
+        self._threads = int(settings.inference_threads) or None
         self._lock = threading.Lock()
         self._pid = os.getpid()
         self._loaded: dict[str, Classifier] = {}
@@ -66,7 +67,9 @@ class RegistryModels:
             return classifier
         providers = list(self.settings.providers) or None
         try:
-            classifier = Classifier.load(entry.path, providers, max_batch=self.batch_size)
+            classifier = Classifier.load(
+                entry.path, providers, max_batch=self.batch_size, intra_op_threads=self._threads
+            )
         except ModelLoadError as exc:
             raise ModelError(f"registered model {entry.name}: {exc}") from exc
         if classifier.sha256 != entry.sha256:
@@ -92,7 +95,9 @@ class RegistryModels:
         path = model_path_for(self.settings)
         providers = list(self.settings.providers) or None
         try:
-            classifier = Classifier.load(path, providers, max_batch=self.batch_size)
+            classifier = Classifier.load(
+                path, providers, max_batch=self.batch_size, intra_op_threads=self._threads
+            )
         except ModelLoadError as exc:
             raise ModelError(f"configured model: {exc}") from exc
         card = classifier.card

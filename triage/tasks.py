@@ -3,10 +3,10 @@ functions called).
 
 - ``triage.triage_study(study_id, revision)``, queue ``inference``: runs
   :func:`triage.pipeline.triage_batch` (the revision, and up to
-  ``inference_batch_studies - 1`` other revisions waiting, in one inference), then
-  sends one ``triage.deliver`` per outbox row of each. Retried with backoff only on
-  named transient errors (database unavailable or locked,
-  :class:`~triage.errors.TransientError`).
+  ``inference_batch_studies - 1`` other revisions waiting, in one inference), and
+  sends one ``triage.deliver`` per outbox row of each as soon as it is recorded.
+  Retried with backoff only on named transient errors (database unavailable or
+  locked, :class:`~triage.errors.TransientError`).
 - ``triage.deliver(delivery_id)``, queue ``delivery``: one C-STORE attempt of one
   outbox row; a transient failure records the next attempt time (exponential
   backoff, capped) and the sweep sends it again when due; once the retry horizon
@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from models.runtime import Classifier
 from triage.delivery import next_try_in, store_file
 from triage.errors import DestinationUnavailable, StoreRejected, TransientError
-from triage.pipeline import triage_batch
+from triage.pipeline import TriageOutcome, triage_batch
 from triage.registry_models import RegistryModels
 from triage.shadow import score_shadows
 from worklist.core.clock import as_utc, utcnow
@@ -233,6 +233,11 @@ def register_tasks(app: Celery) -> None:
     )
     def triage_study_task(self: Task, study_id: int, revision: int) -> dict[str, Any]:
         ctx = _context(app)
+
+        def send(each: TriageOutcome) -> None:
+            for delivery_id in each.deliveries:
+                app.send_task(TASK_DELIVER, args=(delivery_id,), queue=DELIVERY_QUEUE)
+
         outcome, *batched = triage_batch(
             ctx.session_factory,
             ctx.settings,
@@ -240,10 +245,8 @@ def register_tasks(app: Celery) -> None:
             int(study_id),
             int(revision),
             batch_studies=ctx.settings.inference_batch_studies,
+            on_outcome=send,
         )
-        for each in (outcome, *batched):
-            for delivery_id in each.deliveries:
-                app.send_task(TASK_DELIVER, args=(delivery_id,), queue=DELIVERY_QUEUE)
         for each in (outcome, *batched):
             if each.result_id is not None and each.status == "triaged":
                 shadow_score(ctx, each.result_id)

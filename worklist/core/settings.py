@@ -263,6 +263,16 @@ class Settings(BaseSettings):
         0.9, gt=0, le=1, description="Probability from which an abnormal study is 'high'."
     )
     batch_size: int = Field(8, ge=1, description="Images per ONNX Runtime batch.")
+    inference_threads: int = Field(
+        1,
+        ge=0,
+        description=(
+            "ONNX Runtime intra-op threads of each inference process. 1: the shipped "
+            "model runs as fast as on 2 threads for half the CPU, leaving the cores to "
+            "the decode and the SR (bench/TRIAGE.md); 0: ONNX Runtime's default (one per "
+            "core), for a large model on a CPU with many cores."
+        ),
+    )
     inference_batch_studies: int = Field(
         8,
         ge=1,

@@ -1,5 +1,5 @@
 """The time-to-triage benchmark runs end to end (2 studies, then a burst of 3, embedded
-mode, tiny model)."""
+mode, tiny model, two inference processes batching two studies)."""
 
 from __future__ import annotations
 
@@ -34,6 +34,8 @@ def test_time_to_triage_benchmark_smoke(
             "3",
             "--inference-concurrency",
             "2",
+            "--batch-studies",
+            "2",
             "--model",
             str(tiny_model),
             "--source",
@@ -50,6 +52,8 @@ def test_time_to_triage_benchmark_smoke(
     assert mode["total"]["p50"] >= mode["minus_quiet"]["p50"]
     burst = mode["burst"]
     assert mode["inference_concurrency"] == 2 and burst["studies"] == 3
+    assert mode["batch_studies"] == 2
+    assert {"inference-pool", "decode-child", "delivery", "node"} <= set(burst["cpu_ms_per_study"])
     assert burst["first_minus_quiet"] <= burst["last_minus_quiet"] < 60
     assert burst["stable_to_sr"]["max"] <= burst["last_minus_quiet"] + burst["send_s"] + 1
     assert report["throughput"]["images_per_s_batch1"] > 0

@@ -79,9 +79,17 @@ def test_waiting_revisions_are_triaged_with_one_inference_and_recorded_each(
     ids = _studies(shared_data, ingest, tmp_path, 4)
     handoffs = {h.study_id: h.revision for h in make_stable(session_factory)}
     model = _Counting(tiny_classifier)
+    seen: list = []
     outcomes = triage_batch(
-        session_factory, settings, model, ids[2], handoffs[ids[2]], batch_studies=3
+        session_factory,
+        settings,
+        model,
+        ids[2],
+        handoffs[ids[2]],
+        batch_studies=3,
+        on_outcome=seen.append,
     )
+    assert seen == outcomes  # each handed over as soon as it was recorded
     # one call scores the three studies (the tiny model's occlusion heatmaps follow)
     assert model.sizes[0] == 3
     assert outcomes[0].study_id == ids[2]
@@ -101,12 +109,14 @@ def test_waiting_revisions_are_triaged_with_one_inference_and_recorded_each(
             assert study.state == "triaged"
         out = subprocess.run(["dciodvfy", result.sr_path], capture_output=True, text=True)
         assert not [x for x in (out.stdout + out.stderr).splitlines() if x.startswith("Error")]
-    # The batched revisions' own tasks find them done, and nothing is recorded twice.
+    # The batched revisions' own tasks find them done (their SRs are the batch's to
+    # send), and nothing is recorded twice.
     for outcome in outcomes[1:]:
         again = triage_study(
             session_factory, settings, tiny_classifier, outcome.study_id, outcome.revision
         )
         assert again.claim is ClaimStatus.DONE and again.result_id == outcome.result_id
+        assert again.deliveries == ()
     with session_factory() as session:
         assert session.scalar(select(func.count()).select_from(TriageResult)) == 3
         assert session.scalar(select(func.count()).select_from(Delivery)) == 3
