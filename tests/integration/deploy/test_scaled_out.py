@@ -140,6 +140,9 @@ def test_scaled_out_two_inference_workers(
         stability_poll_seconds=0.2,
         min_free_mb=0,
         destinations=f"PACS@127.0.0.1:{pacs.port}",
+        # one study a task: a batch could take all eight into one worker (the batch
+        # path under two pool processes is tests/integration/reliability/test_load.py)
+        inference_batch_studies=1,
     )
     files = chest_copies(
         shared_data / "dicom" / "real" / "RG1_from_J2KI_explicit.dcm", tmp_path / "send", N_STUDIES

@@ -61,9 +61,10 @@ def test_redis_restarted_while_studies_are_queued(
     """Studies sit in Redis (no inference worker yet) when Redis restarts without
     persistence: every message is gone. One more study arrives while Redis is down
     (stored; its enqueue fails and is retried). The sweep finds the revisions
-    enqueued but never claimed after the lease and re-enqueues them."""
+    enqueued but never claimed after the lease and re-enqueues them (one study a task:
+    a batch would claim the waiting revisions with the late study's task first)."""
     studies = make_studies(shared_data, tmp_path / "send", 4, 2)
-    cluster = make_cluster(postgres_url, private_redis.url)
+    cluster = make_cluster(postgres_url, private_redis.url, inference_batch_studies=1)
     cluster.start_worker("delivery", concurrency=2)  # runs the sweep
     cluster.start_scp()
     first, late = studies[:3], studies[3]
