@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class _Cached:
     pid: int
-    key: tuple[str, tuple[str, ...], int]
+    key: tuple[str, tuple[str, ...], int, int]
     classifier: Classifier
 
 
@@ -55,7 +55,7 @@ def get_classifier(settings: Settings, *, batch_size: int = 8) -> Classifier:
     Parameters
     ----------
     settings : Settings
-        ``model_path`` and ``providers`` are used.
+        ``model_path``, ``providers`` and ``inference_threads`` are used.
     batch_size : int
         Largest batch per ONNX Runtime run.
 
@@ -72,12 +72,18 @@ def get_classifier(settings: Settings, *, batch_size: int = 8) -> Classifier:
     global _cached
     path = model_path_for(settings)
     providers = tuple(settings.providers)
-    key = (str(path), providers, int(batch_size))
+    threads = int(settings.inference_threads)
+    key = (str(path), providers, int(batch_size), threads)
     with _lock:
         if _cached is not None and _cached.pid == os.getpid() and _cached.key == key:
             return _cached.classifier
         try:
-            classifier = Classifier.load(path, list(providers) or None, max_batch=batch_size)
+            classifier = Classifier.load(
+                path,
+                list(providers) or None,
+                max_batch=batch_size,
+                intra_op_threads=threads or None,
+            )
         except ModelLoadError as exc:
             raise ModelError(str(exc)) from exc
         operating_point = settings.operating_point
