@@ -9,7 +9,7 @@ api         the HTTP server (API, web page, metrics)
 db upgrade  apply the database migrations
 config      print every setting: variable, effective value, meaning (secrets masked)
 retriage    triage a study again (new revision) after a model change, audited
-resend      re-queue a study's failed SR deliveries, audited
+resend      re-queue a study's failed SR (and heatmap SC) deliveries, audited
 study       study release UID: triage a study held for a patient mismatch
 user        local accounts: add, passwd, disable, list (worklist.admin_cli)
 token       bearer tokens for systems (RIS): add, revoke
@@ -262,14 +262,14 @@ def cmd_retriage(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_resend(args: argparse.Namespace, settings: Settings) -> int:
-    """Re-queue the failed SR deliveries of a study (audited); the delivery worker's
-    sweep sends them. Exit 1 when there is none."""
+    """Re-queue the failed SR and heatmap SC deliveries of a study (audited); the delivery
+    worker's sweep sends them. Exit 1 when there is none."""
     import getpass
 
     from worklist import audit
     from worklist.core.db import open_database
     from worklist.core.migrate import upgrade
-    from worklist.outbox import requeue_failed
+    from worklist.outbox import KIND_NAMES, requeue_failed
 
     study_uid, destination = args.study_uid.strip(), args.destination
     upgrade(settings.effective_database_url)
@@ -285,18 +285,21 @@ def cmd_resend(args: argparse.Namespace, settings: Settings) -> int:
                     study_instance_uid=study_uid,
                     detail={"deliveries": [r.id for r in rows], "destination": destination},
                 )
-            done = [(r.id, r.sop_instance_uid, r.destination) for r in rows]
+            done = [
+                (r.id, KIND_NAMES.get(r.kind, r.kind), r.sop_instance_uid, r.destination)
+                for r in rows
+            ]
     finally:
         database.dispose()
     if not done:
         print(  # noqa: T201 - CLI output
-            f"triage-node: no failed SR delivery for study {study_uid}"
+            f"triage-node: no failed SR or heatmap delivery for study {study_uid}"
             + (f" to {destination}" if destination else ""),
             file=sys.stderr,
         )
         return 1
-    for delivery_id, sop_uid, where in done:
-        print(f"re-queued delivery {delivery_id} of SR {sop_uid} to {where}")  # noqa: T201
+    for delivery_id, what, sop_uid, where in done:
+        print(f"re-queued delivery {delivery_id} of {what} {sop_uid} to {where}")  # noqa: T201
     return 0
 
 
@@ -415,9 +418,10 @@ def build_parser() -> argparse.ArgumentParser:
     retriage.set_defaults(run=cmd_retriage)
     resend = sub.add_parser(
         "resend",
-        help="re-queue a study's failed SR deliveries (audited)",
-        description="Put the SR deliveries of a study that failed (the destination stayed"
-        " down past TRIAGE_DELIVERY_RETRY_HOURS, or refused the SR) back in the outbox,"
+        help="re-queue a study's failed SR and heatmap SC deliveries (audited)",
+        description="Put the deliveries of a study that failed (SR, and heatmap Secondary"
+        " Captures with TRIAGE_HEATMAP_TO_PACS; the destination stayed down past"
+        " TRIAGE_DELIVERY_RETRY_HOURS, or refused the object) back in the outbox,"
         " with a new retry horizon; the running delivery worker sends them. Written to"
         " the audit log.",
         formatter_class=fmt,

@@ -265,6 +265,11 @@ class Settings(BaseSettings):
             "studies (bench/TRIAGE.md)."
         ),
     )
+    heatmap_to_pacs: bool = Field(
+        False,
+        description="Also send each evaluated image of an abnormal study, with its AI heatmap "
+        "burned in, to the destinations as a DICOM Secondary Capture (after the SR, same outbox).",
+    )
     delivery_retry_hours: float = Field(
         72.0,
         gt=0,
