@@ -52,25 +52,6 @@ def _stop_event() -> threading.Event:
     return stop
 
 
-def trusted_proxies(settings: Settings) -> str:
-    """The reverse proxies whose forwarded headers uvicorn may trust ("" for none).
-
-    uvicorn trusts ``X-Forwarded-For`` from 127.0.0.1 by default, so any local caller
-    could choose the address the audit log records; the node trusts none unless
-    ``forwarded_allow_ips`` names the reverse proxies (then ``proxy_headers`` is on).
-
-    Parameters
-    ----------
-    settings : Settings
-
-    Returns
-    -------
-    str
-        For uvicorn's ``forwarded_allow_ips``.
-    """
-    return ",".join(settings.forwarded_allow_ips)
-
-
 def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
     """Apply the migrations to the configured database."""
     from worklist.core.migrate import upgrade
@@ -106,89 +87,20 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     """Run the HTTP server until stopped."""
     import uvicorn
 
+    from triage.embedded import http_server_config
     from worklist.core.db import open_database
     from worklist.http.app import create_app
 
     app = create_app(settings, open_database(settings).session_factory)
-    uvicorn.run(
-        app,
-        host=settings.http_host,
-        port=settings.http_port,
-        log_level="warning",
-        proxy_headers=bool(trusted_proxies(settings)),
-        forwarded_allow_ips=trusted_proxies(settings),
-    )
+    uvicorn.Server(http_server_config(settings, app)).run()
     return 0
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    """Run the whole node in one process (the embedded default)."""
-    import uvicorn
+    """Run the whole node in one process tree (the embedded default)."""
+    from triage.embedded import run_embedded_node
 
-    from dicom_scp.server import scp_process_count, start_node_scp
-    from triage.worker import start_embedded_worker
-    from worklist.core.db import open_database
-    from worklist.core.migrate import upgrade
-    from worklist.core.processes import DataDirLock
-    from worklist.http.app import create_app
-
-    # One node per data directory: the lock is inherited by the workers, so a node
-    # cannot start beside processes left over from a killed one.
-    lock = DataDirLock(settings.data_dir).acquire()
-    upgrade(settings.effective_database_url)
-    database = open_database(settings)
-    session_factory = database.session_factory
-    stop = _stop_event()
-
-    worker = start_embedded_worker(
-        settings,
-        verbose=args.verbose,
-        inherit_fds=[] if lock.fd is None else [lock.fd],
-    )
-    for process in worker.processes.values():
-        lock.record_child(process.pid)
-    try:
-        scp = start_node_scp(settings, session_factory, processes=scp_process_count(settings))
-    except BaseException:
-        worker.stop()
-        database.dispose()
-        lock.release()
-        raise
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(settings, session_factory),
-            host=settings.http_host,
-            port=settings.http_port,
-            log_level="warning",
-            proxy_headers=bool(trusted_proxies(settings)),
-            forwarded_allow_ips=trusted_proxies(settings),
-        )
-    )
-    http = threading.Thread(target=server.run, name="http", daemon=True)
-    http.start()
-    log.info(
-        "node %s serving: DICOM %s:%s, HTTP %s:%s, data in %s",
-        settings.ae_title,
-        settings.dicom_host,
-        settings.dicom_port,
-        settings.http_host,
-        settings.http_port,
-        settings.data_dir.resolve(),
-    )
-    from triage.startup import startup_lines
-
-    for line in startup_lines(settings):
-        log.info("%s", line)
-    try:
-        stop.wait()
-    finally:
-        log.info("shutting down")
-        scp.stop()
-        server.should_exit = True
-        http.join(timeout=10)
-        worker.stop()
-        database.dispose()
-        lock.release()
+    run_embedded_node(settings, stop=_stop_event(), verbose=args.verbose)
     return 0
 
 

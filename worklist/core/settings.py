@@ -143,6 +143,12 @@ class Settings(BaseSettings):
         default_factory=list, description="Peer address/network allow-list; empty allows any."
     )
     max_associations: int = Field(16, ge=1, description="Concurrent associations limit.")
+    max_connections_per_peer: int = Field(
+        64,
+        ge=1,
+        description="Open DICOM connections (associated or not) one peer address may hold at "
+        "once; beyond it a new one is closed at accept. Each SCP process keeps its share.",
+    )
     scp_processes: int = Field(
         2,
         ge=1,
