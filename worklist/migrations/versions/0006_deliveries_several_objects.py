@@ -8,7 +8,7 @@ The downgrade deletes the heatmap rows, which the old schema cannot hold.
 
 Revision ID: 0006
 Revises: 0005
-Create Date: 2026-12-02 10:00:00
+Create Date: 2026-11-30 01:30:00
 """
 
 import sqlalchemy as sa
