@@ -16,6 +16,9 @@ import logging
 import socket
 import ssl
 import threading
+import time
+from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from pynetdicom import AE, evt
@@ -61,6 +64,86 @@ def associations_per_process(settings: Settings, processes: int) -> int:
         more than ``max_associations`` plus ``processes - 1`` associations.
     """
     return -(-settings.max_associations // max(1, processes))
+
+
+def peer_connections_per_process(settings: Settings, processes: int) -> int:
+    """Each process's share of ``settings.max_connections_per_peer`` (rounded up).
+
+    Parameters
+    ----------
+    settings : Settings
+    processes : int
+        How many processes share the port.
+
+    Returns
+    -------
+    int
+        ``ceil(max_connections_per_peer / processes)``.
+    """
+    return -(-settings.max_connections_per_peer // max(1, processes))
+
+
+class PeerConnections:
+    """Open connections per peer address in one process, with a cap.
+
+    A connection is open from its ``accept()`` until its pynetdicom association
+    thread ends (association released, aborted, or the ACSE timeout closed it): the
+    connections being handed to their thread are counted here, the live association
+    threads by ``live`` once they have taken the connection (a connection in the
+    instant between the two can slip past the count: in a burst the cap may be
+    exceeded by one or two). Refusals are logged once per peer and
+    :data:`REFUSAL_LOG_INTERVAL_S`, with their count, so that a flood of
+    connections cannot flood the log too.
+
+    Parameters
+    ----------
+    limit : int
+        Connections one address may hold open at once in this process.
+    live : callable
+        ``live(peer)``: the peer's live association threads in this process.
+    """
+
+    REFUSAL_LOG_INTERVAL_S = 60.0
+
+    def __init__(self, limit: int, live: Callable[[str], int]) -> None:
+        self.limit = limit
+        self._live = live
+        self._starting: Counter[str] = Counter()
+        self._refused: Counter[str] = Counter()
+        self._logged_at: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def admit(self, peer: str) -> bool:
+        """Count a new connection of ``peer`` as starting; False (the refusal counted,
+        and logged at most once an interval) when the peer holds its share already."""
+        with self._lock:
+            if self._starting[peer] + self._live(peer) < self.limit:
+                self._starting[peer] += 1
+                return True
+            self._refused[peer] += 1
+            now = time.monotonic()
+            last = self._logged_at.get(peer)
+            if last is not None and now - last < self.REFUSAL_LOG_INTERVAL_S:
+                return False
+            self._logged_at[peer] = now
+            refused, self._refused[peer] = self._refused[peer], 0
+        log.warning(
+            "refusing connections from %s: it holds %d open connections, the most one "
+            "address may hold in this SCP process (TRIAGE_MAX_CONNECTIONS_PER_PEER); "
+            "%d refused since the last such line",
+            peer,
+            self.limit,
+            refused,
+        )
+        return False
+
+    def started(self, peer: str) -> None:
+        """The connection admitted by :meth:`admit` has its association thread now (or
+        is closed): ``live`` counts it from here on."""
+        with self._lock:
+            self._starting[peer] -= 1
+            if self._starting[peer] <= 0:
+                del self._starting[peer]
 
 
 def open_listening_socket(host: str, port: int, *, backlog: int = 64) -> socket.socket:
@@ -123,6 +206,18 @@ class NodeAE(AE):
             if not assoc.is_acceptor or assoc.requestor.primitive is not None
         ]
 
+    def connections_from(self, peer: str) -> int:
+        """Open connections (associated or not) from ``peer``: acceptor threads whose
+        state machine is past Sta1 (idle), where a connection the peer closed returns
+        while its thread still waits out the ACSE timeout."""
+        return sum(
+            1
+            for assoc in super().active_associations
+            if assoc.is_acceptor
+            and assoc.requestor.address == peer
+            and assoc.dul.state_machine.current_state != "Sta1"
+        )
+
 
 class SharedSocketAssociationServer(ThreadedAssociationServer):
     """pynetdicom's threaded server on a listening socket that several processes share.
@@ -132,8 +227,10 @@ class SharedSocketAssociationServer(ThreadedAssociationServer):
     when it stops, shuts it down (that would stop the other processes too); it only
     closes its own handle.
 
-    A connection from an address outside ``settings.allowed_peers`` is closed at
-    ``accept()``, before it costs a thread. With TLS, the handshake runs in the
+    A connection from an address outside ``settings.allowed_peers``, or from one
+    that already holds its share of ``settings.max_connections_per_peer`` open
+    connections (associated or not), is closed at ``accept()``, before it costs a
+    thread. With TLS, the handshake runs in the
     connection's own thread within the ACSE timeout, not in the accepting thread,
     where a silent client stopped every other connection of the process.
 
@@ -145,6 +242,8 @@ class SharedSocketAssociationServer(ThreadedAssociationServer):
         The shared listening socket.
     settings : Settings, optional
         For the peer allow-list.
+    peer_limit : int, optional
+        Open connections one peer address may hold in this process (no cap when None).
     """
 
     def __init__(
@@ -152,10 +251,14 @@ class SharedSocketAssociationServer(ThreadedAssociationServer):
         *args: Any,
         listen_socket: socket.socket,
         settings: Settings | None = None,
+        peer_limit: int | None = None,
         **kwargs: Any,
     ) -> None:
         self._listen_socket = listen_socket
         self._settings = settings
+        self.peers = (
+            PeerConnections(peer_limit, self._live_from) if peer_limit is not None else None
+        )
         super().__init__(*args, **kwargs)
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
@@ -170,24 +273,37 @@ class SharedSocketAssociationServer(ThreadedAssociationServer):
         return client, address
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
-        """Refuse (close) a connection from a peer address the allow-list does not hold."""
-        if self._settings is None or self._settings.peer_allowed(str(client_address[0])):
-            return True
-        log.warning("refusing connection from %s: address not allowed", client_address[0])
-        return False
+        """Refuse (close) a connection from a peer address the allow-list does not hold,
+        or from one holding its share of open connections; else take a slot for it
+        (given back when its thread ends)."""
+        peer = str(client_address[0])
+        if self._settings is not None and not self._settings.peer_allowed(peer):
+            log.warning("refusing connection from %s: address not allowed", peer)
+            return False
+        return self.peers is None or self.peers.admit(peer)
+
+    def _live_from(self, peer: str) -> int:
+        """Live acceptor association threads of this process from ``peer``."""
+        ae = self.ae
+        return ae.connections_from(peer) if isinstance(ae, NodeAE) else 0
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
-        """Complete the TLS handshake (within the ACSE timeout), then serve the association."""
-        if isinstance(request, ssl.SSLSocket):
-            try:
-                request.settimeout(self.ae.acse_timeout)
-                request.do_handshake()
-                request.settimeout(self.ae.network_timeout)
-            except (OSError, ValueError) as exc:
-                log.warning("TLS handshake with %s failed: %s", client_address[0], exc)
-                self.shutdown_request(request)
-                return
-        super().process_request_thread(request, client_address)
+        """Complete the TLS handshake (within the ACSE timeout), then start the
+        association's thread (pynetdicom's, which lives until the connection closes)."""
+        try:
+            if isinstance(request, ssl.SSLSocket):
+                try:
+                    request.settimeout(self.ae.acse_timeout)
+                    request.do_handshake()
+                    request.settimeout(self.ae.network_timeout)
+                except (OSError, ValueError) as exc:
+                    log.warning("TLS handshake with %s failed: %s", client_address[0], exc)
+                    self.shutdown_request(request)
+                    return
+            super().process_request_thread(request, client_address)
+        finally:
+            if self.peers is not None:
+                self.peers.started(str(client_address[0]))
 
     def server_bind(self) -> None:
         """Use the shared socket instead of binding a new one."""
@@ -338,6 +454,7 @@ def start_scp(
         server_class=SharedSocketAssociationServer,
         listen_socket=listen_socket,
         settings=settings,
+        peer_limit=peer_connections_per_process(settings, processes),
     )
     if block:
         server.serve_forever()

@@ -15,6 +15,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,8 @@ from models.runtime import Classifier
 __all__ = [
     "calibrate_model",
     "evaluate_model",
+    "CalibrationFit",
+    "fit_calibration",
     "fit_operating_points",
     "score_records",
     "subgroup_metrics",
@@ -192,6 +195,80 @@ def fit_operating_points(
     return points
 
 
+@dataclass(frozen=True)
+class CalibrationFit:
+    """Temperature scaling and operating points fitted on one labelled split.
+
+    Attributes
+    ----------
+    temperature : float
+    prob : numpy.ndarray
+        The calibrated probabilities of the fitted images.
+    points : dict
+        ``balanced`` and ``high_sensitivity`` (:func:`fit_operating_points`).
+    summary : dict
+        The card's ``calibration`` entry: method, temperature, where it was fitted,
+        and the Brier score, ECE and ROC-AUC before and after.
+    """
+
+    temperature: float
+    prob: np.ndarray
+    points: dict[str, dict[str, Any]]
+    summary: dict[str, Any]
+
+
+def fit_calibration(
+    y: np.ndarray, logits: np.ndarray, *, split: str, target_sensitivity: float = 0.98
+) -> CalibrationFit:
+    """Fit the temperature, then the operating points on the calibrated probabilities.
+
+    The one calibration rule of every card (single source, pooled sources, site
+    heads).
+
+    Parameters
+    ----------
+    y : numpy.ndarray
+        Labels (1 = abnormal).
+    logits : numpy.ndarray
+        Uncalibrated logits of the same images.
+    split : str
+        Where they come from (recorded; ``'test'`` is refused).
+    target_sensitivity : float
+        Sensitivity of the ``high_sensitivity`` point.
+
+    Returns
+    -------
+    CalibrationFit
+
+    Raises
+    ------
+    ValueError
+        On the test split, or when one class is missing.
+    """
+    if split == "test":
+        raise ValueError("calibration and operating points are never fitted on the test split")
+    y = np.asarray(y).astype(int)
+    z = np.asarray(logits, dtype=np.float64)
+    if len(set(y.tolist())) < 2:
+        raise ValueError(f"split {split!r} needs both normal and abnormal images")
+    temperature = float(fit_temperature(z, y))
+    prob = 0.5 * (1 + np.tanh(0.5 * z / temperature))
+    uncal = 0.5 * (1 + np.tanh(0.5 * z))
+    summary = {
+        "method": "temperature",
+        "temperature": temperature,
+        "fitted_on": split,
+        "n": len(y),
+        "val_brier_before": brier_score(y, uncal),
+        "val_brier_after": brier_score(y, prob),
+        "val_ece_before": expected_calibration_error(y, uncal),
+        "val_ece_after": expected_calibration_error(y, prob),
+        "val_roc_auc": roc_auc(y, z),
+    }
+    points = fit_operating_points(y, prob, split=split, target_sensitivity=target_sensitivity)
+    return CalibrationFit(temperature, prob, points, summary)
+
+
 def calibrate_model(
     model: str | Path,
     *,
@@ -228,31 +305,13 @@ def calibrate_model(
     ok = np.isfinite(logits)
     y = np.array([r.label for r in records])[ok]
     z = logits[ok]
-    if len(set(y.tolist())) < 2:
-        raise ValueError(f"split {split!r} needs both normal and abnormal images")
-    temperature = fit_temperature(z, y)
+    fit = fit_calibration(y, z, split=split, target_sensitivity=target_sensitivity)
     card = clf.card.model_copy(
-        update={"calibration": {"method": "temperature", "temperature": temperature}}
-    )
-    prob = card.calibrate(z)
-    points = fit_operating_points(y, prob, split=split, target_sensitivity=target_sensitivity)
-    uncal = 0.5 * (1 + np.tanh(0.5 * z))
-    card = card.model_copy(
         update={
-            "operating_points": points,
-            "calibration": {
-                "method": "temperature",
-                "temperature": temperature,
-                "fitted_on": split,
-                "n": len(y),
-                "val_brier_before": brier_score(y, uncal),
-                "val_brier_after": brier_score(y, prob),
-                "val_ece_before": expected_calibration_error(y, uncal),
-                "val_ece_after": expected_calibration_error(y, prob),
-                "val_roc_auc": roc_auc(y, z),
-            },
+            "operating_points": fit.points,
+            "calibration": fit.summary,
             "training_data": {
-                **card.training_data,
+                **clf.card.training_data,
                 "counts": summarize_labels(read_labels(labels)),
             },
         }

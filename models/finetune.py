@@ -37,16 +37,10 @@ import numpy as np
 from models.cam_output import CAM_OUTPUT, cam_card_entry
 from models.card import ModelCard, embed_card
 from models.data import Record, read_labels
-from models.metrics import (
-    brier_score,
-    fit_temperature,
-    operating_point_balanced,
-    operating_point_for_sensitivity,
-    roc_auc,
-    threshold_metrics,
-)
+from models.evaluate import fit_calibration
+from models.metrics import roc_auc
 
-__all__ = ["MIN_VAL_PER_CLASS", "FinetuneConfig", "add_head", "finetune", "fit_operating_points"]
+__all__ = ["MIN_VAL_PER_CLASS", "FinetuneConfig", "add_head", "finetune"]
 
 logger = logging.getLogger(__name__)
 
@@ -86,64 +80,6 @@ class FinetuneConfig:
     lr: float = 2e-4
     threads: int = 1
     seed: int = 20261129
-
-
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(z, dtype=np.float64)))
-
-
-def fit_operating_points(
-    y: np.ndarray, logits: np.ndarray, *, target_sensitivity: float, fitted_on: str
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Temperature and the ``balanced``/``high_sensitivity`` operating points.
-
-    Parameters
-    ----------
-    y : numpy.ndarray
-        0/1 labels.
-    logits : numpy.ndarray
-        Uncalibrated logits on the same images (validation or out-of-fold).
-    target_sensitivity : float
-    fitted_on : str
-        Recorded in the card.
-
-    Returns
-    -------
-    tuple of dict
-        ``(calibration, operating_points)`` for the card.
-    """
-    y = np.asarray(y).astype(int)
-    if len(set(y.tolist())) < 2:
-        raise ValueError("calibration needs both normal and abnormal images")
-    temperature = fit_temperature(logits, y)
-    prob = _sigmoid(np.asarray(logits) / temperature)
-    balanced = operating_point_balanced(y, prob)
-    high = min(operating_point_for_sensitivity(y, prob, target_sensitivity), balanced)
-    points: dict[str, Any] = {}
-    for name, thr in (("balanced", balanced), ("high_sensitivity", high)):
-        m = threshold_metrics(y, prob, thr)
-        points[name] = {
-            "threshold": float(min(max(thr, 0.0), 1.0)),
-            "sensitivity": m["sensitivity"],
-            "specificity": m["specificity"],
-            "fitted_on": fitted_on,
-            "n": len(y),
-        }
-    points["balanced"]["rule"] = "maximum Youden J (sensitivity + specificity - 1)"
-    points["high_sensitivity"]["target_sensitivity"] = target_sensitivity
-    points["high_sensitivity"]["rule"] = (
-        f"highest threshold with sensitivity >= {target_sensitivity}, "
-        "capped at the balanced threshold"
-    )
-    calibration = {
-        "method": "temperature",
-        "temperature": float(temperature),
-        "fitted_on": fitted_on,
-        "n": len(y),
-        "brier_after": brier_score(y, prob),
-        "roc_auc": roc_auc(y, logits),
-    }
-    return calibration, points
 
 
 def _features(clf: Any, records: list[Record], root: Path) -> np.ndarray:
@@ -332,9 +268,8 @@ def _head_from_onnx(cfg: FinetuneConfig, out: Path) -> dict[str, Any]:
         best_c = max(_C_GRID, key=lambda c: (scores[c], -c))
         w, b = _fit_head(x_all, y_cal, best_c, cfg.seed)
         z_cal = oof[best_c]
-    calibration, points = fit_operating_points(
-        y_cal, z_cal, target_sensitivity=cfg.target_sensitivity, fitted_on=fitted_on
-    )
+    fit = fit_calibration(y_cal, z_cal, split=fitted_on, target_sensitivity=cfg.target_sensitivity)
+    calibration, points = fit.summary, fit.points
     parent_auc = roc_auc(y_cal, (x_val if use_val else np.concatenate([x_train, x_val]))[:, -1])
     model_path = out / f"{cfg.name}.onnx"
     cam = add_head(cfg.init, model_path, w, b)
@@ -354,7 +289,7 @@ def _head_from_onnx(cfg: FinetuneConfig, out: Path) -> dict[str, Any]:
             "metrics": {
                 "validation": {
                     "fitted_on": fitted_on,
-                    "roc_auc": calibration["roc_auc"],
+                    "roc_auc": calibration["val_roc_auc"],
                     "parent_roc_auc": parent_auc,
                     "l2_c": best_c,
                     "roc_auc_by_c": {str(c): s for c, s in scores.items()},
@@ -376,7 +311,7 @@ def _head_from_onnx(cfg: FinetuneConfig, out: Path) -> dict[str, Any]:
         "sha256": card.sha256,
         "method": "head",
         "fitted_on": fitted_on,
-        "val_roc_auc": calibration["roc_auc"],
+        "val_roc_auc": calibration["val_roc_auc"],
         "parent_val_roc_auc": parent_auc,
         "operating_points": {k: v["threshold"] for k, v in points.items()},
     }

@@ -28,12 +28,16 @@ import numpy as np
 
 from models.card import POPULATIONS, ModelCard, embed_card, population_for_age
 from models.data import read_labels
-from models.evaluate import _plots, evaluate_model, fit_operating_points, score_records
+from models.evaluate import (
+    _plots,
+    evaluate_model,
+    fit_calibration,
+    fit_operating_points,
+    score_records,
+)
 from models.metrics import (
     bootstrap_ci,
     brier_score,
-    expected_calibration_error,
-    fit_temperature,
     roc_auc,
     roc_curve,
     threshold_metrics,
@@ -106,14 +110,8 @@ def calibrate_sources(
     z = logits[ok]
     pops = np.array([it.population for it in items])[ok]
     names = np.array([it.source.name for it in items])[ok]
-    if len(set(y.tolist())) < 2:
-        raise ValueError(f"split {split!r} needs both normal and abnormal images")
-    temperature = fit_temperature(z, y)
-    card = clf.card.model_copy(
-        update={"calibration": {"method": "temperature", "temperature": temperature}}
-    )
-    prob = card.calibrate(z)
-    points = fit_operating_points(y, prob, split=split, target_sensitivity=target_sensitivity)
+    fit = fit_calibration(y, z, split=split, target_sensitivity=target_sensitivity)
+    prob, points = fit.prob, fit.points
     for pt in points.values():
         pt["pooled_sources"] = [s.name for s in sources]
     pop_points: dict[str, dict[str, Any]] = {}
@@ -152,22 +150,13 @@ def calibrate_sources(
                     y[m], prob[m], split=split, target_sensitivity=target_sensitivity
                 ),
             }
-    uncal = 0.5 * (1 + np.tanh(0.5 * z))
-    card = card.model_copy(
+    card = clf.card.model_copy(
         update={
             "operating_points": points,
             "population_operating_points": pop_points if carry else {},
             "calibration": {
-                "method": "temperature",
-                "temperature": temperature,
-                "fitted_on": split,
+                **fit.summary,
                 "pooled_sources": [s.name for s in sources],
-                "n": len(y),
-                "val_brier_before": brier_score(y, uncal),
-                "val_brier_after": brier_score(y, prob),
-                "val_ece_before": expected_calibration_error(y, uncal),
-                "val_ece_after": expected_calibration_error(y, prob),
-                "val_roc_auc": roc_auc(y, z),
                 "population_check": {
                     "rule": (
                         "per-population points are carried when the card-wide balanced point "
@@ -180,7 +169,7 @@ def calibrate_sources(
                 "population_points_fitted": pop_points,
             },
             "training_data": {
-                **card.training_data,
+                **clf.card.training_data,
                 "sources": describe_sources(sources),
             },
         }

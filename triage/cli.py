@@ -9,7 +9,7 @@ api         the HTTP server (API, web page, metrics)
 db upgrade  apply the database migrations
 config      print every setting: variable, effective value, meaning (secrets masked)
 retriage    triage a study again (new revision) after a model change, audited
-resend      re-queue a study's failed SR deliveries, audited
+resend      re-queue a study's failed SR (and heatmap SC) deliveries, audited
 study       study release UID: triage a study held for a patient mismatch
 user        local accounts: add, passwd, disable, list (worklist.admin_cli)
 token       bearer tokens for systems (RIS): add, revoke
@@ -52,25 +52,6 @@ def _stop_event() -> threading.Event:
     return stop
 
 
-def trusted_proxies(settings: Settings) -> str:
-    """The reverse proxies whose forwarded headers uvicorn may trust ("" for none).
-
-    uvicorn trusts ``X-Forwarded-For`` from 127.0.0.1 by default, so any local caller
-    could choose the address the audit log records; the node trusts none unless
-    ``forwarded_allow_ips`` names the reverse proxies (then ``proxy_headers`` is on).
-
-    Parameters
-    ----------
-    settings : Settings
-
-    Returns
-    -------
-    str
-        For uvicorn's ``forwarded_allow_ips``.
-    """
-    return ",".join(settings.forwarded_allow_ips)
-
-
 def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
     """Apply the migrations to the configured database."""
     from worklist.core.migrate import upgrade
@@ -106,89 +87,20 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     """Run the HTTP server until stopped."""
     import uvicorn
 
+    from triage.embedded import http_server_config
     from worklist.core.db import open_database
     from worklist.http.app import create_app
 
     app = create_app(settings, open_database(settings).session_factory)
-    uvicorn.run(
-        app,
-        host=settings.http_host,
-        port=settings.http_port,
-        log_level="warning",
-        proxy_headers=bool(trusted_proxies(settings)),
-        forwarded_allow_ips=trusted_proxies(settings),
-    )
+    uvicorn.Server(http_server_config(settings, app)).run()
     return 0
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    """Run the whole node in one process (the embedded default)."""
-    import uvicorn
+    """Run the whole node in one process tree (the embedded default)."""
+    from triage.embedded import run_embedded_node
 
-    from dicom_scp.server import scp_process_count, start_node_scp
-    from triage.worker import start_embedded_worker
-    from worklist.core.db import open_database
-    from worklist.core.migrate import upgrade
-    from worklist.core.processes import DataDirLock
-    from worklist.http.app import create_app
-
-    # One node per data directory: the lock is inherited by the workers, so a node
-    # cannot start beside processes left over from a killed one.
-    lock = DataDirLock(settings.data_dir).acquire()
-    upgrade(settings.effective_database_url)
-    database = open_database(settings)
-    session_factory = database.session_factory
-    stop = _stop_event()
-
-    worker = start_embedded_worker(
-        settings,
-        verbose=args.verbose,
-        inherit_fds=[] if lock.fd is None else [lock.fd],
-    )
-    for process in worker.processes.values():
-        lock.record_child(process.pid)
-    try:
-        scp = start_node_scp(settings, session_factory, processes=scp_process_count(settings))
-    except BaseException:
-        worker.stop()
-        database.dispose()
-        lock.release()
-        raise
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(settings, session_factory),
-            host=settings.http_host,
-            port=settings.http_port,
-            log_level="warning",
-            proxy_headers=bool(trusted_proxies(settings)),
-            forwarded_allow_ips=trusted_proxies(settings),
-        )
-    )
-    http = threading.Thread(target=server.run, name="http", daemon=True)
-    http.start()
-    log.info(
-        "node %s serving: DICOM %s:%s, HTTP %s:%s, data in %s",
-        settings.ae_title,
-        settings.dicom_host,
-        settings.dicom_port,
-        settings.http_host,
-        settings.http_port,
-        settings.data_dir.resolve(),
-    )
-    from triage.startup import startup_lines
-
-    for line in startup_lines(settings):
-        log.info("%s", line)
-    try:
-        stop.wait()
-    finally:
-        log.info("shutting down")
-        scp.stop()
-        server.should_exit = True
-        http.join(timeout=10)
-        worker.stop()
-        database.dispose()
-        lock.release()
+    run_embedded_node(settings, stop=_stop_event(), verbose=args.verbose)
     return 0
 
 
@@ -262,14 +174,14 @@ def cmd_retriage(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_resend(args: argparse.Namespace, settings: Settings) -> int:
-    """Re-queue the failed SR deliveries of a study (audited); the delivery worker's
-    sweep sends them. Exit 1 when there is none."""
+    """Re-queue the failed SR and heatmap SC deliveries of a study (audited); the delivery
+    worker's sweep sends them. Exit 1 when there is none."""
     import getpass
 
     from worklist import audit
     from worklist.core.db import open_database
     from worklist.core.migrate import upgrade
-    from worklist.outbox import requeue_failed
+    from worklist.outbox import KIND_NAMES, requeue_failed
 
     study_uid, destination = args.study_uid.strip(), args.destination
     upgrade(settings.effective_database_url)
@@ -285,18 +197,21 @@ def cmd_resend(args: argparse.Namespace, settings: Settings) -> int:
                     study_instance_uid=study_uid,
                     detail={"deliveries": [r.id for r in rows], "destination": destination},
                 )
-            done = [(r.id, r.sop_instance_uid, r.destination) for r in rows]
+            done = [
+                (r.id, KIND_NAMES.get(r.kind, r.kind), r.sop_instance_uid, r.destination)
+                for r in rows
+            ]
     finally:
         database.dispose()
     if not done:
         print(  # noqa: T201 - CLI output
-            f"triage-node: no failed SR delivery for study {study_uid}"
+            f"triage-node: no failed SR or heatmap delivery for study {study_uid}"
             + (f" to {destination}" if destination else ""),
             file=sys.stderr,
         )
         return 1
-    for delivery_id, sop_uid, where in done:
-        print(f"re-queued delivery {delivery_id} of SR {sop_uid} to {where}")  # noqa: T201
+    for delivery_id, what, sop_uid, where in done:
+        print(f"re-queued delivery {delivery_id} of {what} {sop_uid} to {where}")  # noqa: T201
     return 0
 
 
@@ -415,9 +330,10 @@ def build_parser() -> argparse.ArgumentParser:
     retriage.set_defaults(run=cmd_retriage)
     resend = sub.add_parser(
         "resend",
-        help="re-queue a study's failed SR deliveries (audited)",
-        description="Put the SR deliveries of a study that failed (the destination stayed"
-        " down past TRIAGE_DELIVERY_RETRY_HOURS, or refused the SR) back in the outbox,"
+        help="re-queue a study's failed SR and heatmap SC deliveries (audited)",
+        description="Put the deliveries of a study that failed (SR, and heatmap Secondary"
+        " Captures with TRIAGE_HEATMAP_TO_PACS; the destination stayed down past"
+        " TRIAGE_DELIVERY_RETRY_HOURS, or refused the object) back in the outbox,"
         " with a new retry horizon; the running delivery worker sends them. Written to"
         " the audit log.",
         formatter_class=fmt,

@@ -1,4 +1,4 @@
-"""C-STORE of an SR file to one destination (pynetdicom SCU).
+"""C-STORE of a result's file (its SR, a heatmap SC) to one destination (pynetdicom SCU).
 
 :func:`store_file` sends one file on one association and maps every failure to
 one of two exceptions: :class:`~triage.errors.DestinationUnavailable` (transient:
@@ -39,7 +39,7 @@ def store_file(
     Parameters
     ----------
     path : str or Path
-        The SR file.
+        The DICOM file (an SR, a heatmap Secondary Capture).
     destination : Destination or str
         ``AE@host:port``.
     calling_ae : str
@@ -85,7 +85,13 @@ def store_file(
         raise DestinationUnavailable(f"no C-STORE response from {destination}")
     code = int(status.Status)
     if code == 0x0000 or (code & 0xF000) == 0xB000:
-        log.info("SR %s stored at %s (status 0x%04X)", ds.SOPInstanceUID, destination, code)
+        log.info(
+            "%s %s stored at %s (status 0x%04X)",
+            ds.SOPClassUID.name,
+            ds.SOPInstanceUID,
+            destination,
+            code,
+        )
         return code
     raise StoreRejected(f"{destination} answered C-STORE with status 0x{code:04X}", code)
 

@@ -38,6 +38,7 @@ from models.population import intended_population, population_warning
 from models.preprocess import PreprocessSpec
 from models.runtime import Classifier
 from triage.guarded_decode import GuardedDecoder, get_decoder
+from triage.heatmap_sc import HeatmapProvenance, write_study_heatmap_scs
 from triage.operating_point import applied_operating_point
 from triage.scoring import StudyScore, score_study
 from triage.selection import Eligible, SkipCode, Skipped, select_instance, skipped_unreadable
@@ -51,6 +52,7 @@ from worklist.results import (
     Claim,
     ClaimStatus,
     ImageRecord,
+    OutboxObject,
     ResultRecord,
     claim_revision,
     claim_waiting,
@@ -189,10 +191,12 @@ def _pending_deliveries(session_factory: sessionmaker[Session], result_id: int) 
     with session_factory() as session:
         return tuple(
             session.scalars(
-                select(Delivery.id).where(
+                select(Delivery.id)
+                .where(
                     Delivery.result_id == result_id,
                     Delivery.state.in_([DeliveryState.PENDING, DeliveryState.SENDING]),
                 )
+                .order_by(Delivery.id)  # the SR first
             )
         )
 
@@ -771,6 +775,7 @@ def result_record(
     started: datetime,
     finished: datetime,
     sr: WrittenSR | None,
+    objects: list[OutboxObject] | None = None,
 ) -> ResultRecord:
     """The row that records one revision's result, its images and its outbox rows.
 
@@ -784,6 +789,8 @@ def result_record(
     started, finished : datetime
     sr : WrittenSR or None
         The SR written for the revision, if any.
+    objects : list of OutboxObject, optional
+        Written with the SR, sent after it (the heatmap Secondary Captures).
 
     Returns
     -------
@@ -834,7 +841,44 @@ def result_record(
         sr_path=sr.path if sr else None,
         images=image_records,
         destinations=[str(d) for d in settings.destinations],
+        objects=tuple(objects or ()) if sr else (),
     )
+
+
+def _heatmap_scs(
+    settings: Settings, claim: Claim, evaluation: StudyEvaluation, finished: datetime
+) -> list[OutboxObject]:
+    """With ``heatmap_to_pacs``, the heatmap Secondary Captures of an abnormal study's
+    evaluated images, written beside its SR to go through the outbox after it (only for
+    a model with a class-activation map: an occlusion map is made after the result)."""
+    score, card = evaluation.score, evaluation.card
+    if not settings.heatmap_to_pacs or score is None or card is None:
+        return []
+    if score.decision.value != "abnormal":
+        return []
+    if not evaluation.cams:
+        log.info(
+            "no heatmap SC for study %s: model %s has no CAM output", claim.study_id, card.name
+        )
+        return []
+    provenance = HeatmapProvenance(
+        model_name=card.name,
+        model_version=card.version,
+        model_sha256=card.sha256,
+        manufacturer=card.manufacturer or "cxr-triage-node",
+        device_name=settings.ae_title,
+        content_datetime=finished,
+        keep_aspect=card.preprocess_spec.keep_aspect,
+    )
+    sources = [
+        (im.instance_id, im.header, evaluation.cams[im.sop_instance_uid])
+        for im in evaluation.images
+        if im.header is not None and im.sop_instance_uid in evaluation.cams
+    ]
+    written = write_study_heatmap_scs(
+        Path(settings.data_dir), sources, provenance, revision=claim.revision
+    )
+    return [OutboxObject(uid, str(path)) for uid, path in written]
 
 
 def _record(
@@ -845,7 +889,8 @@ def _record(
     evaluation: StudyEvaluation,
     timings: dict[str, float],
 ) -> TriageOutcome:
-    """Write the SR (triaged studies), then save the result in one transaction."""
+    """Write the SR (triaged studies) and the heatmap SCs, then save the result with its
+    outbox rows in one transaction."""
     score = evaluation.score
     finished = utcnow()
     priority = compute_priority(
@@ -888,8 +933,16 @@ def _record(
                 claim.study_id, claim.revision, ClaimStatus.CLAIMED, status=DEFERRED
             )
         timings["sr"] = time.perf_counter() - t0
+    objects = _heatmap_scs(settings, claim, evaluation, finished) if sr is not None else []
     record = result_record(
-        settings, claim, evaluation, priority=priority, started=started, finished=finished, sr=sr
+        settings,
+        claim,
+        evaluation,
+        priority=priority,
+        started=started,
+        finished=finished,
+        sr=sr,
+        objects=objects,
     )
     try:
         with session_factory.begin() as session:

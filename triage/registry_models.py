@@ -20,7 +20,13 @@ from models.runtime import Classifier, ModelLoadError
 from triage.errors import ModelError
 from triage.inference import model_path_for
 from worklist.core.settings import Settings
-from worklist.model_registry import ActiveModel, active_models, ensure_champion
+from worklist.model_registry import (
+    ActiveModel,
+    RegistryError,
+    active_models,
+    ensure_champion,
+    refresh_champion_copy,
+)
 
 __all__ = ["LoadedModel", "RegistryModels"]
 
@@ -57,6 +63,7 @@ class RegistryModels:
         self._threads = int(settings.inference_threads) or None
         self._lock = threading.Lock()
         self._pid = os.getpid()
+        self._copy_checked = False
         self._loaded: dict[str, Classifier] = {}
         self.champion: LoadedModel | None = None
         self.shadows: list[LoadedModel] = []
@@ -128,6 +135,16 @@ class RegistryModels:
         copied, e.g. a full disk), it decides unregistered and registration is tried
         again at the next task.
         """
+        if not self._copy_checked:  # once a process: an upgraded node's new export
+            self._copy_checked = True
+            try:
+                refresh_champion_copy(
+                    session_factory,
+                    path=model_path_for(self.settings),
+                    operating_point=self.settings.operating_point,
+                )
+            except (RegistryError, OSError) as exc:
+                log.warning("the registry copy of the champion was not refreshed: %s", exc)
         with session_factory() as session:
             champion, shadows = active_models(session)
         if champion is None:

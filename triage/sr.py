@@ -59,6 +59,7 @@ __all__ = [
     "CODES",
     "SRContent",
     "build_sr",
+    "clean_evidence",
     "derived_uid",
     "read_sr_summary",
     "sr_uids",
@@ -199,7 +200,7 @@ def build_sr(
     for ds in evidence:
         if str(ds.StudyInstanceUID) != content.study_instance_uid:
             raise ValueError("every evaluated image must belong to the reported study")
-    evidence = [_clean_evidence(ds) for ds in evidence]
+    evidence = [clean_evidence(ds) for ds in evidence]
     series_uid, sop_uid = sr_uids(content.study_instance_uid, content.revision)
     algorithm = AlgorithmIdentification(
         name=content.model_name,
@@ -322,8 +323,9 @@ _EVIDENCE_KEYWORDS = (
 )
 
 
-def _clean_evidence(ds: Dataset) -> Dataset:
-    """A copy of the patient/study/instance attributes the SR copies, made valid.
+def clean_evidence(ds: Dataset) -> Dataset:
+    """A copy of the patient/study/instance attributes the SR copies, made valid (the
+    heatmap Secondary Captures copy the same, :mod:`triage.heatmap_sc`).
 
     Type 2 attributes the source lacks become empty; values that break their VR
     (``1993.02.24`` as a date) are emptied rather than copied into the SR.

@@ -145,8 +145,9 @@ def deliver_one(ctx: WorkerContext, delivery_id: int) -> str:
             )
         log_fn = log.warning if retry_in is not None else log.error
         log_fn(
-            "delivery %s of SR %s to %s: attempt %s failed (%s); %s",
+            "delivery %s of %s %s to %s: attempt %s failed (%s); %s",
             job.id,
+            job.what,
             job.sop_instance_uid,
             job.destination,
             job.attempts,

@@ -17,7 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["LABEL", "heatmap_path", "load_heatmap", "overlay_png", "save_heatmap"]
+__all__ = [
+    "LABEL",
+    "heatmap_path",
+    "load_heatmap",
+    "overlay_png",
+    "overlay_rgb",
+    "save_heatmap",
+]
 
 #: What the overlay is, wherever it is shown.
 LABEL = "AI heatmap, not for diagnosis"
@@ -83,7 +90,9 @@ def load_heatmap(path: Path) -> np.ndarray | None:
         return None
 
 
-def overlay_png(thumbnail_png: bytes, heatmap: np.ndarray, *, keep_aspect: bool = False) -> bytes:
+def overlay_rgb(
+    thumbnail_png: bytes, heatmap: np.ndarray, *, keep_aspect: bool = False
+) -> np.ndarray:
     """The thumbnail with the map laid over it in red (transparent where the map is 0).
 
     Parameters
@@ -97,8 +106,8 @@ def overlay_png(thumbnail_png: bytes, heatmap: np.ndarray, *, keep_aspect: bool 
 
     Returns
     -------
-    bytes
-        An RGB PNG of the thumbnail's size.
+    numpy.ndarray
+        ``(rows, columns, 3)`` uint8 RGB of the thumbnail's size.
     """
     from PIL import Image
 
@@ -117,6 +126,14 @@ def overlay_png(thumbnail_png: bytes, heatmap: np.ndarray, *, keep_aspect: bool 
     rgb = np.asarray(base, dtype=np.float32)
     red = np.array([230.0, 30.0, 30.0], dtype=np.float32)
     blended = rgb * (1 - alpha[..., None]) + red * alpha[..., None]
+    return blended.clip(0, 255).astype(np.uint8)
+
+
+def overlay_png(thumbnail_png: bytes, heatmap: np.ndarray, *, keep_aspect: bool = False) -> bytes:
+    """:func:`overlay_rgb` as an RGB PNG (what the study page shows)."""
+    from PIL import Image
+
     out = io.BytesIO()
-    Image.fromarray(blended.clip(0, 255).astype(np.uint8), mode="RGB").save(out, format="PNG")
+    rgb = overlay_rgb(thumbnail_png, heatmap, keep_aspect=keep_aspect)
+    Image.fromarray(rgb, mode="RGB").save(out, format="PNG")
     return out.getvalue()

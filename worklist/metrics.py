@@ -16,9 +16,11 @@ and the values agree whichever API process is scraped. All names start with
 ``triage_time_to_triage_seconds``
     Histogram: first instance received -> first result of the study.
 ``triage_delivery_failures_total``
-    SR deliveries that gave up (outbox rows ``failed``).
+    Deliveries (SRs and heatmap SCs) that gave up (outbox rows ``failed``).
 ``triage_deliveries{state}``
     Outbox rows by state.
+``triage_deliveries_by_kind{kind,state}``
+    Outbox rows by what they send (``sr``, ``heatmap_sc``) and state.
 ``triage_abnormal_rate{window}``
     Share of results decided ``abnormal`` over the last ``24h`` / ``7d``.
 ``triage_feedback_total``, ``triage_feedback_agreement_ratio{group,value}``,
@@ -135,21 +137,37 @@ class DatabaseCollector(Collector):
 
             yield self._time_to_triage(session)
 
-            deliveries = dict(
-                session.execute(
-                    select(Delivery.state, func.count(Delivery.id)).group_by(Delivery.state)
-                ).all()
-            )
+            by_kind: dict[tuple[str, str], int] = {
+                (kind, state): count
+                for kind, state, count in session.execute(
+                    select(Delivery.kind, Delivery.state, func.count(Delivery.id)).group_by(
+                        Delivery.kind, Delivery.state
+                    )
+                )
+            }
+            deliveries: dict[str, int] = {}
+            for (_kind, state), count in by_kind.items():
+                deliveries[state] = deliveries.get(state, 0) + count
             family = CounterMetricFamily(
-                "triage_delivery_failures", "SR deliveries that gave up after their retries."
+                "triage_delivery_failures",
+                "Deliveries (SRs, heatmap SCs) that gave up after their retries.",
             )
             family.add_metric([], deliveries.get("failed", 0))
             yield family
             family = GaugeMetricFamily(
-                "triage_deliveries", "SR outbox rows by state.", labels=["state"]
+                "triage_deliveries", "Outbox rows (SRs, heatmap SCs) by state.", labels=["state"]
             )
             for state in ("pending", "sending", "delivered", "failed"):
                 family.add_metric([state], deliveries.get(state, 0))
+            yield family
+            family = GaugeMetricFamily(
+                "triage_deliveries_by_kind",
+                "Outbox rows by what they send (sr, heatmap_sc) and state.",
+                labels=["kind", "state"],
+            )
+            for kind in ("sr", "heatmap_sc"):
+                for state in ("pending", "sending", "delivered", "failed"):
+                    family.add_metric([kind, state], by_kind.get((kind, state), 0))
             yield family
 
             family = GaugeMetricFamily(

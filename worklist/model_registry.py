@@ -55,6 +55,7 @@ __all__ = [
     "prepare_model",
     "promote",
     "record_refusal",
+    "refresh_champion_copy",
     "rollback",
 ]
 
@@ -451,6 +452,77 @@ def ensure_champion(
             if row is None:
                 raise
             return ActiveModel.of(row)
+
+
+def refresh_champion_copy(
+    session_factory: sessionmaker[Session], *, path: str | Path, operating_point: str
+) -> bool:
+    """Replace the registry's copy of the champion by the configured file when that file
+    is the same model exported anew.
+
+    A release of the node can ship its default model with a new graph output (the
+    ``cam`` map of the heatmaps) and nothing else changed. The registry keeps the
+    copy it made at registration, so an upgraded node would never use it. The copy
+    is replaced only when the configured file has the champion's weights hash, its
+    card is the champion's but for ``outputs``, and it keeps every output the copy
+    has: nothing that decides (weights, calibration, thresholds) changes, so no
+    promotion is needed. Anything else is a new model, for ``triage-node model add``.
+
+    Parameters
+    ----------
+    session_factory : sessionmaker
+    path : str or Path
+        The configured model (``TRIAGE_MODEL_PATH`` or the shipped default).
+    operating_point : str
+
+    Returns
+    -------
+    bool
+        Whether the copy was replaced.
+
+    Raises
+    ------
+    RegistryError
+        When the configured file qualifies but cannot be run (:func:`check_model_file`).
+    """
+    from models.card import read_card
+
+    path = Path(path)
+    with session_factory() as session:
+        row = _champion_row(session)
+        if row is None or not path.is_file() or file_sha256(path) == row.file_sha256:
+            return False
+        champion_id, registered = row.id, Path(row.path)
+        weights, name = row.sha256, row.name
+    new_card = read_card(path)
+    if new_card.sha256 != weights or not registered.is_file():
+        return False
+    new, old = new_card.model_dump(mode="json"), read_card(registered).model_dump(mode="json")
+    new_outputs, old_outputs = new.pop("outputs", None) or {}, old.pop("outputs", None) or {}
+    if not set(old_outputs) <= set(new_outputs):
+        return False
+    if new != old:
+        log.info(
+            "the configured model has the champion %s's weights but another card; the "
+            "registry keeps its copy (register the file with triage-node model add)",
+            name,
+        )
+        return False
+    check_model_file(path, operating_point=operating_point)
+    tmp = registered.with_name(registered.name + ".tmp")
+    shutil.copyfile(path, tmp)
+    tmp.replace(registered)
+    with session_factory.begin() as session:
+        entry = session.get(ModelEntry, champion_id)
+        if entry is not None:
+            entry.file_sha256 = file_sha256(registered)
+    log.info(
+        "registry copy of the champion %s replaced by the configured file: same weights "
+        "and card, outputs now %s",
+        name,
+        sorted(new_outputs),
+    )
+    return True
 
 
 def promote(

@@ -1,4 +1,8 @@
-"""The SR outbox: one row per (result, destination), delivered at least once.
+"""The outbox: one row per (result, destination, object), delivered at least once.
+
+A result's objects are its SR and, with ``heatmap_to_pacs``, one heatmap Secondary
+Capture per evaluated image (``Delivery.kind``); its SR rows are inserted, and so sent,
+first.
 
 Plain functions over a session; the caller owns the transaction. A row moves::
 
@@ -23,11 +27,12 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from worklist.core.clock import utcnow
-from worklist.tables import Delivery, DeliveryState, Study, StudyState, TriageClaim
+from worklist.tables import Delivery, DeliveryKind, DeliveryState, Study, StudyState, TriageClaim
 
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "KIND_NAMES",
     "DeliveryJob",
     "claim_delivery",
     "due_deliveries",
@@ -37,6 +42,10 @@ __all__ = [
     "failed_delivery_alert",
     "requeue_failed",
 ]
+
+
+#: What each kind of outbox row is called in logs, messages and the command line.
+KIND_NAMES = {DeliveryKind.SR.value: "SR", DeliveryKind.HEATMAP_SC.value: "heatmap SC"}
 
 
 @dataclass(frozen=True)
@@ -49,6 +58,12 @@ class DeliveryJob:
     sop_instance_uid: str
     attempts: int
     created_at: datetime
+    kind: str = DeliveryKind.SR
+
+    @property
+    def what(self) -> str:
+        """``SR`` or ``heatmap SC``."""
+        return KIND_NAMES.get(self.kind, self.kind)
 
 
 def _due_clause(now: datetime):  # type: ignore[no-untyped-def]
@@ -76,7 +91,7 @@ def due_deliveries(session: Session, *, now: datetime | None = None, limit: int 
         session.scalars(
             select(Delivery.id)
             .where(_due_clause(now))
-            .order_by(Delivery.next_attempt_at)
+            .order_by(Delivery.next_attempt_at, Delivery.id)
             .limit(limit)
         )
     )
@@ -128,7 +143,13 @@ def claim_delivery(
     if row is None:  # pragma: no cover - the UPDATE above just matched it
         return None
     return DeliveryJob(
-        row.id, row.destination, row.file_path, row.sop_instance_uid, row.attempts, row.created_at
+        row.id,
+        row.destination,
+        row.file_path,
+        row.sop_instance_uid,
+        row.attempts,
+        row.created_at,
+        row.kind,
     )
 
 
@@ -228,7 +249,8 @@ def requeue_failed(
     destination_ae: str | None = None,
     now: datetime | None = None,
 ) -> list[Delivery]:
-    """Put a study's ``failed`` SR deliveries back in the outbox (``triage-node resend``).
+    """Put a study's ``failed`` deliveries (SRs and heatmap SCs) back in the outbox
+    (``triage-node resend``).
 
     Each row becomes ``pending``, due now, with its attempts reset and its retry
     horizon restarted (``created_at`` = now; the result keeps the original time).
@@ -274,7 +296,7 @@ def requeue_failed(
 
 
 def failed_delivery_alert(session: Session) -> str | None:
-    """The worklist banner while SR deliveries have failed, else None.
+    """The worklist banner while deliveries (SRs, heatmap SCs) have failed, else None.
 
     Parameters
     ----------
@@ -287,12 +309,26 @@ def failed_delivery_alert(session: Session) -> str | None:
     """
     from sqlalchemy import func
 
-    failed = session.scalar(
-        select(func.count(Delivery.id)).where(Delivery.state == DeliveryState.FAILED)
+    failed = dict(
+        session.execute(
+            select(Delivery.kind, func.count(Delivery.id))
+            .where(Delivery.state == DeliveryState.FAILED)
+            .group_by(Delivery.kind)
+        ).all()
     )
     if not failed:
         return None
+    results = failed.pop(DeliveryKind.SR.value, 0)
+    heatmaps = sum(failed.values())
+    what = " and ".join(
+        text
+        for count, text in (
+            (results, f"{results} AI result(s)"),
+            (heatmaps, f"{heatmaps} AI heatmap(s)"),
+        )
+        if count
+    )
     return (
-        f"{failed} AI result(s) could not be sent to the PACS within the retry horizon. "
+        f"{what} could not be sent to the PACS within the retry horizon. "
         "An administrator can re-send them with: triage-node resend STUDY_UID"
     )

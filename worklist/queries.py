@@ -443,6 +443,7 @@ def study_detail(
             deliveries=[
                 DeliveryOut(
                     destination=d.destination,
+                    kind=d.kind,
                     state=d.state,
                     attempts=d.attempts,
                     last_error=d.last_error,

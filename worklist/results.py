@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 from worklist.core.clock import as_utc, utcnow
 from worklist.tables import (
     Delivery,
+    DeliveryKind,
     DeliveryState,
     Instance,
     Study,
@@ -46,6 +47,7 @@ __all__ = [
     "ClaimStatus",
     "ImageRecord",
     "InstanceRef",
+    "OutboxObject",
     "ResultRecord",
     "claim_revision",
     "claim_waiting",
@@ -108,6 +110,15 @@ class ImageRecord:
 
 
 @dataclass(frozen=True)
+class OutboxObject:
+    """A DICOM object of a result, other than its SR, to send to every destination."""
+
+    sop_instance_uid: str
+    file_path: str
+    kind: str = DeliveryKind.HEATMAP_SC
+
+
+@dataclass(frozen=True)
 class ResultRecord:
     """Everything :func:`save_result` stores for one revision."""
 
@@ -136,6 +147,8 @@ class ResultRecord:
     sr_path: str | None = None
     images: Sequence[ImageRecord] = field(default_factory=tuple)
     destinations: Sequence[str] = field(default_factory=tuple)
+    #: Sent after the SR (only with one): the heatmap Secondary Captures.
+    objects: Sequence[OutboxObject] = field(default_factory=tuple)
 
 
 def result_for(session: Session, *, study_id: int, revision: int) -> TriageResult | None:
@@ -352,7 +365,8 @@ def release_claim(
 
 
 def save_result(session: Session, *, record: ResultRecord, now: datetime | None = None) -> int:
-    """Insert the result of a revision, its images and its outbox rows.
+    """Insert the result of a revision, its images and its outbox rows (its SR, then its
+    other objects, to every destination).
 
     The study moves to the result's status when it is still at that revision and
     ``triaging`` (a study re-opened by a late instance stays ``receiving``). The
@@ -411,20 +425,25 @@ def save_result(session: Session, *, record: ResultRecord, now: datetime | None 
             )
         )
     if record.sr_path and record.sr_sop_instance_uid:
-        for destination in dict.fromkeys(record.destinations):
-            session.add(
-                Delivery(
-                    result_id=result.id,
-                    destination=destination,
-                    sop_instance_uid=record.sr_sop_instance_uid,
-                    file_path=record.sr_path,
-                    state=DeliveryState.PENDING,
-                    attempts=0,
-                    next_attempt_at=now,
-                    created_at=now,
-                    updated_at=now,
+        # The SR rows first (inserted in this order: lower ids, sent first), then the rest.
+        sent = [OutboxObject(record.sr_sop_instance_uid, record.sr_path, DeliveryKind.SR)]
+        sent += list(dict.fromkeys(record.objects))
+        for item in sent:
+            for destination in dict.fromkeys(record.destinations):
+                session.add(
+                    Delivery(
+                        result_id=result.id,
+                        destination=destination,
+                        sop_instance_uid=item.sop_instance_uid,
+                        kind=item.kind,
+                        file_path=item.file_path,
+                        state=DeliveryState.PENDING,
+                        attempts=0,
+                        next_attempt_at=now,
+                        created_at=now,
+                        updated_at=now,
+                    )
                 )
-            )
     session.execute(
         update(Study)
         .where(

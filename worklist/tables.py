@@ -192,6 +192,14 @@ class DeliveryState(StrEnum):
     FAILED = "failed"
 
 
+class DeliveryKind(StrEnum):
+    """What an outbox row sends: the result's SR, or a heatmap Secondary Capture of one
+    evaluated image (``heatmap_to_pacs``)."""
+
+    SR = "sr"
+    HEATMAP_SC = "heatmap_sc"
+
+
 class TriageResult(Base):
     """The result of one triage revision of a study (one row per study and revision).
 
@@ -276,7 +284,8 @@ class TriageClaim(Base):
 
 
 class Delivery(Base):
-    """Outbox row: one SR to send to one destination, with its retry state."""
+    """Outbox row: one DICOM object of a result (its SR, or a heatmap Secondary Capture)
+    to send to one destination, with its retry state."""
 
     __tablename__ = "deliveries"
 
@@ -284,6 +293,7 @@ class Delivery(Base):
     result_id: Mapped[int] = mapped_column(ForeignKey("triage_results.id"), index=True)
     destination: Mapped[str] = mapped_column(String(128))
     sop_instance_uid: Mapped[str] = mapped_column(UID)
+    kind: Mapped[str] = mapped_column(String(16), default=DeliveryKind.SR, server_default="sr")
     file_path: Mapped[str] = mapped_column(String(1024))
     state: Mapped[str] = mapped_column(String(16), default=DeliveryState.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -297,7 +307,12 @@ class Delivery(Base):
     result: Mapped[TriageResult] = relationship(back_populates="deliveries")
 
     __table_args__ = (
-        UniqueConstraint("result_id", "destination", name="uq_deliveries_result_destination"),
+        UniqueConstraint(
+            "result_id",
+            "destination",
+            "sop_instance_uid",
+            name="uq_deliveries_result_destination_object",
+        ),
         Index("ix_deliveries_state_next", "state", "next_attempt_at"),
     )
 

@@ -120,9 +120,10 @@ class ImageOut(BaseModel):
 
 
 class DeliveryOut(BaseModel):
-    """SR delivery to one destination."""
+    """Delivery of one of the result's objects (its SR, a heatmap SC) to one destination."""
 
     destination: str
+    kind: str = Field("sr", description="sr (the result's SR) or heatmap_sc.")
     state: str
     attempts: int
     last_error: str | None

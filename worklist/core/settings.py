@@ -143,6 +143,12 @@ class Settings(BaseSettings):
         default_factory=list, description="Peer address/network allow-list; empty allows any."
     )
     max_associations: int = Field(16, ge=1, description="Concurrent associations limit.")
+    max_connections_per_peer: int = Field(
+        64,
+        ge=1,
+        description="Open DICOM connections (associated or not) one peer address may hold at "
+        "once; beyond it a new one is closed at accept. Each SCP process keeps its share.",
+    )
     scp_processes: int = Field(
         2,
         ge=1,
@@ -291,6 +297,11 @@ class Settings(BaseSettings):
             "each); 2 drains a burst of studies faster on 2 cores but slows single "
             "studies (bench/TRIAGE.md)."
         ),
+    )
+    heatmap_to_pacs: bool = Field(
+        False,
+        description="Also send each evaluated image of an abnormal study, with its AI heatmap "
+        "burned in, to the destinations as a DICOM Secondary Capture (after the SR, same outbox).",
     )
     delivery_retry_hours: float = Field(
         72.0,

@@ -115,3 +115,66 @@ def test_abnormal_study_has_a_heatmap_and_a_normal_one_none(
             f"{base}/{normal.StudyInstanceUID}/images/{normal.SOPInstanceUID}/heatmap", token
         )
         assert status == 404
+
+
+def _deliveries(db_path: Path) -> list[tuple[int, str, str, str]]:
+    db = sqlite3.connect(db_path)
+    try:
+        return db.execute(
+            "SELECT id, kind, state, sop_instance_uid FROM deliveries ORDER BY id"
+        ).fetchall()
+    finally:
+        db.close()
+
+
+def test_heatmap_sc_reaches_the_pacs_through_the_outbox(tmp_path: Path, shared_data: Path) -> None:
+    """With TRIAGE_HEATMAP_TO_PACS on, dcmtk's storescp (the PACS) receives the SR and,
+    after it, a Secondary Capture of the abnormal image with its heatmap, valid under
+    dciodvfy, in the source's study."""
+    from tests.integration.triage.conftest import Pacs, need_tools
+    from triage.heatmap_sc import heatmap_sc_uids
+
+    need_tools("storescp", "echoscu", "dciodvfy")
+    source = shared_data / "dicom" / "real" / ABNORMAL
+    header = pydicom.dcmread(source, stop_before_pixels=True)
+    pacs = Pacs(tmp_path / "pacs").start()
+    try:
+        settings = {"TRIAGE_DESTINATIONS": pacs.destination, "TRIAGE_HEATMAP_TO_PACS": "true"}
+        with serve(tmp_path, settings=settings) as node:
+            sent = subprocess.run(
+                ["/usr/bin/storescu", "-aec", "TRIAGE", "127.0.0.1", str(node.dicom_port)]
+                + [str(source)],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert sent.returncode == 0, sent.stderr
+            db_path = node.data_dir / "triage.db"
+            rows = wait_until(
+                lambda: (
+                    (r := _deliveries(db_path))
+                    and all(state == "delivered" for _i, _k, state, _u in r)
+                    and r
+                ),
+                timeout=120,
+                what="the SR and the heatmap SC delivered",
+            )
+        assert _decision(db_path, str(header.StudyInstanceUID)) == "abnormal"
+    finally:
+        pacs.stop()
+    assert [kind for _id, kind, _s, _u in rows] == ["sr", "heatmap_sc"]
+    _series, sc_uid = heatmap_sc_uids(str(header.StudyInstanceUID), 1, str(header.SOPInstanceUID))
+    assert rows[1][3] == sc_uid
+    received = {
+        pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: p for p in pacs.received()
+    }
+    assert set(received) == {rows[0][3], sc_uid}
+    out = subprocess.run(["dciodvfy", str(received[sc_uid])], capture_output=True, text=True)
+    assert [x for x in (out.stdout + out.stderr).splitlines() if x.startswith("Error")] == []
+    sc = pydicom.dcmread(received[sc_uid])
+    assert sc.SOPClassUID == pydicom.uid.SecondaryCaptureImageStorage
+    assert sc.StudyInstanceUID == header.StudyInstanceUID and sc.PatientID == header.PatientID
+    assert sc.SeriesDescription == LABEL and sc.BurnedInAnnotation == "YES"
+    pixels = sc.pixel_array.astype(int)
+    assert ((pixels[..., 0] - pixels[..., 1]) > 40).mean() > 0.01  # red where the model looked
+    Image.fromarray(sc.pixel_array).save(tmp_path / "heatmap_sc.png")

@@ -124,7 +124,7 @@ def test_past_the_horizon_it_is_failed_alerted_and_resent(
             [str(TRIAGE_NODE), "resend", study_uid, "--destination", "OTHER"],
             env=env, capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip
-        assert wrong.returncode == 1 and "no failed SR delivery" in wrong.stderr
+        assert wrong.returncode == 1 and "no failed SR or heatmap delivery" in wrong.stderr
         out = subprocess.run(
             [str(TRIAGE_NODE), "resend", study_uid, "--destination", "PACS"],
             env=env, capture_output=True, text=True, timeout=60, check=False,

@@ -68,10 +68,16 @@ def scp_node(tmp_path: Path) -> Iterator[Callable[..., ScpNode]]:
         proc = triage_node("scp", ["scp"], env, tmp_path / "logs")
         started.append(proc)
         node = ScpNode(proc, port, data_dir, env)
+        processes = int(values["scp_processes"])
+        ready_line = (
+            f"DICOM port shared by {processes} SCP processes"
+            if processes > 1
+            else "listening on 127.0.0.1"
+        )
         wait_until(
-            lambda: "DICOM port shared by 2 SCP processes" in node.log() or not proc.running(),
+            lambda: ready_line in node.log() or not proc.running(),
             timeout=90,
-            what="both SCP processes listening",
+            what="every SCP process listening",
         )
         assert proc.running(), node.log()[-3000:]
         if "tls_cert" not in settings:

@@ -15,10 +15,13 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+import pydicom
 import pytest
 from sqlalchemy import select
 
+from models.cam_output import cam_heatmap
+from models.preprocess import preprocess_dataset
+from models.runtime import Classifier, default_model_path
 from tests.conftest import free_port, wait_until
 from tests.integration.web.test_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, _need_browser
 from tests.unit.api.conftest import PASSWORD
@@ -26,7 +29,8 @@ from tests.unit.api.factories import Made, make_study
 from worklist.accounts import create_user
 from worklist.core.settings import load_settings
 from worklist.heatmaps import LABEL, heatmap_path, save_heatmap
-from worklist.tables import TriageImage
+from worklist.tables import Instance, TriageImage
+from worklist.thumbnails import png_from_dataset, store_thumbnail
 
 LONG_NAME = "VANDERBERGHE-OSTROWSKA-MONTGOMERY^ALEXANDRA MAXIMILIANA JOSE"
 WIDTH, HEIGHT = 1400, 900
@@ -108,7 +112,7 @@ def _seed_shift(session: Any, spool: Path) -> dict[str, Made]:
 
 
 @pytest.fixture
-def shift_node(tmp_path: Path) -> Iterator[dict[str, Any]]:
+def shift_node(tmp_path: Path, shared_data: Path) -> Iterator[dict[str, Any]]:
     """uvicorn on a free port, 40 studies, display time zone Europe/Berlin."""
     import uvicorn
 
@@ -129,12 +133,20 @@ def shift_node(tmp_path: Path) -> Iterator[dict[str, Any]]:
         create_user(session, username="dr.house", password=PASSWORD, role="radiologist")
         session.commit()
         made = _seed_shift(session, settings.spool_dir)
-    # The worker's occlusion map of the long-name study's frontal image (abnormal).
+    # What the worker stores for the long-name study's frontal image (abnormal): its
+    # preview and heatmap, here a real radiograph's, with the shipped model's CAM of it.
     long = made["high5"]
-    grid = np.zeros((8, 8), np.float32)
-    grid[2:5, 2:4] = [[0.5, 0.7], [0.8, 1.0], [0.4, 0.6]]
+    real = pydicom.dcmread(shared_data / "dicom" / "real" / "RG1_from_J2KI_explicit.dcm")
+    with factory() as session:
+        frontal = session.scalar(
+            select(Instance.id).where(Instance.sop_instance_uid == long.sop_uids[0])
+        )
+    store_thumbnail(settings.data_dir, frontal, png_from_dataset(real))
+    clf = Classifier.load(default_model_path(), ["CPUExecutionProvider"])
+    _logits, cam = clf.predict_with_cam(preprocess_dataset(real, clf.card.preprocess_spec))
     save_heatmap(
-        heatmap_path(settings.data_dir, long.study.study_instance_uid, 1, long.sop_uids[0]), grid
+        heatmap_path(settings.data_dir, long.study.study_instance_uid, 1, long.sop_uids[0]),
+        cam_heatmap(cam[0]),
     )
     port = free_port()
     server = uvicorn.Server(

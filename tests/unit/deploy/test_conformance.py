@@ -2,9 +2,10 @@
 
 The SOP-class and transfer-syntax tables of ``docs/conformance-statement.md`` are
 parsed and compared with what the SCP offers (``dicom_scp.contexts``); the C-STORE
-status table with ``dicom_scp.status.StoreStatus``; the SR SOP class with the class
-the triage worker builds. The generated tables must also be exactly what
-``deploy/conformance_tables.py`` prints, so regenerating them is one command.
+status table with ``dicom_scp.status.StoreStatus``; the SOP classes sent (SR, heatmap
+Secondary Capture) with the classes the triage worker builds. The generated tables
+must also be exactly what ``deploy/conformance_tables.py`` prints, so regenerating them
+is one command.
 """
 
 from __future__ import annotations
@@ -149,22 +150,27 @@ def test_store_status_table_is_exactly_the_scps(document) -> None:
     assert document.count("C-STORE response statuses**") == 1, "keep a single status table"
 
 
-def test_sr_sop_class_is_the_one_the_worker_builds(document) -> None:
+def test_sent_sop_classes_are_the_ones_the_worker_builds(document) -> None:
     rows = _table_after(document, "**Table 2.2-6. SOP classes of the SR Sender AE**")
-    assert len(rows) == 1
-    name, uid, scu, scp = rows[0]
-    assert (scu, scp) == ("Yes", "No")
+    assert len(rows) == 2
     from pydicom.uid import UID
 
-    assert UID(uid).name == name
+    for name, uid, scu, scp in rows:
+        assert (scu, scp) == ("Yes", "No")
+        assert UID(uid).name == name
     try:
-        from triage import sr
+        from triage import heatmap_sc, sr
     except ImportError as exc:
         pytest.skip(f"triage.sr is not importable ({exc})")
+    from highdicom.sc import SCImage
     from highdicom.sr import ComprehensiveSR
 
     assert sr.ComprehensiveSR is ComprehensiveSR, "the worker builds another SR class now"
-    assert uid == "1.2.840.10008.5.1.4.1.1.88.33"
+    assert heatmap_sc.hd.sc.SCImage is SCImage
+    assert [uid for _name, uid, _scu, _scp in rows] == [
+        "1.2.840.10008.5.1.4.1.1.88.33",
+        "1.2.840.10008.5.1.4.1.1.7",
+    ]
 
 
 def test_sr_codes_are_the_workers(document) -> None:

@@ -205,3 +205,71 @@ def test_worker_follows_the_champion_without_restart(
     after = models.refresh(session_factory)
     assert after.entry.name == "site" and after.classifier.sha256 == sha
     assert [s.entry.name for s in models.shadows] == ["configured"]
+
+
+def _shipped_without_cam(path: Path) -> Path:
+    """The shipped default as it was before the ``cam`` output (same weights)."""
+    onnx = pytest.importorskip("onnx")
+    from models.cam_output import CAM_OUTPUT, remove_output
+    from models.card import embed_card, read_card
+    from models.runtime import default_model_path
+
+    card = read_card(default_model_path())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(remove_output(onnx.load(str(default_model_path())), CAM_OUTPUT), str(path))
+    outputs = {k: v for k, v in card.outputs.items() if k != CAM_OUTPUT}
+    embed_card(path, card.model_copy(update={"outputs": outputs}))
+    return path
+
+
+def test_an_upgraded_default_with_a_new_output_replaces_the_registry_copy(
+    session_factory, tmp_path: Path
+) -> None:
+    """A node registered the default before it had a ``cam`` output; after the upgrade
+    the registry's copy becomes the new file (same weights and card but for outputs),
+    once; the champion, its weights hash and its decisions stay."""
+    from models.runtime import Classifier, default_model_path
+    from worklist.model_registry import refresh_champion_copy
+
+    old = _shipped_without_cam(tmp_path / "old" / "cxr-triage-default.onnx")
+    champion = ensure_champion(
+        session_factory, path=old, models_dir=tmp_path / "m", operating_point="balanced"
+    )
+    assert not Classifier.load(champion.path).has_cam
+
+    assert refresh_champion_copy(
+        session_factory, path=default_model_path(), operating_point="balanced"
+    )
+    with session_factory() as session:
+        after, _ = active_models(session)
+    assert after is not None
+    assert (after.id, after.sha256, after.path) == (champion.id, champion.sha256, champion.path)
+    assert Classifier.load(after.path).has_cam
+    assert not refresh_champion_copy(
+        session_factory, path=default_model_path(), operating_point="balanced"
+    )
+
+
+def test_same_weights_with_another_calibration_is_not_swapped_in(
+    session_factory, tmp_path: Path
+) -> None:
+    """Same weights but other thresholds is another model: the copy stays."""
+    from models.card import embed_card, read_card
+    from models.runtime import Classifier, default_model_path
+    from worklist.model_registry import file_sha256, refresh_champion_copy
+
+    old = _shipped_without_cam(tmp_path / "old" / "cxr-triage-default.onnx")
+    champion = ensure_champion(
+        session_factory, path=old, models_dir=tmp_path / "m", operating_point="balanced"
+    )
+    before = file_sha256(champion.path)
+    recalibrated = tmp_path / "new" / "cxr-triage-default.onnx"
+    recalibrated.parent.mkdir()
+    recalibrated.write_bytes(default_model_path().read_bytes())
+    card = read_card(recalibrated)
+    points = {k: {**v, "threshold": 0.9} for k, v in card.operating_points.items()}
+    embed_card(recalibrated, card.model_copy(update={"operating_points": points}))
+
+    assert not refresh_champion_copy(session_factory, path=recalibrated, operating_point="balanced")
+    assert file_sha256(champion.path) == before
+    assert not Classifier.load(champion.path).has_cam
