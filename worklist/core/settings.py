@@ -286,16 +286,18 @@ class Settings(BaseSettings):
             "Most study revisions an inference task triages together: the waiting ones "
             "are claimed and their images go through the model in one call (what a GPU "
             "worker needs under a burst); each still gets its own SR and result. 1: one "
-            "study per task."
+            "study per task, which on CPU lands a burst's SRs 0.2-0.3 s sooner "
+            "(bench/TRIAGE.md)."
         ),
     )
     inference_processes: int = Field(
-        1,
+        2,
         ge=1,
         description=(
             "Inference worker processes of the embedded mode (one ONNX Runtime session "
-            "each); 2 drains a burst of studies faster on 2 cores but slows single "
-            "studies (bench/TRIAGE.md)."
+            "and one decode child each). 2 triages a burst of 40 studies on 2 cores "
+            "within 2.0-2.4 s of the quiet period (1: 3.3-3.5 s), a lone study as fast "
+            "(bench/TRIAGE.md)."
         ),
     )
     heatmap_to_pacs: bool = Field(

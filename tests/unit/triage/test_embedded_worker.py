@@ -39,7 +39,7 @@ def test_inference_worker_gets_the_configured_processes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     default = _started(monkeypatch, settings=load_settings(data_dir=tmp_path))
-    assert _concurrency(default["inference"]) == 1
+    assert _concurrency(default["inference"]) == 2
     assert _concurrency(default["delivery"]) == 4
     three = _started(monkeypatch, settings=load_settings(data_dir=tmp_path, inference_processes=3))
     assert _concurrency(three["inference"]) == 3
