@@ -255,6 +255,7 @@ def run_mode(
     burst: int = 0,
     inference_concurrency: int = 1,
     batch_studies: int | None = None,
+    broker_poll_seconds: float = 0.02,
 ) -> dict[str, Any]:
     """Run one mode (``embedded`` or ``redis``); return its measurements."""
     from dicom_scp.server import start_node_scp
@@ -292,7 +293,7 @@ def run_mode(
     engine = make_engine(settings.effective_database_url)
     session_factory = make_session_factory(engine)
     scp = start_node_scp(settings, session_factory)
-    fast = {"TRIAGE_BROKER_POLL_SECONDS": "0.02", "TRIAGE_SWEEP_SECONDS": "1"}
+    fast = {"TRIAGE_BROKER_POLL_SECONDS": str(broker_poll_seconds), "TRIAGE_SWEEP_SECONDS": "1"}
     # The same two worker processes in both modes; only the broker differs.
     delivery = {"embedded": 4, "redis": 2}[mode]
     workers = start_embedded_worker(
@@ -379,6 +380,7 @@ def run_mode(
         "studies": len(rows),
         "stable_seconds": stable_seconds,
         "stability_poll_seconds": poll_seconds,
+        "broker_poll_seconds": broker_poll_seconds,
         "database": "postgresql" if database_url.startswith("postgres") else "sqlite",
         **{
             key: summarize([r[key] for r in rows])
@@ -511,7 +513,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--studies", type=int, default=25)
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
     parser.add_argument("--stable-seconds", type=float, default=1.0)
-    parser.add_argument("--poll-seconds", type=float, default=0.05)
+    parser.add_argument(
+        "--poll-seconds",
+        type=float,
+        default=0.05,
+        help="stability watcher poll (the node's default, stability_poll_seconds, is 1.0)",
+    )
+    parser.add_argument(
+        "--broker-poll-seconds",
+        type=float,
+        default=0.02,
+        help="embedded broker poll (the node's default, broker_poll_seconds, is 0.1)",
+    )
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/12")
     parser.add_argument("--database-url", default="", help="default: SQLite in the data dir")
     parser.add_argument("--model", type=Path, default=None, help="default: the shipped model")
@@ -579,6 +592,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     burst=args.burst,
                     inference_concurrency=concurrency,
                     batch_studies=batch,
+                    broker_poll_seconds=args.broker_poll_seconds,
                 )
             )
     finally:
