@@ -137,11 +137,14 @@ def png_from_dataset(ds: Dataset, *, size: int = 256, pixels: np.ndarray | None 
     if samples == 1:
         if arr.ndim == 2:
             arr = _shrunk(arr, size)
-        data = apply_modality_lut(arr, ds)
+        values = np.asarray(apply_modality_lut(arr, ds), dtype=np.float32)
+        data = values
         with contextlib.suppress(ValueError, IndexError, TypeError):
-            data = apply_voi_lut(data, ds)
-        data = np.asarray(data, dtype=np.float32)
-        lo, hi = np.percentile(data, [0.5, 99.5]) if data.size else (0.0, 1.0)
+            data = np.asarray(apply_voi_lut(values, ds), dtype=np.float32)
+        lo, hi = _spread(data)
+        if hi <= lo:  # a window the image does not fall in (a wrong header): ignore it
+            data = values
+            lo, hi = _spread(data)
         if hi <= lo:
             hi = lo + 1.0
         data = np.clip((data - lo) / (hi - lo), 0.0, 1.0)
@@ -157,6 +160,14 @@ def png_from_dataset(ds: Dataset, *, size: int = 256, pixels: np.ndarray | None 
     out = io.BytesIO()
     image.save(out, format="PNG", optimize=False)
     return out.getvalue()
+
+
+def _spread(data: np.ndarray) -> tuple[float, float]:
+    """The 0.5th and 99.5th percentiles of an image (0, 1 when empty)."""
+    if not data.size:
+        return 0.0, 1.0
+    lo, hi = np.percentile(data, [0.5, 99.5])
+    return float(lo), float(hi)
 
 
 def missing_thumbnail(session: Session, *, instance_id: int) -> tuple[int, str]:
