@@ -176,8 +176,13 @@ def test_sign_in_worklist_study_feedback(node: dict[str, Any]) -> None:
             )
 
             # Claim, then feedback: disagree -> the label flips to Normal.
+            expect(page.locator("button[data-action=release]")).to_be_hidden()
             page.click("button[data-action=claim]")
             expect(page.locator("#read-state")).to_have_text("claimed by dr.house")
+            # only what makes sense now: mine, so Release and Mark read, no Claim
+            expect(page.locator("button[data-action=claim]")).to_be_hidden()
+            expect(page.locator("button[data-action=release]")).to_be_visible()
+            expect(page.locator("button[data-action=complete]")).to_be_visible()
             page.check("input[name=agree][value=false]")
             assert page.is_checked("input[name=label][value=normal]")
             page.fill("input[name=comment]", "old scarring only")

@@ -179,11 +179,26 @@ function initStudy() {
   }
   const uid = page.dataset.studyUid;
   const base = "/api/studies/" + encodeURIComponent(uid);
+  const actions = document.getElementById("study-actions");
+  // Only the actions that make sense now: Claim when not mine, Release when mine,
+  // Mark read until read.
+  const showActions = (readState, claimedBy) => {
+    if (!actions) return;
+    const mine = claimedBy && claimedBy === actions.dataset.me;
+    const read = readState === "completed";
+    for (const b of actions.querySelectorAll("button.study-action")) {
+      b.hidden = read
+        || (b.dataset.action === "claim" && mine)
+        || (b.dataset.action === "release" && !mine);
+    }
+  };
+  if (actions) showActions(actions.dataset.readState, actions.dataset.claimedBy);
   for (const b of document.querySelectorAll("button.study-action")) {
     b.addEventListener("click", async () => {
       const status = document.getElementById("action-status");
       try {
         const s = await api("POST", base + "/" + b.dataset.action);
+        showActions(s.read_state, s.claimed_by);
         document.getElementById("read-state").textContent =
           s.read_state + (s.claimed_by ? " by " + s.claimed_by : "");
         status.textContent = "done";
