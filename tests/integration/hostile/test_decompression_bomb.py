@@ -13,6 +13,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pydicom
 
 from tests.conftest import wait_until
@@ -87,17 +88,40 @@ def test_jpeg_bomb_is_not_evaluated_and_costs_under_1_gb(
     assert watch.samples > 10
 
 
-def test_a_decode_beyond_the_memory_limit_is_not_evaluated(serve_node, shared_data: Path) -> None:
-    """A frame whose header tells the truth but whose decode needs more than the
-    limit (here 64 MB for a 2128x2000 JPEG 2000 chest, decoded in full: at the reduced
-    resolution the model and preview need, the default, it takes less): only the decode
-    child fails, the study is not evaluated with the reason, and the worker carries on."""
-    node = serve_node(decode_memory_mb=64, reduced_decode=False)
-    chest = shared_data / "dicom" / "real" / "canon_DX_chest_966_fixed.dcm"
+def _large_honest_chest(shared_data: Path, path: Path) -> Path:
+    """The Canon DX chest scaled up 2.4x (5107x4800 rows by columns, 24.5 million pixels, within the
+    30 million pixel budget), RLE lossless: headers that tell the truth, and a decode
+    that needs its 49 MB of 16-bit pixels, twice over for the decoder's output and the
+    float copy of the preprocessing, so more than 64 MB whatever the allocator does."""
+    from pydicom.uid import RLELossless, generate_uid
+
+    ds = pydicom.dcmread(shared_data / "dicom" / "real" / "canon_DX_chest_966_fixed.dcm")
+    small = ds.pixel_array
+    rows = np.arange(5107) * small.shape[0] // 5107
+    columns = np.arange(4800) * small.shape[1] // 4800
+    big = small[np.ix_(rows, columns)]  # nearest-neighbour upscale
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.Rows, ds.Columns = big.shape
+    ds.compress(RLELossless, np.ascontiguousarray(big))
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_a_decode_beyond_the_memory_limit_is_not_evaluated(
+    serve_node, shared_data: Path, tmp_path: Path
+) -> None:
+    """A frame whose header tells the truth but whose decode needs more than the limit
+    (64 MB, the least the setting allows, for a 24.5-million-pixel RLE chest): only the
+    decode child fails, the study is not evaluated with the reason, and the worker
+    carries on."""
+    node = serve_node(decode_memory_mb=64)
+    chest = _large_honest_chest(shared_data, tmp_path / "large.dcm")
     ds = pydicom.dcmread(chest, stop_before_pixels=True)
+    assert ds.Rows * ds.Columns == 4800 * 5107
     out = subprocess.run(
         ["/usr/bin/storescu", "-aec", "TRIAGE", STORESCU_TS_OPTION[transfer_syntax_of(chest)],
-         "127.0.0.1", str(node.dicom_port), str(chest)],
+         "-to", "60", "127.0.0.1", str(node.dicom_port), str(chest)],
         capture_output=True, text=True, timeout=DCMTK_TIMEOUT_S, check=False,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
@@ -106,4 +130,6 @@ def test_a_decode_beyond_the_memory_limit_is_not_evaluated(serve_node, shared_da
     )
     status, reason = found
     assert status == "not_evaluated", found
-    assert "64 MB memory limit" in reason, reason
+    # the decoder's allocation fails in the child (MemoryError), or the child dies
+    assert "MemoryError" in reason or "64 MB memory limit" in reason, reason
+    assert node.proc.running()

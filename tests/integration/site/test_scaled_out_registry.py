@@ -19,6 +19,7 @@ from tests.integration.triage.conftest import pacs, start_worker_process  # noqa
 from tests.integration.triage.test_end_to_end import make_node_settings, start_scp, wait_for_results
 from tests.support.tiny_model import build_tiny_model
 from tests.unit.site.conftest import synthetic_dx
+from triage.pipeline import BATCH
 from worklist.tables import ShadowResult, Study, TriageClaim, TriageResult
 
 
@@ -53,14 +54,17 @@ def _send(settings: Any, tmp_path: Path, tag: str, n: int) -> list[str]:
 
 
 def _workers_of(node: Any, uids: list[str]) -> set[str]:
+    """The worker processes (``host:pid``) that triaged these studies, alone or in a
+    batch (``batch@host:pid``)."""
     with node.session_factory() as s:
-        return set(
-            s.scalars(
+        return {
+            worker.removeprefix(BATCH)
+            for worker in s.scalars(
                 select(TriageClaim.claimed_by)
                 .join(Study, Study.id == TriageClaim.study_id)
                 .where(Study.study_instance_uid.in_(uids))
             )
-        )
+        }
 
 
 @pytest.mark.redis
