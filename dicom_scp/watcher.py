@@ -8,13 +8,19 @@ import threading
 from sqlalchemy.orm import Session, sessionmaker
 
 from worklist.core.contracts import TriageQueue
-from worklist.stability import Handoff, run_stability_round
+from worklist.stability import Handoff, run_stability_round, seconds_until_next_stable
 
 log = logging.getLogger(__name__)
 
 
+#: Shortest wait between two rounds.
+MIN_WAIT_S = 0.02
+
+
 class StabilityWatcher:
-    """Run :func:`worklist.stability.run_stability_round` every ``poll_seconds``.
+    """Run :func:`worklist.stability.run_stability_round` every ``poll_seconds``, or
+    sooner, when a study's quiet period ends before that: a study is handed to triage
+    when it becomes stable, not up to a poll later.
 
     Exceptions of a round are logged and the next round runs as usual.
 
@@ -64,6 +70,18 @@ class StabilityWatcher:
         finally:
             self.rounds += 1
 
+    def next_wait(self) -> float:
+        """Seconds until the next round: ``poll_seconds``, or less when a receiving
+        study's quiet period ends sooner (at least :data:`MIN_WAIT_S`)."""
+        try:
+            with self.session_factory() as session:
+                due = seconds_until_next_stable(session, quiet_seconds=self.quiet_seconds)
+        except Exception:  # noqa: BLE001 - the round itself reports database trouble
+            return self.poll_seconds
+        if due is None:
+            return self.poll_seconds
+        return min(self.poll_seconds, max(due, MIN_WAIT_S))
+
     def _run(self) -> None:
         log.info(
             "stability watcher started (quiet %.1fs, poll %.1fs)",
@@ -72,7 +90,7 @@ class StabilityWatcher:
         )
         while not self._stop.is_set():
             self.run_once()
-            self._stop.wait(self.poll_seconds)
+            self._stop.wait(self.next_wait())
         log.info("stability watcher stopped")
 
     def start(self) -> StabilityWatcher:

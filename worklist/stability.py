@@ -18,10 +18,10 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from worklist.core.clock import utcnow
+from worklist.core.clock import as_utc, utcnow
 from worklist.core.contracts import TriageQueue
 from worklist.tables import Study, StudyState
 
@@ -86,6 +86,34 @@ def mark_stable_studies(
         if revision is not None:
             moved.append(Handoff(study_id, revision))
     return moved
+
+
+def seconds_until_next_stable(
+    session: Session, *, quiet_seconds: float, now: datetime | None = None
+) -> float | None:
+    """Seconds until the earliest ``receiving`` study is quiet for ``quiet_seconds``.
+
+    Parameters
+    ----------
+    session : Session
+    quiet_seconds : float
+        The quiet period.
+    now : datetime, optional
+        Current time (default: now, UTC).
+
+    Returns
+    -------
+    float or None
+        0 when one is stable already; None when no study is receiving.
+    """
+    now = now or utcnow()
+    earliest = session.scalar(
+        select(func.min(Study.last_received_at)).where(Study.state == StudyState.RECEIVING)
+    )
+    if earliest is None:
+        return None
+    due = as_utc(earliest) + timedelta(seconds=quiet_seconds)
+    return max(0.0, (due - now).total_seconds())
 
 
 def dispatch_queued(session_factory: sessionmaker, queue: TriageQueue) -> list[Handoff]:

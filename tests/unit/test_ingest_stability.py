@@ -186,3 +186,41 @@ def test_concurrent_first_instances_of_a_study_postgresql(
         count = 1 if same_instance else 2
         assert s.scalar(select(func.count()).select_from(Instance)) == count
         assert s.scalar(select(Study.instance_count)) == count
+
+
+def test_seconds_until_next_stable(session_factory) -> None:
+    from worklist.stability import seconds_until_next_stable
+
+    t0 = utcnow()
+    with session_factory() as s:
+        assert seconds_until_next_stable(s, quiet_seconds=5, now=t0) is None
+    with session_factory.begin() as s:
+        record_instance(s, info=_info("1.1"), now=t0)
+        record_instance(
+            s, info=_info("2.1", study="2.3", series="2.3.1"), now=t0 + timedelta(seconds=2)
+        )
+    with session_factory() as s:
+        # the earliest receiving study decides
+        assert seconds_until_next_stable(s, quiet_seconds=5, now=t0 + timedelta(seconds=1)) == 4.0
+        assert seconds_until_next_stable(s, quiet_seconds=5, now=t0 + timedelta(seconds=9)) == 0.0
+
+
+def test_watcher_hands_a_study_off_when_it_becomes_stable_not_a_poll_later(
+    session_factory,
+) -> None:
+    """Poll every 30 s, quiet period 0.5 s: the study is handed off about 0.5 s after
+    its last instance, because the watcher wakes when the quiet period ends."""
+    from dicom_scp.watcher import StabilityWatcher
+
+    with session_factory.begin() as s:
+        record_instance(s, info=_info("1.1"))
+    queue = FakeQueue()
+    watcher = StabilityWatcher(session_factory, queue, quiet_seconds=0.5, poll_seconds=30)
+    assert watcher.next_wait() <= 0.5
+    watcher.start()
+    try:
+        wait_until(lambda: queue.sent, timeout=10, what="the study handed off")
+    finally:
+        watcher.stop()
+    assert len(queue.sent) == 1
+    assert watcher.next_wait() == 30  # nothing receiving: back to the poll
