@@ -309,7 +309,7 @@ def run_mode(
         # once, so that each process has loaded the model, started its decode child and
         # built an SR.
         run_burst(
-            max(1, inference_concurrency) * settings.inference_batch_studies,
+            max(1, inference_concurrency) * (settings.inference_batch_studies or 8),
             source=source,
             stable_seconds=stable_seconds,
             settings=settings,
@@ -375,7 +375,7 @@ def run_mode(
     return {
         "mode": mode,
         "inference_concurrency": inference_concurrency,
-        "batch_studies": settings.inference_batch_studies,
+        "batch_studies": settings.inference_batch_studies or "auto",
         "burst": burst_report,
         "studies": len(rows),
         "stable_seconds": stable_seconds,
@@ -544,7 +544,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="",
         help=(
             "studies an inference task triages together (default: the setting "
-            "inference_batch_studies; 1: no batching); a comma-separated list runs each in turn"
+            "inference_batch_studies, 1 on CPU and 8 on a GPU; 1: no batching); a "
+            "comma-separated list runs each in turn"
         ),
     )
     parser.add_argument("--json", type=Path, default=None)

@@ -80,6 +80,12 @@ def _effective(settings: Settings, name: str, model: Any) -> str:
         if model.get("providers"):
             return ",".join(model["providers"]) + " (active)"
         return _text(value) or "CUDA if present, else CPU"
+    if name == "inference_batch_studies" and value is None:
+        from models.runtime import choose_providers
+        from triage.inference import batch_studies_for
+
+        providers = model.get("providers") or choose_providers(list(settings.providers) or None)
+        return f"{batch_studies_for(None, providers)} (auto: 8 on a GPU, 1 on CPU)"
     if name == "destinations":
         return _text(value) or "(none)"
     if name in ("allowed_calling_aes", "allowed_peers"):

@@ -12,14 +12,18 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from models.runtime import Classifier, ModelLoadError, resolve_model_path
+from models.runtime import CPU, Classifier, ModelLoadError, resolve_model_path
 from triage.errors import ModelError
 from worklist.core.settings import Settings
 
-__all__ = ["get_classifier", "model_path_for"]
+__all__ = ["GPU_BATCH_STUDIES", "batch_studies_for", "get_classifier", "model_path_for"]
+
+#: Study revisions an inference task triages together on a GPU, by default.
+GPU_BATCH_STUDIES = 8
 
 log = logging.getLogger(__name__)
 
@@ -102,3 +106,25 @@ def get_classifier(settings: Settings, *, batch_size: int = 8) -> Classifier:
         )
         _cached = _Cached(os.getpid(), key, classifier)
         return classifier
+
+
+def batch_studies_for(setting: int | None, providers: Sequence[str]) -> int:
+    """How many study revisions an inference task triages together.
+
+    Parameters
+    ----------
+    setting : int or None
+        ``inference_batch_studies``; None chooses by the providers.
+    providers : sequence of str
+        The model's ONNX Runtime providers, first preferred (active ones when loaded).
+
+    Returns
+    -------
+    int
+        The setting when given; else :data:`GPU_BATCH_STUDIES` when the model runs on
+        an accelerator (one call for many images is what makes it cheap there), 1 on
+        the CPU (where a batch only delays its first SR: ``bench/TRIAGE.md``).
+    """
+    if setting is not None:
+        return setting
+    return GPU_BATCH_STUDIES if providers and providers[0] != CPU else 1

@@ -30,9 +30,10 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from models.runtime import Classifier
+from models.runtime import Classifier, choose_providers
 from triage.delivery import next_try_in, store_file
 from triage.errors import DestinationUnavailable, StoreRejected, TransientError
+from triage.inference import batch_studies_for
 from triage.pipeline import TriageOutcome, triage_batch
 from triage.registry_models import RegistryModels
 from triage.shadow import score_shadows
@@ -97,6 +98,16 @@ class WorkerContext:
         if self._models is None:
             self._models = RegistryModels(self.settings, batch_size=self.settings.batch_size)
         return self._models
+
+    def batch_studies(self) -> int:
+        """Study revisions a task triages together (:func:`triage.inference.batch_studies_for`),
+        by the champion's active providers once loaded, else the ones it will ask for."""
+        champion = self.models.champion
+        if champion is not None:
+            providers = champion.classifier.active_providers
+        else:
+            providers = choose_providers(list(self.settings.providers) or None)
+        return batch_studies_for(self.settings.inference_batch_studies, providers)
 
     def classifier(self) -> Classifier:
         """The registry's champion, reloaded when a promotion changed it."""
@@ -245,7 +256,7 @@ def register_tasks(app: Celery) -> None:
             ctx.classifier,
             int(study_id),
             int(revision),
-            batch_studies=ctx.settings.inference_batch_studies,
+            batch_studies=ctx.batch_studies(),
             on_outcome=send,
         )
         for each in (outcome, *batched):

@@ -279,15 +279,15 @@ class Settings(BaseSettings):
             "core), for a large model on a CPU with many cores."
         ),
     )
-    inference_batch_studies: int = Field(
-        8,
+    inference_batch_studies: int | None = Field(
+        None,
         ge=1,
         description=(
             "Most study revisions an inference task triages together: the waiting ones "
-            "are claimed and their images go through the model in one call (what a GPU "
-            "worker needs under a burst); each still gets its own SR and result. 1: one "
-            "study per task, which on CPU lands a burst's SRs 0.2-0.3 s sooner "
-            "(bench/TRIAGE.md)."
+            "are claimed and their images go through the model in one call; each still "
+            "gets its own SR and result. Default: 8 when the model runs on a GPU (CUDA or "
+            "TensorRT), where one call for many images is what makes inference cheap; 1 on "
+            "CPU, where batching lands a burst's SRs 0.2-0.3 s later (bench/TRIAGE.md)."
         ),
     )
     inference_processes: int = Field(

@@ -70,7 +70,11 @@ def test_four_senders_2000_instances_all_triaged_once(
 ) -> None:
     studies = make_studies(shared_data, tmp_path / "send", N_STUDIES, PER_STUDY, size=128)
     cluster = make_cluster(
-        postgres_url, private_redis.url, http_host="127.0.0.1", http_port=free_port()
+        postgres_url,
+        private_redis.url,
+        http_host="127.0.0.1",
+        http_port=free_port(),
+        inference_batch_studies=8,  # batches across studies, as a GPU worker does
     )
     cluster.start_worker("inference", concurrency=2)
     cluster.start_worker("delivery", concurrency=4)

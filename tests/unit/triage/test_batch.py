@@ -224,3 +224,14 @@ def test_an_error_gives_the_batched_revisions_back(
     for study_id in ids[1:]:
         out = triage_study(session_factory, settings, tiny_classifier, study_id, handoffs[study_id])
         assert out.status == "triaged"
+
+
+def test_batch_size_follows_the_device_unless_set() -> None:
+    from triage.inference import GPU_BATCH_STUDIES, batch_studies_for
+
+    cpu = ["CPUExecutionProvider"]
+    gpu = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert batch_studies_for(None, cpu) == 1
+    assert batch_studies_for(None, gpu) == GPU_BATCH_STUDIES == 8
+    assert batch_studies_for(None, ["TensorrtExecutionProvider", *gpu]) == 8
+    assert batch_studies_for(3, cpu) == 3 and batch_studies_for(1, gpu) == 1
