@@ -75,29 +75,6 @@ def _timed(totals: dict[str, float], name: str, fn: Callable[..., Any]) -> Calla
     return wrapper
 
 
-def _ingest(session_factory: Any, path: Path, spool: Path) -> None:
-    """Store a file in the spool and record it as received, as the SCP does."""
-    import pydicom
-
-    from dicom_scp.headers import instance_info_from_dataset
-    from worklist.ingest import record_instance
-
-    ds = pydicom.dcmread(path, stop_before_pixels=True)
-    spool.mkdir(parents=True, exist_ok=True)
-    target = spool / f"{ds.SOPInstanceUID}.dcm"
-    shutil.copyfile(path, target)
-    info = instance_info_from_dataset(
-        ds,
-        sop_class_uid=str(ds.SOPClassUID),
-        sop_instance_uid=str(ds.SOPInstanceUID),
-        transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
-        file_path=str(target),
-        size_bytes=target.stat().st_size,
-    )
-    with session_factory.begin() as session:
-        record_instance(session, info=info)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the measurement; print a table and optionally write JSON."""
     import pydicom
@@ -106,6 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import triage.pipeline as pipeline
     from bench.time_to_triage import Pacs
+    from tests.support.ingest import ingest_file
     from triage.delivery import store_file
     from triage.guarded_decode import get_decoder
     from triage.inference import get_classifier
@@ -142,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             path = work / "in" / f"{i}.dcm"
             path.parent.mkdir(parents=True, exist_ok=True)
             ds.save_as(path)
-            _ingest(factory, path, work / "spool")
+            ingest_file(factory, path, work / "spool")
         with factory.begin() as session:
             later = utcnow() + timedelta(seconds=1)
             warm, *handoffs = mark_stable_studies(session, quiet_seconds=0.0, now=later)

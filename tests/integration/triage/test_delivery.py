@@ -22,7 +22,7 @@ from worklist.tables import Delivery
 
 @pytest.fixture
 def ingest(session_factory, tmp_path: Path):  # type: ignore[no-untyped-def]
-    from tests.unit.triage.conftest import ingest_file
+    from tests.support.ingest import ingest_file
 
     return lambda path: ingest_file(session_factory, Path(path), tmp_path / "spool")
 

@@ -84,7 +84,8 @@ class Site:
 
     def study(self, *, label: str | None, classifier, **dx: object) -> int:  # type: ignore[no-untyped-def]
         """Receive, triage (with ``classifier``) and label one study; its id."""
-        from tests.unit.triage.conftest import ingest_file, make_stable
+        from tests.support.ingest import ingest_file
+        from tests.unit.triage.conftest import make_stable
         from triage.pipeline import triage_study
 
         self.n += 1

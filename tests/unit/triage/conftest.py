@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
-import pydicom
 import pytest
 
+from tests.support.ingest import ingest_file
 from tests.support.tiny_model import build_tiny_model
 
 
@@ -27,33 +26,6 @@ def tiny_classifier(tiny_model: Path):  # type: ignore[no-untyped-def]
     from models.runtime import Classifier
 
     return Classifier.load(tiny_model)
-
-
-def ingest_file(session_factory, path: Path, spool: Path) -> int:  # type: ignore[no-untyped-def]
-    """Copy a DICOM file into ``spool`` and record it as received; return its study id."""
-    from sqlalchemy import select
-
-    from dicom_scp.headers import instance_info_from_dataset
-    from worklist.ingest import record_instance
-    from worklist.tables import Study
-
-    ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
-    spool.mkdir(parents=True, exist_ok=True)
-    target = spool / f"{ds.SOPInstanceUID}.dcm"
-    shutil.copyfile(path, target)
-    info = instance_info_from_dataset(
-        ds,
-        sop_class_uid=str(ds.SOPClassUID),
-        sop_instance_uid=str(ds.SOPInstanceUID),
-        transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
-        file_path=str(target),
-        size_bytes=target.stat().st_size,
-    )
-    with session_factory.begin() as session:
-        record_instance(session, info=info)
-        return session.scalar(
-            select(Study.id).where(Study.study_instance_uid == str(ds.StudyInstanceUID))
-        )
 
 
 def make_stable(session_factory) -> list:  # type: ignore[no-untyped-def]
