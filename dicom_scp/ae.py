@@ -48,39 +48,28 @@ class PortInUseError(RuntimeError):
     """Another program already listens on the DICOM port."""
 
 
+def per_process_share(total: int, processes: int) -> int:
+    """Each SCP process's share of a node-wide limit, rounded up.
+
+    Parameters
+    ----------
+    total : int
+        The node-wide limit (``max_associations``, ``max_connections_per_peer``).
+    processes : int
+        How many processes share the port.
+
+    Returns
+    -------
+    int
+        ``ceil(total / processes)``: the node as a whole never exceeds ``total`` by more
+        than ``processes - 1``.
+    """
+    return -(-total // max(1, processes))
+
+
 def associations_per_process(settings: Settings, processes: int) -> int:
-    """Each process's share of ``settings.max_associations`` (rounded up).
-
-    Parameters
-    ----------
-    settings : Settings
-    processes : int
-        How many processes share the port.
-
-    Returns
-    -------
-    int
-        ``ceil(max_associations / processes)``: the node as a whole never holds
-        more than ``max_associations`` plus ``processes - 1`` associations.
-    """
-    return -(-settings.max_associations // max(1, processes))
-
-
-def peer_connections_per_process(settings: Settings, processes: int) -> int:
-    """Each process's share of ``settings.max_connections_per_peer`` (rounded up).
-
-    Parameters
-    ----------
-    settings : Settings
-    processes : int
-        How many processes share the port.
-
-    Returns
-    -------
-    int
-        ``ceil(max_connections_per_peer / processes)``.
-    """
-    return -(-settings.max_connections_per_peer // max(1, processes))
+    """Each process's share of ``settings.max_associations`` (:func:`per_process_share`)."""
+    return per_process_share(settings.max_associations, processes)
 
 
 class PeerConnections:
@@ -454,7 +443,7 @@ def start_scp(
         server_class=SharedSocketAssociationServer,
         listen_socket=listen_socket,
         settings=settings,
-        peer_limit=peer_connections_per_process(settings, processes),
+        peer_limit=per_process_share(settings.max_connections_per_peer, processes),
     )
     if block:
         server.serve_forever()
