@@ -44,7 +44,8 @@ from worklist.audit import Action, Actor
 from worklist.core.clock import utcnow
 from worklist.core.settings import Settings
 from worklist.dicom_values import age_years, sex_group
-from worklist.tables import Feedback, Instance, Study, TriageImage, TriageResult
+from worklist.queries import labelled_studies_between
+from worklist.tables import Instance, TriageImage, TriageResult
 
 __all__ = [
     "COLUMNS",
@@ -145,20 +146,9 @@ def labelled_images(
         The images, and the number of labelled studies without an evaluated image
         (left out).
     """
-    query = select(Study).where(Study.id.in_(select(Feedback.study_id)))
-    if since is not None:
-        query = query.where(Study.first_received_at >= since)
-    if until is not None:
-        query = query.where(Study.first_received_at < until)
     out: list[LabelledImage] = []
     skipped = 0
-    for study in session.scalars(query.order_by(Study.id)):
-        label = session.scalar(
-            select(Feedback.label)
-            .where(Feedback.study_id == study.id)
-            .order_by(Feedback.updated_at.desc(), Feedback.id.desc())
-            .limit(1)
-        )
+    for study, label in labelled_studies_between(session, since=since, until=until):
         result_id = session.scalar(
             select(TriageResult.id)
             .where(TriageResult.study_id == study.id)

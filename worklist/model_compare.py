@@ -23,13 +23,12 @@ from sqlalchemy.orm import Session
 
 from models.compare import ModelScores, compare_models
 from worklist.dicom_values import patient_age_band, sex_group
+from worklist.queries import labelled_studies_between
 from worklist.tables import (
-    Feedback,
     Instance,
     ModelEntry,
     ModelRole,
     ShadowResult,
-    Study,
     TriageImage,
     TriageResult,
     TriageStatus,
@@ -74,19 +73,8 @@ def labelled_studies(
     -------
     list of LabelledStudy
     """
-    query = select(Study).where(Study.id.in_(select(Feedback.study_id)))
-    if since is not None:
-        query = query.where(Study.first_received_at >= since)
-    if until is not None:
-        query = query.where(Study.first_received_at < until)
     out: list[LabelledStudy] = []
-    for study in session.scalars(query.order_by(Study.id)):
-        label = session.scalar(
-            select(Feedback.label)
-            .where(Feedback.study_id == study.id)
-            .order_by(Feedback.updated_at.desc(), Feedback.id.desc())
-            .limit(1)
-        )
+    for study, label in labelled_studies_between(session, since=since, until=until):
         probabilities: dict[str, float] = {}
         results = session.scalars(
             select(TriageResult)

@@ -54,6 +54,7 @@ from worklist.views import (
 
 __all__ = [
     "get_study",
+    "labelled_studies_between",
     "latest_result",
     "list_worklist",
     "study_detail",
@@ -114,6 +115,39 @@ def latest_result(session: Session, *, study_id: int) -> TriageResult | None:
         .order_by(TriageResult.revision.desc())
         .limit(1)
     )
+
+
+def labelled_studies_between(
+    session: Session, *, since: datetime | None = None, until: datetime | None = None
+) -> list[tuple[Study, str]]:
+    """The studies a radiologist labelled, first received in ``[since, until)``, each
+    with its latest label, by study id.
+
+    Parameters
+    ----------
+    session : Session
+    since, until : datetime, optional
+        On the study's first reception.
+
+    Returns
+    -------
+    list of (Study, str)
+    """
+    query = select(Study).where(Study.id.in_(select(Feedback.study_id)))
+    if since is not None:
+        query = query.where(Study.first_received_at >= since)
+    if until is not None:
+        query = query.where(Study.first_received_at < until)
+    out: list[tuple[Study, str]] = []
+    for study in session.scalars(query.order_by(Study.id)):
+        label = session.scalar(
+            select(Feedback.label)
+            .where(Feedback.study_id == study.id)
+            .order_by(Feedback.updated_at.desc(), Feedback.id.desc())
+            .limit(1)
+        )
+        out.append((study, str(label)))
+    return out
 
 
 def get_study(session: Session, *, study_instance_uid: str) -> Study | None:
