@@ -44,6 +44,7 @@ from triage.scoring import StudyScore, score_study
 from triage.selection import Eligible, SkipCode, Skipped, select_instance, skipped_unreadable
 from triage.sr import SRContent, build_sr, sr_uids, write_sr
 from worklist.core.clock import as_utc, utcnow
+from worklist.core.processes import process_alive
 from worklist.core.settings import Settings
 from worklist.dicom_values import age_years
 from worklist.heatmaps import heatmap_path, save_heatmap
@@ -450,22 +451,6 @@ def _triage_claimed(
 BATCH = "batch@"
 
 
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` of this machine runs (a zombie does not)."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[-1].split()[0] != "Z"
-    except OSError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _left_to_its_batch(lease_seconds: float) -> Callable[[str, datetime], bool]:
     """The ``leave`` rule of :func:`worklist.results.claim_revision` for a task's own
     revision: one that another worker claimed into its batch is left to that worker
@@ -480,7 +465,7 @@ def _left_to_its_batch(lease_seconds: float) -> Callable[[str, datetime], bool]:
         host, _, pid = claimed_by.removeprefix(BATCH).rpartition(":")
         if host != socket.gethostname():
             return True
-        return pid.isdigit() and _alive(int(pid))
+        return pid.isdigit() and process_alive(int(pid))
 
     return leave
 

@@ -24,6 +24,31 @@ LOCK_FILE = "node.lock"
 _PR_SET_PDEATHSIG = 1
 
 
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this machine runs (a zombie does not).
+
+    Parameters
+    ----------
+    pid : int
+
+    Returns
+    -------
+    bool
+    """
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class DataDirInUseError(RuntimeError):
     """Another node, or a process left over from one, uses this data directory."""
 
