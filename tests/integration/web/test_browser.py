@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -17,7 +16,8 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from tests.conftest import REPO_ROOT, free_port, wait_until
+from tests.conftest import REPO_ROOT
+from tests.support.http_server import serve_app
 from tests.unit.api.conftest import PASSWORD, tiny_model
 from tests.unit.api.factories import Made, make_study, seed_worklist
 from worklist.accounts import create_user
@@ -53,8 +53,6 @@ def _need_browser() -> None:
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[dict[str, Any]]:
     """A running HTTP server (uvicorn, free port) on a seeded SQLite database."""
-    import uvicorn
-
     from worklist.core.db import make_engine, make_session_factory
     from worklist.core.migrate import upgrade
     from worklist.http.app import create_app
@@ -73,26 +71,10 @@ def node(tmp_path: Path) -> Iterator[dict[str, Any]]:
         create_user(session, username="dr.house", password=PASSWORD, role="radiologist")
         session.commit()
         made = seed_worklist(session, settings.spool_dir)
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(settings, factory), host="127.0.0.1", port=port, log_level="warning"
-        )
-    )
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_until(lambda: server.started, timeout=20, what="uvicorn to start")
     try:
-        yield {
-            "base": f"http://127.0.0.1:{port}",
-            "made": made,
-            "factory": factory,
-            "settings": settings,
-        }
+        with serve_app(create_app(settings, factory)) as base:
+            yield {"base": base, "made": made, "factory": factory, "settings": settings}
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
         engine.dispose()
 
 

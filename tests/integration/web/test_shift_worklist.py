@@ -9,7 +9,6 @@ Screenshots: ``test-artifacts/shift-worklist.png`` and ``test-artifacts/shift-st
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -22,8 +21,8 @@ from sqlalchemy import select
 from models.cam_output import cam_heatmap
 from models.preprocess import preprocess_dataset
 from models.runtime import Classifier, default_model_path
-from tests.conftest import free_port, wait_until
 from tests.integration.web.test_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, _need_browser
+from tests.support.http_server import serve_app
 from tests.unit.api.conftest import PASSWORD
 from tests.unit.api.factories import Made, make_study
 from worklist.accounts import create_user
@@ -114,8 +113,6 @@ def _seed_shift(session: Any, spool: Path) -> dict[str, Made]:
 @pytest.fixture
 def shift_node(tmp_path: Path, shared_data: Path) -> Iterator[dict[str, Any]]:
     """uvicorn on a free port, 40 studies, display time zone Europe/Berlin."""
-    import uvicorn
-
     from worklist.core.db import make_engine, make_session_factory
     from worklist.core.migrate import upgrade
     from worklist.http.app import create_app
@@ -148,21 +145,10 @@ def shift_node(tmp_path: Path, shared_data: Path) -> Iterator[dict[str, Any]]:
         heatmap_path(settings.data_dir, long.study.study_instance_uid, 1, long.sop_uids[0]),
         cam_heatmap(cam[0]),
     )
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(settings, factory), host="127.0.0.1", port=port, log_level="warning"
-        )
-    )
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_until(lambda: server.started, timeout=20, what="uvicorn to start")
     try:
-        yield {"base": f"http://127.0.0.1:{port}", "made": made}
+        with serve_app(create_app(settings, factory)) as base:
+            yield {"base": base, "made": made}
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
         engine.dispose()
 
 
