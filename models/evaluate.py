@@ -51,6 +51,7 @@ __all__ = [
     "CalibrationFit",
     "fit_calibration",
     "fit_operating_points",
+    "refuse_test_split",
     "score_records",
     "subgroup_metrics",
     "summarize_labels",
@@ -195,6 +196,22 @@ def fit_operating_points(
     return points
 
 
+def refuse_test_split(split: str) -> None:
+    """Calibration and operating points are fitted on validation rows, never on test.
+
+    Parameters
+    ----------
+    split : str
+
+    Raises
+    ------
+    ValueError
+        For ``'test'``.
+    """
+    if split == "test":
+        raise ValueError("calibration and operating points are never fitted on the test split")
+
+
 @dataclass(frozen=True)
 class CalibrationFit:
     """Temperature scaling and operating points fitted on one labelled split.
@@ -245,8 +262,7 @@ def fit_calibration(
     ValueError
         On the test split, or when one class is missing.
     """
-    if split == "test":
-        raise ValueError("calibration and operating points are never fitted on the test split")
+    refuse_test_split(split)
     y = np.asarray(y).astype(int)
     z = np.asarray(logits, dtype=np.float64)
     if len(set(y.tolist())) < 2:
@@ -295,8 +311,7 @@ def calibrate_model(
     ModelCard
         The updated card.
     """
-    if split == "test":
-        raise ValueError("calibration and operating points are never fitted on the test split")
+    refuse_test_split(split)
     records = read_labels(labels, split)
     if not records:
         raise ValueError(f"no rows with split={split!r} in {labels}")

@@ -33,6 +33,7 @@ from models.evaluate import (
     evaluate_model,
     fit_calibration,
     fit_operating_points,
+    refuse_test_split,
     score_records,
 )
 from models.metrics import (
@@ -94,8 +95,7 @@ def calibrate_sources(
     ModelCard
         The updated card.
     """
-    if split == "test":
-        raise ValueError("calibration and operating points are never fitted on the test split")
+    refuse_test_split(split)
     items = read_sources(sources, split)
     if not items:
         raise ValueError(f"no rows with split={split!r} in the sources")
