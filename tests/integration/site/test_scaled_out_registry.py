@@ -4,8 +4,6 @@ model beside the champion, and a promotion reaches both without a restart."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,29 +11,15 @@ import pydicom
 import pytest
 from sqlalchemy import func, select
 
-from tests.conftest import REDIS_URL, environment_without_settings, wait_until
+from tests.conftest import REDIS_URL, wait_until
 from tests.integration.scp.helpers import storescu
+from tests.integration.site.helpers import node_cli
 from tests.integration.triage.conftest import pacs, start_worker_process  # noqa: F401
 from tests.integration.triage.test_end_to_end import make_node_settings, start_scp, wait_for_results
 from tests.support.tiny_model import build_tiny_model
 from tests.unit.site.conftest import synthetic_dx
 from triage.pipeline import BATCH
 from worklist.tables import ShadowResult, Study, TriageClaim, TriageResult
-
-
-def _cli(settings: Any, *args: str) -> subprocess.CompletedProcess[str]:
-    from triage.worker import settings_to_env
-
-    env = environment_without_settings()
-    env.update(settings_to_env(settings))
-    return subprocess.run(
-        [sys.executable, "-m", "triage.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def _send(settings: Any, tmp_path: Path, tag: str, n: int) -> list[str]:
@@ -91,7 +75,10 @@ def test_two_workers_follow_the_registry(
     )
     node = start_scp(settings)
     try:
-        assert _cli(settings, "model", "add", str(challenger), "--shadow").returncode == 0
+        assert (
+            node_cli(settings, "model", "add", str(challenger), "--shadow", timeout=120).returncode
+            == 0
+        )
         node.workers.append(start_worker_process(settings, "inference"))
         node.workers.append(start_worker_process(settings, "inference"))
         node.workers.append(start_worker_process(settings, "delivery", concurrency=2))
@@ -118,7 +105,9 @@ def test_two_workers_follow_the_registry(
         assert {r.model_name for r in rows} == {"tiny-b"}
         assert len(_workers_of(node, before)) == 2  # both workers scored, shadow included
 
-        out = _cli(settings, "model", "promote", "tiny-b", "--force", "--reason", "test")
+        out = node_cli(
+            settings, "model", "promote", "tiny-b", "--force", "--reason", "test", timeout=120
+        )
         assert out.returncode == 0, out.stderr
         after = _send(settings, tmp_path, "after", 10)
         results = wait_for_results(node, after, timeout=120)
@@ -130,7 +119,7 @@ def test_two_workers_follow_the_registry(
             what="the old champion scoring in shadow",
         )
         assert {r.model_name for r in rows} == {"tiny-a"}
-        listing = json.loads(_cli(settings, "model", "list", "--json").stdout)
+        listing = json.loads(node_cli(settings, "model", "list", "--json", timeout=120).stdout)
         assert [(m["name"], m["role"]) for m in listing] == [
             ("tiny-b", "champion"),
             ("tiny-a", "shadow"),

@@ -20,8 +20,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from tests.conftest import environment_without_settings, wait_until
+from tests.conftest import wait_until
 from tests.integration.scp.helpers import storescu
+from tests.integration.site.helpers import node_cli
 from tests.integration.triage.conftest import FAST_OPTIONS, pacs  # noqa: F401 - fixture
 from tests.integration.triage.test_end_to_end import (
     check_sr_matches_database,
@@ -54,21 +55,6 @@ def _wrap(shared_data: Path, row: dict[str, str], out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(out, enforce_file_format=True)
     return out
-
-
-def _node_cli(settings: Any, *args: str) -> subprocess.CompletedProcess[str]:
-    from triage.worker import settings_to_env
-
-    env = environment_without_settings()
-    env.update(settings_to_env(settings))
-    return subprocess.run(
-        [sys.executable, "-m", "triage.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
 
 
 def _send(settings: Any, files: list[Path]) -> list[str]:
@@ -128,7 +114,7 @@ def test_site_adaptation_loop(tmp_path: Path, shared_data: Path, pacs: Any) -> N
 
         # 2. Export, train a new head from the champion, register it in shadow.
         export = tmp_path / "export"
-        out = _node_cli(settings, "dataset", "export", "--out", str(export))
+        out = node_cli(settings, "dataset", "export", "--out", str(export))
         assert out.returncode == 0, out.stderr
         manifest = json.loads(out.stdout)
         assert manifest["images"] == 2 * PHASE1
@@ -160,9 +146,9 @@ def test_site_adaptation_loop(tmp_path: Path, shared_data: Path, pacs: Any) -> N
         )
         assert train.returncode == 0, train.stderr
         summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-        out = _node_cli(settings, "model", "add", summary["model"], "--shadow")
+        out = node_cli(settings, "model", "add", summary["model"], "--shadow")
         assert out.returncode == 0, out.stderr
-        listing = _node_cli(settings, "model", "list", "--json")
+        listing = node_cli(settings, "model", "list", "--json")
         roles = {m["name"]: m["role"] for m in json.loads(listing.stdout)}
         assert roles == {"cxr-triage-default": "champion", "cxr-triage-site": "shadow"}
 
@@ -191,17 +177,17 @@ def test_site_adaptation_loop(tmp_path: Path, shared_data: Path, pacs: Any) -> N
         label(phase2)
 
         # 4. Compare on the labelled new studies; promote under the safety rule.
-        out = _node_cli(settings, "model", "compare", "--since", since, "--json", "--n-boot", "200")
+        out = node_cli(settings, "model", "compare", "--since", since, "--json", "--n-boot", "200")
         assert out.returncode == 0, out.stderr
         report = json.loads(out.stdout)
         (comparison,) = report["comparisons"]
         assert comparison["overall"]["n"] == 2 * PHASE2
         assert set(comparison["subgroups"]) == {"age_band", "sex", "view"}
         violations = promotion_violations(comparison)
-        out = _node_cli(settings, "model", "promote", "cxr-triage-site", "--since", since)
+        out = node_cli(settings, "model", "promote", "cxr-triage-site", "--since", since)
         if violations:
             assert out.returncode == 1 and "refused by the safety rule" in out.stderr
-            out = _node_cli(
+            out = node_cli(
                 settings,
                 "model",
                 "promote",
@@ -234,7 +220,7 @@ def test_site_adaptation_loop(tmp_path: Path, shared_data: Path, pacs: Any) -> N
         assert result.threshold == pytest.approx(card_threshold)
 
         # 6. Rollback: the shipped model decides again.
-        out = _node_cli(settings, "model", "rollback")
+        out = node_cli(settings, "model", "rollback")
         assert out.returncode == 0, out.stderr
         (back,) = send(rows["normal"][PHASE1 + PHASE2 : PHASE1 + PHASE2 + 1], "back")
         result = wait_for_results(node, [back], timeout=120)[back]
