@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import environment_without_settings, free_port, wait_until
-from tests.integration.hostile_dicom.helpers import descendants
+from tests.support.procfs import descendants
 from worklist.core.processes import LOCK_FILE
 
 BIN = Path(sys.executable).parent

@@ -23,6 +23,8 @@ import pydicom
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEGBaseline8Bit, generate_uid
 
+from tests.support.procfs import proc_stats, rss_bytes
+
 DX_CHEST = Path("dicom") / "real" / "canon_DX_chest_966_fixed.dcm"
 
 
@@ -85,29 +87,13 @@ def dx_with_frame(shared_data: Path, frame: bytes, path: Path, *, rows: int, col
 
 def session_processes(session_id: int) -> list[int]:
     """Every live process of a session (a node started with ``start_new_session``)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if int(fields[3]) == session_id:  # field 6: session
-            pids.append(int(entry))
-    return pids
+    # field 6: the session
+    return [pid for pid, fields in proc_stats() if int(fields[3]) == session_id]
 
 
 def rss_mb(pid: int) -> float:
     """Resident size of a process in MB (0 when it is gone)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
+    return rss_bytes(pid) / (1024 * 1024)
 
 
 class RssWatch(threading.Thread):

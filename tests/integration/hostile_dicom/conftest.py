@@ -19,7 +19,7 @@ from tests.integration.deploy.helpers import (
     run_triage_node,
     triage_node,
 )
-from tests.integration.hostile_dicom.helpers import descendants
+from tests.support.procfs import descendants
 
 
 @dataclass

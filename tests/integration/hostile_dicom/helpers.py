@@ -5,13 +5,11 @@ Everything is sent to 127.0.0.1 only.
 
 from __future__ import annotations
 
-import os
 import selectors
 import socket
 import ssl
 import struct
 import time
-from pathlib import Path
 
 VERIFICATION = "1.2.840.10008.1.1"
 CR_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
@@ -108,36 +106,3 @@ def wait_closed(socks: list[socket.socket], timeout: float) -> dict[int, float]:
     finally:
         selector.close()
     return closed
-
-
-def descendants(pid: int) -> list[int]:
-    """``pid`` and its live descendants (from /proc)."""
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if fields[0] not in "ZX":
-            parents[int(entry)] = int(fields[1])
-    found, frontier = [pid], [pid]
-    while frontier:
-        current = frontier.pop()
-        children = [child for child, parent in parents.items() if parent == current]
-        found.extend(children)
-        frontier.extend(children)
-    return found
-
-
-def rss_bytes(pid: int) -> int:
-    """Resident set size of ``pid`` (0 when it is gone)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0

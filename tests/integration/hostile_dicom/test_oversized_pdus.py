@@ -12,7 +12,8 @@ import threading
 import time
 from typing import Any
 
-from tests.integration.hostile_dicom.helpers import associate, connect, pdu_header, rss_bytes
+from tests.integration.hostile_dicom.helpers import associate, connect, pdu_header
+from tests.support.procfs import rss_bytes
 
 DECLARED = 0x7FFFFFF0
 STREAM_BYTES = 256 * 1024 * 1024

@@ -28,6 +28,7 @@ from pydicom.uid import generate_uid
 from dicom_scp.ae import PortInUseError
 from tests.conftest import environment_without_settings, free_port, wait_until
 from tests.integration.scp.helpers import count_instances, need_dcmtk, pyscu_echo, storescu_as_is
+from tests.support.procfs import descendants
 
 SOURCE = Path("dicom") / "real" / "konica_CR_chest_Monochrome1-Jpeg.dcm"
 
@@ -70,25 +71,8 @@ def _start(tmp_path: Path, migrated_url: str, port: int, name: str, **extra: str
 
 
 def _descendants(pid: int) -> list[int]:
-    """Live descendants of ``pid`` (from /proc)."""
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if fields[0] not in "ZX":
-            parents[int(entry)] = int(fields[1])
-    found, frontier = [], [pid]
-    while frontier:
-        current = frontier.pop()
-        children = [child for child, parent in parents.items() if parent == current]
-        found.extend(children)
-        frontier.extend(children)
-    return found
+    """Live descendants of ``pid``."""
+    return descendants(pid)[1:]
 
 
 def _listeners(pid: int) -> list[int]:
